@@ -1,0 +1,26 @@
+"""Exporters: pure `src -> dst` converters; the pipeline decides when to call them.
+
+Each declares the tolerance its round-trip test holds it to, next to the function.
+Heavy backends are imported inside the functions.
+"""
+from __future__ import annotations
+
+from edgecompress.exporters.onnx import ONNX_TOLERANCE, onnx_parity, ort_session, to_onnx
+from edgecompress.exporters.openvino import OPENVINO_TOLERANCE, compile_openvino, onnx_to_openvino
+from edgecompress.exporters.ort_mobile import ORT_TOLERANCE, onnx_to_ort
+from edgecompress.exporters.tensorrt import (TENSORRT_TOLERANCE, onnx_to_tensorrt,
+                                             tensorrt_has_precision_flags, write_trtexec_script)
+from edgecompress.exporters._util import is_qdq
+from edgecompress.registry import Registry
+
+# name -> converter, for tools that pick an exporter by name (one registry per extension point).
+EXPORTERS: Registry = Registry("exporter")
+EXPORTERS.add("onnx", to_onnx)
+EXPORTERS.add("openvino", onnx_to_openvino)
+EXPORTERS.add("ort", onnx_to_ort)
+EXPORTERS.add("tensorrt", onnx_to_tensorrt)
+EXPORTERS.add("trtexec-script", write_trtexec_script)
+
+__all__ = ["to_onnx", "onnx_parity", "ort_session", "onnx_to_openvino", "compile_openvino", "onnx_to_ort",
+           "onnx_to_tensorrt", "write_trtexec_script", "tensorrt_has_precision_flags", "is_qdq", "EXPORTERS",
+           "ONNX_TOLERANCE", "OPENVINO_TOLERANCE", "ORT_TOLERANCE", "TENSORRT_TOLERANCE"]

@@ -1,0 +1,30 @@
+"""Small helpers shared by the exporters: lazy imports with a clear missing-backend message."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+
+from edgecompress.errors import MissingBackendError, UserError
+
+
+def need(module: str, extra: str) -> ModuleType:
+    """Import a heavy backend inside the function that uses it (`import edgecompress` stays light)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingBackendError(module.split(".")[0], extra) from e
+
+
+def existing(path: Path | str, what: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist", "run the export stage first")
+    return path
+
+
+def is_qdq(onnx_path: Path | str) -> bool:
+    """True when the ONNX graph carries QuantizeLinear/DequantizeLinear pairs (an INT8 model)."""
+    onnx = need("onnx", "onnx")
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)

@@ -1,0 +1,40 @@
+"""ONNX -> OpenVINO IR (model.xml + model.bin): FP32, FP16-compressed weights, or INT8 from QDQ.
+
+A QDQ ONNX (from calibration/) converts to an IR with FakeQuantize nodes, which the CPU plugin
+executes with INT8 kernels; no separate OpenVINO quantization pass is needed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgecompress.exporters._util import existing, need
+
+# Max abs logit difference vs PyTorch for the IR run on CPU at FP32 inference precision.
+# FP16-compressed weights: ~1e-3 relative weight error, logits of order 10 -> 2e-2.
+OPENVINO_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2}
+
+
+def onnx_to_openvino(src: Path | str, dst_xml: Path | str, *, fp16: bool = False) -> Path:
+    """Convert `src` (FP32 or QDQ ONNX) to an IR at `dst_xml` (+ .bin next to it)."""
+    ov = need("openvino", "openvino")
+    src, dst_xml = existing(src, "ONNX model"), Path(dst_xml)
+    dst_xml.parent.mkdir(parents=True, exist_ok=True)
+    model = ov.convert_model(str(src))
+    # save_model compresses float weights to FP16 by default; FP32 must be asked for explicitly.
+    ov.save_model(model, str(dst_xml), compress_to_fp16=fp16)
+    return dst_xml
+
+
+def compile_openvino(xml: Path | str, *, threads: int | None = None, hint: str = "latency",
+                     device: str = "CPU"):
+    """Compile an IR with the profile's benchmark settings; used by both runner and probe so the
+    accuracy we report comes from the same configuration we time."""
+    ov = need("openvino", "openvino")
+    config = {"PERFORMANCE_HINT": hint.upper(),
+              # CPUs with AVX512-BF16/AMX default to bf16 execution; keep the IR's own precision
+              # (FP32 math, INT8 where FakeQuantize says so) so accuracy matches what we verified.
+              "INFERENCE_PRECISION_HINT": "f32"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    core = ov.Core()
+    return core.compile_model(core.read_model(str(existing(xml, "OpenVINO IR"))), device, config)

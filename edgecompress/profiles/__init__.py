@@ -1,0 +1,148 @@
+"""Target profiles: one YAML file per device, loaded into a frozen, validated `Profile`.
+
+Adding a target is one YAML file here, or in a directory the user passes with `--profiles DIR`.
+Unknown keys and wrong types are rejected with one message naming the file, every bad key and
+the expected type (all mismatches at once, not the first only).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterable, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgecompress.errors import UserError
+
+BUILTIN_DIR = Path(__file__).parent
+Precision = Literal["fp32", "fp16", "int8"]
+SSH_URL = re.compile(r"^ssh://(?P<user>[^@/:\s]+)@(?P<host>[^@/:\s]+)(?::(?P<port>\d{1,5}))?/?$")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Benchmark(_Frozen):
+    """How a latency is measured: enough iterations AND enough time for a stable median."""
+    warmup: int = Field(20, ge=0)
+    iterations: int = Field(200, ge=1)       # at least this many timed runs ...
+    min_time_s: float = Field(1.0, ge=0)     # ... and at least this long
+    threads: Optional[int] = Field(None, ge=1)   # None: the runtime's default
+    hint: Literal["latency", "throughput"] = "latency"
+    tolerance: float = Field(0.15, gt=0, lt=10)  # regression test: fail above (1 + tolerance) x baseline
+
+
+class Device(_Frozen):
+    """Published figures the roofline estimator needs (sources in each YAML's comments)."""
+    name: str
+    peak_tops: dict[Precision, float]        # dense tera-ops/s per precision (FLOP = 2 per MAC)
+    memory_bandwidth_gbs: float = Field(gt=0)
+    layer_overhead_us: float = Field(ge=0)   # launch / scheduling cost per layer
+    alignment: int = Field(ge=1)             # channel multiple the kernels are built for
+
+    @field_validator("peak_tops")
+    @classmethod
+    def _positive(cls, v: dict) -> dict:
+        bad = [k for k, x in v.items() if x <= 0]
+        if bad:
+            raise ValueError(f"peak_tops must be > 0 (bad: {', '.join(bad)})")
+        return v
+
+
+class Profile(_Frozen):
+    name: str
+    description: str
+    runtime: Literal["openvino", "tensorrt", "ort"]
+    engine_format: Literal["openvino-ir", "tensorrt-plan", "onnx", "ort"]
+    precisions: list[Precision] = Field(min_length=1)
+    default_precision: Literal["auto", "fp32", "fp16", "int8"] = "auto"
+    channel_multiple: int = Field(8, ge=1)
+    min_channels: int = Field(8, ge=1)
+    input_shape: Optional[list[int]] = None  # [C, H, W]; None: taken from the data
+    batch: int = Field(1, ge=1)
+    latency: str = "local"                   # "local" | "estimate" | "ssh://user@host[:port]"
+    benchmark: Benchmark = Benchmark()
+    device: Device
+
+    @field_validator("latency")
+    @classmethod
+    def _latency(cls, v: str) -> str:
+        if v in ("local", "estimate") or SSH_URL.match(v):
+            return v
+        raise ValueError("expected 'local', 'estimate' or 'ssh://user@host[:port]'")
+
+    @field_validator("input_shape")
+    @classmethod
+    def _shape(cls, v: Optional[list[int]]) -> Optional[list[int]]:
+        if v is not None and (len(v) != 3 or min(v) < 1):
+            raise ValueError("expected [C, H, W] with positive sizes")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Profile":
+        if self.default_precision not in ("auto", *self.precisions):
+            raise ValueError(f"default_precision {self.default_precision!r} not in precisions {self.precisions}")
+        missing = [p for p in self.precisions if p not in self.device.peak_tops]
+        if missing:
+            raise ValueError(f"device.peak_tops lacks {missing} listed in precisions")
+        return self
+
+
+def _describe(err: dict) -> str:
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"unknown key '{key}'"
+    if err["type"] == "missing":
+        return f"missing key '{key}'"
+    return f"key '{key}': {err['msg']} (got {err.get('input')!r})"
+
+
+def parse_profile(path: Path) -> Profile:
+    """Load one YAML file; every mismatch is collected into one UserError naming the file."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"cannot read profile {path}: {e}", "fix the YAML syntax") from e
+    if not isinstance(data, dict):
+        raise UserError(f"profile {path} is not a mapping of keys to values", "see edgecompress/profiles/*.yaml")
+    data.setdefault("name", path.stem)
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(_describe(err) for err in e.errors())
+        raise UserError(f"invalid profile {path}: {problems}",
+                        "compare with a shipped profile in edgecompress/profiles/") from e
+
+
+def _profile_files(extra_dirs: Iterable[Path | str]) -> dict[str, Path]:
+    """name -> file; the user's directories override the shipped profiles of the same name."""
+    files = {p.stem: p for p in sorted(BUILTIN_DIR.glob("*.yaml"))}
+    for d in extra_dirs:
+        d = Path(d)
+        if not d.is_dir():
+            raise UserError(f"profile directory {d} does not exist", "pass an existing directory to --profiles")
+        files.update({p.stem: p for p in sorted(d.glob("*.y*ml"))})
+    return files
+
+
+def list_profiles(extra_dirs: Iterable[Path | str] = ()) -> list[str]:
+    return sorted(_profile_files(extra_dirs))
+
+
+def load_profile(name: str, *, extra_dirs: Iterable[Path | str] = ()) -> Profile:
+    """A profile by name (shipped or from `extra_dirs`), or by path to a YAML file."""
+    if name.endswith((".yaml", ".yml")) and Path(name).is_file():
+        return parse_profile(Path(name))
+    files = _profile_files(extra_dirs)
+    if name not in files:
+        from edgecompress.registry import Registry
+        known: Registry = Registry("target")
+        for n in files:
+            known.add(n, files[n])
+        known.get(name)  # raises the UserError with "did you mean"
+    return parse_profile(files[name])
+
+
+__all__ = ["Profile", "Benchmark", "Device", "load_profile", "list_profiles", "parse_profile", "SSH_URL"]

@@ -1,0 +1,64 @@
+"""The registry of INT8 calibrators (one per PTQ backend) and `quantize_int8`, their one entry point."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from edgecompress.calibration import nncf_backend, ort_qdq
+from edgecompress.errors import UserError
+from edgecompress.registry import Registry
+
+
+@dataclass(frozen=True)
+class Calibrator:
+    """A PTQ backend: which calibration methods it offers and what it writes."""
+
+    name: str
+    methods: tuple[str, ...]
+    artifact: str            # "onnx-qdq" (any runtime builds an engine from it) | "openvino-ir"
+    suffix: str              # file suffix of the artifact
+    quantize: Callable[..., Path]
+
+
+CALIBRATORS: Registry[Calibrator] = Registry("calibration backend")
+CALIBRATORS.add("ort", Calibrator("ort", ort_qdq.METHODS, "onnx-qdq", ".onnx", ort_qdq.quantize_ort))
+CALIBRATORS.add("nncf", Calibrator("nncf", nncf_backend.METHODS, "openvino-ir", ".xml",
+                                   nncf_backend.quantize_nncf))
+
+# Every method any backend offers, for CLI choices and error messages.
+METHODS = ("minmax", "entropy", "percentile")
+
+# Which backend builds INT8 for each runtime, and whether that runtime needs zero-point 0.
+# openvino: ORT-QDQ and NNCF reach the same accuracy on ResNet-20/Fashion-MNIST; see
+# docs/benchmarks.md "## INT8" (benchmarks/int8.py) for the measurement this default follows.
+DEFAULT_BACKEND = {"openvino": "nncf", "ort": "ort", "tensorrt": "ort"}
+# TensorRT supports only symmetric (zero-point 0) INT8 activations.
+SYMMETRIC_ACTIVATIONS = {"openvino": False, "ort": False, "tensorrt": True}
+
+
+def check_method(method: str, backend: str = "ort") -> str:
+    """The method, or a UserError listing the valid ones (for this backend)."""
+    calibrator = CALIBRATORS.get(backend)
+    if method not in METHODS:
+        raise UserError(f"unknown calibration method {method!r}", f"valid: {', '.join(METHODS)}")
+    if method not in calibrator.methods:
+        raise UserError(f"calibration method {method!r} is not available with the {backend} backend",
+                        f"valid with {backend}: {', '.join(calibrator.methods)}")
+    return method
+
+
+def quantize_int8(src_onnx: str | Path, dst: str | Path, batches: Sequence[np.ndarray], *,
+                  method: str = "minmax", backend: str = "ort", symmetric_activations: bool = False,
+                  keep_float: Sequence[str] = ()) -> Path:
+    """Quantize the FP32 ONNX `src_onnx` to INT8 with `backend`; returns the artifact written.
+
+    backend "ort" writes a QDQ ONNX at `dst`; "nncf" writes an OpenVINO IR at `dst` with suffix
+    .xml. `keep_float` names ONNX layers (node names) left in floating point.
+    """
+    calibrator = CALIBRATORS.get(backend)
+    check_method(method, backend)
+    return calibrator.quantize(src_onnx, dst, batches, method=method,
+                               symmetric_activations=symmetric_activations, keep_float=tuple(keep_float))

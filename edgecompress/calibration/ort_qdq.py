@@ -1,0 +1,85 @@
+"""INT8 post-training quantization to a QDQ ONNX with ONNX Runtime's `quantize_static`.
+
+The QDQ ONNX is the portable INT8 artifact: TensorRT, OpenVINO and ONNX Runtime all build an
+INT8 engine from it.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edgecompress.calibration.readers import check_batches, onnx_input, ort_reader
+from edgecompress.errors import MissingBackendError
+
+METHODS = ("minmax", "entropy", "percentile")
+# Layers whose inputs (weights + activation) get INT8: the compute-heavy ops an engine runs in INT8.
+LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _ort_quantization():
+    try:
+        from onnxruntime import quantization
+    except ImportError as exc:
+        raise MissingBackendError("onnxruntime", "onnx") from exc
+    return quantization
+
+
+def quantizable_layers(onnx_path: str | Path) -> list[str]:
+    """Names of the ONNX nodes that hold weights and run in INT8, in graph order."""
+    import onnx
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    return [n.name for n in graph.node if n.op_type in LAYER_OPS]
+
+
+def _options(method: str, symmetric_activations: bool):
+    q = _ort_quantization()
+    calibrate = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
+                 "percentile": q.CalibrationMethod.Percentile}[method]
+    # TensorRT only accepts zero-point 0: signed activations with a symmetric range. Elsewhere
+    # asymmetric unsigned activations use the full 8 bits after ReLU.
+    activation = q.QuantType.QInt8 if symmetric_activations else q.QuantType.QUInt8
+    extra = {"ActivationSymmetric": bool(symmetric_activations), "WeightSymmetric": True}
+    return calibrate, activation, extra
+
+
+def quantize_ort(src_onnx: str | Path, dst_onnx: str | Path, batches: Sequence[np.ndarray], *,
+                 method: str = "minmax", symmetric_activations: bool = False,
+                 keep_float: Sequence[str] = (), only: Sequence[str] | None = None,
+                 cache: str | Path | None = None) -> Path:
+    """Write a QDQ INT8 ONNX: per-channel INT8 weights, activations calibrated by `method`.
+
+    `keep_float` names layers left in floating point; `only` (sensitivity probes) quantizes just
+    those layers. `cache` is a calibration-range file reused across calls on the same model, so
+    trying several layer sets calibrates once.
+    """
+    q = _ort_quantization()
+    name, shape = onnx_input(src_onnx)
+    check_batches(batches, shape)
+    calibrate, activation, extra = _options(method, symmetric_activations)
+    dst = Path(dst_onnx)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ec-qdq-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        _pre_process(src_onnx, prepared)
+        q.quantize_static(str(prepared), str(dst), ort_reader(batches, name),
+                          quant_format=q.QuantFormat.QDQ, per_channel=True,
+                          activation_type=activation, weight_type=q.QuantType.QInt8,
+                          calibrate_method=calibrate, nodes_to_exclude=list(keep_float),
+                          nodes_to_quantize=list(only) if only is not None else None,
+                          extra_options=extra,
+                          calibration_cache_path=str(cache) if cache else None)
+    return dst
+
+
+def _pre_process(src: str | Path, dst: Path) -> None:
+    """Shape inference + graph optimisation before quantization, as ONNX Runtime recommends.
+
+    The optimiser folds BatchNorm into Conv so each conv gets one per-channel weight scale; node
+    names of the layers are kept, so `keep_float` names from the FP32 model still match.
+    """
+    _ort_quantization()  # a missing onnxruntime is reported as such
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    quant_pre_process(str(src), str(dst))

@@ -1,0 +1,108 @@
+"""Calibration data: a fixed sample of the user's TRAINING split, fed to ONNX Runtime and NNCF.
+
+Calibration images never come from the validation split (it holds the accuracy budget) or the
+test split (final report only); callers pass `splits.train`.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from edgecompress.errors import MissingBackendError, UserError
+
+DEFAULT_COUNT = 512
+
+
+def calibration_batches(train_dataset, *, count: int = DEFAULT_COUNT, batch_size: int = 32,
+                        seed: int = 0) -> list[np.ndarray]:
+    """`count` images drawn without replacement (seeded) from `train_dataset`, as float32 batches.
+
+    Fewer images than asked: all of them are used and a warning says how many.
+    """
+    if count < 1 or batch_size < 1:
+        raise UserError(f"calibration count and batch size must be positive (got {count}, {batch_size})",
+                        "e.g. --calibration-images 512")
+    available = len(train_dataset)
+    if available == 0:
+        raise UserError("the training split is empty: no calibration images", "check --data")
+    if available < count:
+        warnings.warn(f"calibration: asked for {count} images but the training split has only "
+                      f"{available}; using {available}", UserWarning, stacklevel=2)
+        count = available
+    order = torch.randperm(available, generator=torch.Generator().manual_seed(seed))[:count].tolist()
+    images = np.stack([_image(train_dataset[i]) for i in order]).astype(np.float32, copy=False)
+    return [images[i:i + batch_size] for i in range(0, count, batch_size)]
+
+
+def _image(item) -> np.ndarray:
+    # Datasets yield (image, label); a bare tensor dataset yields the image alone.
+    image = item[0] if isinstance(item, (tuple, list)) else item
+    return image.numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+
+
+def onnx_input(onnx_path: str | Path) -> tuple[str, tuple[int | str | None, ...]]:
+    """Name and shape of the model's single input; symbolic dims come back as their names."""
+    try:
+        import onnx
+    except ImportError as exc:
+        raise MissingBackendError("onnx", "onnx") from exc
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    initialisers = {t.name for t in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initialisers]
+    if len(inputs) != 1:
+        raise UserError(f"{onnx_path} has {len(inputs)} inputs; calibration supports one image input",
+                        "export the model with a single input tensor")
+    dims = inputs[0].type.tensor_type.shape.dim
+    return inputs[0].name, tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                                 for d in dims)
+
+
+def check_batches(batches: Sequence[np.ndarray], expected: Sequence[int | str | None]) -> None:
+    """Raise a UserError naming expected vs given shape when a batch does not fit the model input."""
+    if not batches:
+        raise UserError("no calibration batches were given", "pass images from the training split")
+    for batch in batches:
+        given = tuple(batch.shape)
+        fits = len(given) == len(expected) and all(
+            not isinstance(e, int) or e <= 0 or e == g for e, g in zip(expected, given))
+        if not fits:
+            shown = tuple(e if isinstance(e, int) and e > 0 else "N" for e in expected)
+            raise UserError(f"calibration data has shape {given} but the model input is {shown}",
+                            "calibration images must match the model's input (channels, height, width)")
+
+
+def ort_reader(batches: Sequence[np.ndarray], input_name: str):
+    """An onnxruntime `CalibrationDataReader` over `batches`, rewindable for several passes."""
+    try:
+        from onnxruntime.quantization import CalibrationDataReader
+    except ImportError as exc:
+        raise MissingBackendError("onnxruntime", "onnx") from exc
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._iter = iter(batches)
+
+        def get_next(self):
+            batch = next(self._iter, None)
+            return None if batch is None else {input_name: batch}
+
+        def rewind(self) -> None:
+            self._iter = iter(batches)
+
+        def __len__(self) -> int:
+            return len(batches)
+
+    return _Reader()
+
+
+def nncf_dataset(batches: Sequence[np.ndarray]):
+    """An `nncf.Dataset` over the same batches the ONNX Runtime reader yields."""
+    try:
+        import nncf
+    except ImportError as exc:
+        raise MissingBackendError("nncf", "nncf") from exc
+    return nncf.Dataset(list(batches))

@@ -29,6 +29,7 @@ class Benchmark(_Frozen):
     warmup: int = Field(20, ge=0)
     iterations: int = Field(200, ge=1)       # at least this many timed runs ...
     min_time_s: float = Field(1.0, ge=0)     # ... and at least this long
+    max_time_s: float = Field(30.0, gt=0)    # but stop past this (slow models), min 10 runs
     threads: Optional[int] = Field(None, ge=1)   # None: the runtime's default
     hint: Literal["latency", "throughput"] = "latency"
     tolerance: float = Field(0.15, gt=0, lt=10)  # regression test: fail above (1 + tolerance) x baseline

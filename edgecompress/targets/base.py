@@ -1,0 +1,132 @@
+"""Target = profile + engine build + latency probe + runner (for accuracy checks on the artifact).
+
+Runtimes (openvino, ort, tensorrt) register a Target subclass in RUNTIMES; latency probes
+(openvino, ort, tensorrt, ssh, estimate) register a factory in PROBES. `get_target` (in
+`targets/__init__.py`) joins them according to the profile's `latency` field or `--device`.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+
+from edgecompress.errors import UserError
+from edgecompress.profiles import Benchmark, Profile
+from edgecompress.registry import Registry
+
+Runner = Callable[[np.ndarray], np.ndarray]
+Probe = Callable[["BuildResult"], "Latency"]
+RUNTIMES: Registry = Registry("runtime")
+PROBES: Registry = Registry("latency probe")   # name -> factory(profile) -> Probe
+MIN_ITERATIONS = 10  # below this a median is noise, whatever max_time says
+
+
+@dataclass(frozen=True)
+class Latency:
+    median_ms: float
+    p90_ms: float          # NaN when the tool reports no p90 (benchmark_app prints one percentile)
+    iterations: int        # timed runs (0 for an estimate)
+    method: Literal["measured", "estimated"]
+    runtime: str
+    device: str
+
+    def to_dict(self) -> dict:
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    engine: Path                   # what ships: model.xml | model.plan | model.ort | the ONNX
+    onnx: Path                     # the ONNX it was built from (QDQ for int8)
+    precision: str
+    runtime: str
+    files: dict[str, Path] = field(default_factory=dict)   # artifact name -> path (engine, weights, script)
+    built_here: bool = True        # False: the engine must be built on the device (build_engine.sh)
+    notes: tuple[str, ...] = ()
+
+
+class Target:
+    """Base class; subclasses implement `build` and `runner` for one runtime."""
+    runtime: str = ""
+
+    def __init__(self, profile: Profile, *, probe: Probe, latency_source: str, notes: tuple[str, ...] = ()):
+        self.profile = profile
+        self.latency_source = latency_source   # "local" | "estimate" | "ssh://..."
+        self.notes = notes                     # e.g. "latency is estimated: no TensorRT here"
+        self._probe = probe
+
+    @classmethod
+    def local_available(cls) -> bool:
+        """Whether this machine can build and time this runtime's engine."""
+        return True
+
+    def check_precision(self, precision: str) -> None:
+        if precision not in self.profile.precisions:
+            raise UserError(f"target {self.profile.name} does not support precision {precision!r}",
+                            f"supported: {', '.join(self.profile.precisions)}")
+
+    def build(self, onnx_path: Path | str, out_dir: Path | str, *, precision: str) -> BuildResult:
+        raise NotImplementedError
+
+    def measure(self, build: BuildResult) -> Latency:
+        return self._probe(build)
+
+    def runner(self, build: BuildResult) -> Runner:
+        raise NotImplementedError
+
+
+def input_dims(onnx_path: Path | str, profile: Profile) -> tuple[int, ...]:
+    """[batch, C, H, W] to time with: the profile's batch, C/H/W from the profile or the ONNX."""
+    if profile.input_shape:
+        return (profile.batch, *profile.input_shape)
+    from edgecompress.exporters._util import need
+    onnx = need("onnx", "onnx")
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return (profile.batch, *(d.dim_value for d in dims[1:]))
+
+
+def random_input(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def time_calls(call: Callable[[], object], bench: Benchmark) -> list[float]:
+    """Per-call wall times in ms: `warmup` untimed calls, then at least `iterations` calls AND at
+    least `min_time_s` seconds (stopping early only past `max_time_s` with MIN_ITERATIONS done)."""
+    for _ in range(bench.warmup):
+        call()
+    times: list[float] = []
+    start = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        call()
+        t1 = time.perf_counter()
+        times.append((t1 - t0) * 1e3)
+        elapsed = t1 - start
+        if len(times) >= bench.iterations and elapsed >= bench.min_time_s:
+            break
+        if elapsed >= bench.max_time_s and len(times) >= MIN_ITERATIONS:
+            break
+    return times
+
+
+def summarize(times_ms: list[float], *, runtime: str, device: str) -> Latency:
+    arr = np.asarray(times_ms)
+    return Latency(median_ms=float(np.median(arr)), p90_ms=float(np.percentile(arr, 90)),
+                   iterations=len(times_ms), method="measured", runtime=runtime, device=device)
+
+
+def host_cpu() -> str:
+    """A readable name for this machine's CPU (for Latency.device)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} (local)"
+    except OSError:
+        pass
+    return f"{platform.machine()} (local)"

@@ -1,0 +1,43 @@
+"""OpenVINO target (x86 CPU): IR build, runner and local latency probe."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgecompress.errors import UserError
+from edgecompress.exporters import compile_openvino, is_qdq, onnx_to_openvino
+from edgecompress.profiles import Profile
+from edgecompress.targets.base import (PROBES, RUNTIMES, BuildResult, Latency, Probe, Runner, Target,
+                                       host_cpu, input_dims, random_input, summarize, time_calls)
+
+
+@RUNTIMES.register("openvino")
+class OpenVINOTarget(Target):
+    runtime = "openvino"
+
+    def build(self, onnx_path: Path | str, out_dir: Path | str, *, precision: str) -> BuildResult:
+        self.check_precision(precision)
+        onnx_path, xml = Path(onnx_path), Path(out_dir) / "model.xml"
+        if (precision == "int8") != is_qdq(onnx_path):
+            raise UserError(f"precision {precision} needs {'a QDQ' if precision == 'int8' else 'a float'} ONNX,"
+                            f" got {onnx_path.name}", "pass model_int8.onnx for int8, model.onnx otherwise")
+        onnx_to_openvino(onnx_path, xml, fp16=(precision == "fp16"))
+        return BuildResult(engine=xml, onnx=onnx_path, precision=precision, runtime=self.runtime,
+                           files={"engine": xml, "weights": xml.with_suffix(".bin")})
+
+    def runner(self, build: BuildResult) -> Runner:
+        compiled = compile_openvino(build.engine, threads=self.profile.benchmark.threads,
+                                    hint=self.profile.benchmark.hint)
+        return lambda x: compiled(x)[0]
+
+
+@PROBES.register("openvino")
+def openvino_probe(profile: Profile) -> Probe:
+    """Time synchronous inference of the IR, configured as the profile says."""
+    def probe(build: BuildResult) -> Latency:
+        bench = profile.benchmark
+        compiled = compile_openvino(build.engine, threads=bench.threads, hint=bench.hint)
+        request = compiled.create_infer_request()
+        x = random_input(input_dims(build.onnx, profile))
+        times = time_calls(lambda: request.infer({0: x}), bench)
+        return summarize(times, runtime="openvino", device=host_cpu())
+    return probe

@@ -1,7 +1,7 @@
 """Run built artifacts in their own runtime: accuracy on the validation split, layer sensitivity.
 
-The runners here are the plain runtime calls (an onnxruntime session, an OpenVINO compiled model);
-targets wrap the same calls with their profile's settings.
+The runners compile with the exporters' own helpers, so they run an artifact exactly as the
+targets do (without a profile: default threads).
 """
 from __future__ import annotations
 
@@ -13,38 +13,23 @@ import numpy as np
 import torch
 
 from edgecompress.calibration.ort_qdq import quantizable_layers, quantize_ort
-from edgecompress.errors import MissingBackendError
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
 def ort_runner(onnx_path: str | Path, *, threads: int | None = None) -> Runner:
     """Run an ONNX (FP32 or QDQ INT8) in an ONNX Runtime CPU session."""
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise MissingBackendError("onnxruntime", "onnx") from exc
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    from edgecompress.exporters.onnx import ort_session
+    session = ort_session(onnx_path, threads=threads)
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
 
-def openvino_runner(model_path: str | Path, *, device: str = "CPU", threads: int | None = None,
-                    precision_hint: str | None = None) -> Runner:
-    """Compile an OpenVINO IR (or ONNX) on `device`; `precision_hint` e.g. "f32" pins float layers."""
-    try:
-        import openvino as ov
-    except ImportError as exc:
-        raise MissingBackendError("openvino", "openvino") from exc
-    config = {}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = threads
-    if precision_hint:
-        config["INFERENCE_PRECISION_HINT"] = precision_hint
-    compiled = ov.Core().compile_model(str(model_path), device, config)
+def openvino_runner(model_path: str | Path, *, threads: int | None = None) -> Runner:
+    """Compile an OpenVINO IR (or ONNX) on CPU with the settings the OpenVINO target uses
+    (FP32 inference precision for float layers, INT8 where the model is quantized)."""
+    from edgecompress.exporters.openvino import compile_openvino
+    compiled = compile_openvino(model_path, threads=threads)
     request = compiled.create_infer_request()
     return lambda x: np.asarray(request.infer([np.ascontiguousarray(x, dtype=np.float32)])[0]).copy()
 

@@ -70,8 +70,8 @@ def check_batches(batches: Sequence[np.ndarray], expected: Sequence[int | str | 
         fits = len(given) == len(expected) and all(
             not isinstance(e, int) or e <= 0 or e == g for e, g in zip(expected, given))
         if not fits:
-            shown = tuple(e if isinstance(e, int) and e > 0 else "N" for e in expected)
-            raise UserError(f"calibration data has shape {given} but the model input is {shown}",
+            shown = ", ".join(str(e) if isinstance(e, int) and e > 0 else "N" for e in expected)
+            raise UserError(f"calibration data has shape {given} but the model input is ({shown})",
                             "calibration images must match the model's input (channels, height, width)")
 
 

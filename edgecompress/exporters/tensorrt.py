@@ -103,7 +103,9 @@ ONNX={onnx}
 SHAPES="{shapes}"
 # TensorRT 10.x (JetPack 6) takes precision flags; 11.x removed them and builds strongly typed
 # networks, where precision comes from the ONNX itself (QDQ nodes for INT8).
-if "$TRTEXEC" --help 2>&1 | grep -q -- '--int8'; then
+# (help captured first: with pipefail, `trtexec --help | grep -q` fails when grep exits early)
+HELP="$("$TRTEXEC" --help 2>&1 || true)"
+if grep -q -- '--int8' <<<"$HELP"; then
   PRECISION_FLAGS="{flags10}"
 else
   PRECISION_FLAGS="--stronglyTyped"{warn11}

@@ -134,3 +134,11 @@ def test_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path) -> N
 def test_report_file_name(run_dir: Path) -> None:
     assert write_report_html(run_dir) == run_dir / REPORT_HTML
     assert not list(run_dir.glob("*.tmp"))
+
+
+def test_staging_folder_reads_sizes_from_the_run(run_dir: Path, tmp_path: Path) -> None:
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    (run_dir / "report.json").rename(staging / "report.json")
+    page = write_report_html(staging, run_dir=run_dir).read_text()
+    assert (staging / REPORT_HTML).is_file() and "585.9 KiB" in page

@@ -33,12 +33,17 @@ pre { background: #f6f8fa; padding: 0.8em; overflow-x: auto; white-space: pre-wr
 """
 
 
-def write_report_html(run_dir: str | Path) -> Path:
-    """Render `run_dir/report.json` into a self-contained `run_dir/report.html`; returns its path."""
-    run_dir = Path(run_dir)
-    report = load_report(run_dir)
-    page = render_report_html(report, run_dir=run_dir)
-    dst = run_dir / REPORT_HTML
+def write_report_html(out_dir: str | Path, *, run_dir: str | Path | None = None) -> Path:
+    """Render `out_dir/report.json` into a self-contained `out_dir/report.html`; returns its path.
+
+    Artifact sizes are read from `run_dir` (default `out_dir`), falling back to `out_dir`: a stage
+    writing into its staging folder passes the run directory where earlier artifacts already are.
+    """
+    out_dir = Path(out_dir)
+    report = load_report(out_dir)
+    roots = [Path(run_dir), out_dir] if run_dir is not None else [out_dir]
+    page = render_report_html(report, run_dir=roots[0], extra_roots=roots[1:])
+    dst = out_dir / REPORT_HTML
     tmp = dst.with_suffix(".html.tmp")
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(dst)  # never leave a half-written report that looks finished
@@ -55,7 +60,7 @@ def load_report(run_dir: Path) -> dict:
         raise UserError(f"{path} is not valid JSON: {exc}", "re-run the verify stage") from exc
 
 
-def render_report_html(report: dict, *, run_dir: Path) -> str:
+def render_report_html(report: dict, *, run_dir: Path, extra_roots: list[Path] = ()) -> str:
     """The whole page as a string (sections in the order a reader asks their questions)."""
     sections = [
         _summary_section(report),
@@ -63,7 +68,7 @@ def render_report_html(report: dict, *, run_dir: Path) -> str:
         _channels_section(report),
         _precisions_section(report),
         _timings_section(report),
-        _artifacts_section(report, run_dir),
+        _artifacts_section(report, [run_dir, *extra_roots]),
         _command_section(report),
     ]
     title = f"edgecompress run: {report.get('target', '?')}"
@@ -159,11 +164,11 @@ def _timings_section(report: dict) -> str:
             f"<td><b>{_seconds(total)}</b></td><td></td></tr></table></section>")
 
 
-def _artifacts_section(report: dict, run_dir: Path) -> str:
-    rows = []
+def _artifacts_section(report: dict, roots: list[Path]) -> str:
+    rows, run_dir = [], roots[0]
     for name, rel in (report.get("artifacts") or {}).items():
-        path = run_dir / str(rel)
-        size = _size(path.stat().st_size) if path.is_file() else "missing"
+        found = [root / str(rel) for root in roots if (root / str(rel)).is_file()]
+        size = _size(found[0].stat().st_size) if found else "missing"
         rows.append(f"<tr><td class=l>{_e(name)}</td><td class=l><code>{_e(rel)}</code></td>"
                     f"<td>{size}</td></tr>")
     return (f"<section id=artifacts><h2>Artifacts</h2><p class=sub>Paths relative to "

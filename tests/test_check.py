@@ -1,0 +1,194 @@
+"""Latency baseline, generated regression test and `compress check`, on a real tiny OpenVINO engine.
+
+No test here asserts a timing against a threshold: "unchanged passes" runs with a huge tolerance,
+and the injected regression divides the baseline by a million.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgecompress.errors import UserError
+from edgecompress.report.baseline import (BASELINE_FILE, DEVICE_BASELINES_FILE, SAMPLES_FILE, TEST_FILE,
+                                          _relative, decode_paths, encode_paths, write_latency_baseline,
+                                          write_regression_test)
+from edgecompress.report.check import MAX_ATTEMPTS, check_main, check_run, open_run
+
+pytest.importorskip("openvino")
+FAST = {"warmup": 2, "iterations": 10, "min_time_s": 0.0}  # tiny engine: a measurement takes ms
+HUGE_TOLERANCE = 50.0  # "unchanged passes" must not depend on how busy this machine is
+
+
+def _fast_target(name: str = "x86-cpu"):
+    from edgecompress.profiles import load_profile
+    from edgecompress.targets import get_target
+    profile = load_profile(name)
+    bench = profile.benchmark.model_copy(update={**FAST, "threads": 1})
+    return get_target(profile.model_copy(update={"benchmark": bench}))
+
+
+@pytest.fixture(scope="module")
+def built_run(tmp_path_factory) -> Path:
+    """A run directory as the verify stage leaves it: ONNX, IR, baseline, samples, test file."""
+    import torch
+    from edgecompress.exporters import to_onnx
+    from edgecompress.zoo import create_model
+    run = tmp_path_factory.mktemp("run")
+    torch.manual_seed(0)
+    onnx = to_onnx(create_model("tiny-resnet"), run / "model.onnx", input_shape=(1, 16, 16))
+    target = _fast_target()
+    build = target.build(onnx, run, precision="fp32")
+    latency = target.measure(build)
+    inputs = np.random.default_rng(0).standard_normal((8, 1, 16, 16)).astype(np.float32)
+    write_latency_baseline(run, target=target, build=build, latency=latency, precision="fp32", inputs=inputs)
+    write_regression_test(run)
+    (run / "manifest.json").write_text("{}")
+    return run
+
+
+@pytest.fixture
+def run_dir(built_run: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "run"
+    shutil.copytree(built_run, dst)
+    return dst
+
+
+def _edit_baseline(run_dir: Path, **changes) -> None:
+    path = run_dir / BASELINE_FILE
+    baseline = json.loads(path.read_text())
+    baseline.update(changes)
+    path.write_text(json.dumps(baseline))
+
+
+def test_baseline_records_how_it_was_measured(built_run: Path) -> None:
+    b = json.loads((built_run / BASELINE_FILE).read_text())
+    assert b["target"] == "x86-cpu" and b["runtime"] == "openvino" and b["runtime_version"]
+    assert b["method"] == "measured" and b["precision"] == "fp32" and b["threads"] == 1
+    assert b["input_shape"] == [1, 1, 16, 16] and b["engine"] == "model.xml"
+    assert 0 < b["median_ms"] <= b["p90_ms"] and b["iterations"] >= FAST["iterations"]
+    assert b["tolerance"] == 0.15 and b["device"]
+    with np.load(built_run / SAMPLES_FILE) as s:
+        assert s["inputs"].shape == (4, 1, 16, 16) and s["outputs"].shape == (4, 10)
+
+
+def test_unchanged_engine_passes(run_dir: Path) -> None:
+    result = check_run(run_dir, tolerance=HUGE_TOLERANCE)
+    assert result.passed, result.message()
+    assert result.outputs_max_diff < 1e-4
+    assert len(result.medians_ms) == 1 and not result.recorded
+    assert "latency ok" in result.message()
+
+
+def test_injected_regression_fails_with_baseline_now_tolerance(run_dir: Path, capsys) -> None:
+    b = json.loads((run_dir / BASELINE_FILE).read_text())
+    _edit_baseline(run_dir, median_ms=b["median_ms"] / 1e6)  # as if the engine got 10^6x slower
+    result = check_run(run_dir)
+    assert not result.passed and result.outputs_ok
+    assert len(result.medians_ms) == MAX_ATTEMPTS  # re-measured before declaring it
+    msg = result.message()
+    assert "LATENCY REGRESSION" in msg and "baseline" in msg and "now" in msg and "tolerance 0.15" in msg
+    assert check_main(run_dir) == 1
+    out = capsys.readouterr().out
+    assert "REGRESSION" in out and "median latency" in out
+
+
+def test_changed_outputs_fail(run_dir: Path) -> None:
+    with np.load(run_dir / SAMPLES_FILE) as s:
+        inputs, outputs = s["inputs"], s["outputs"]
+    with open(run_dir / SAMPLES_FILE, "wb") as f:
+        np.savez(f, inputs=inputs, outputs=outputs + 1.0)
+    result = check_run(run_dir, tolerance=HUGE_TOLERANCE)
+    assert not result.outputs_ok and not result.passed
+
+
+def test_thread_override_is_used_and_said(run_dir: Path) -> None:
+    engine = open_run(run_dir, threads=2)
+    assert engine.target.profile.benchmark.threads == 2
+    assert any("threads overridden" in n for n in engine.notes)
+
+
+def test_estimated_baseline_records_first_measurement_then_compares(run_dir: Path) -> None:
+    _edit_baseline(run_dir, method="estimated", median_ms=123.0)
+    first = check_run(run_dir, tolerance=HUGE_TOLERANCE)
+    assert first.recorded and first.passed and "recorded" in first.message()
+    assert "estimated" in " ".join(first.notes)
+    records = json.loads((run_dir / DEVICE_BASELINES_FILE).read_text())
+    assert list(records) == [first.device]
+    second = check_run(run_dir, tolerance=HUGE_TOLERANCE)
+    assert not second.recorded and second.baseline_ms == records[first.device]["median_ms"]
+    assert second.baseline_source.startswith("recorded on this device")
+    # The recorded device baseline is what a slowdown is measured against from now on.
+    records[first.device]["median_ms"] /= 1e6
+    (run_dir / DEVICE_BASELINES_FILE).write_text(json.dumps(records))
+    assert not check_run(run_dir).latency_ok
+
+
+def test_other_device_records_its_own_baseline(run_dir: Path) -> None:
+    _edit_baseline(run_dir, device="Some Other CPU (local)", median_ms=1e-9)
+    result = check_run(run_dir, tolerance=HUGE_TOLERANCE)
+    assert result.recorded and result.passed  # not compared against another machine's number
+
+
+def test_not_a_run_directory(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="not a run directory"):
+        check_run(tmp_path)
+    with pytest.raises(UserError, match="not a directory"):
+        check_main(tmp_path / "nope")
+
+
+def test_missing_engine_is_a_user_error(run_dir: Path) -> None:
+    (run_dir / "model.bin").unlink()
+    with pytest.raises(UserError, match="model.bin is missing"):
+        check_run(run_dir)
+
+
+def test_paths_round_trip_relative_to_the_run(tmp_path: Path) -> None:
+    value = {"engine": tmp_path / ".staging" / "build" / "model.xml", "files": {"w": tmp_path / "a" / "b.bin"},
+             "notes": ["x"], "n": 3}
+    encoded = encode_paths(value, tmp_path)
+    assert encoded["engine"] == {"path": "model.xml"} and encoded["files"]["w"] == {"path": "a/b.bin"}
+    assert decode_paths(encoded, tmp_path)["files"]["w"] == tmp_path / "a" / "b.bin"
+    assert _relative(Path("/elsewhere/model.onnx"), tmp_path) == "model.onnx"
+
+
+@pytest.mark.slow
+def test_generated_pytest_passes_then_fails_on_regression(run_dir: Path) -> None:
+    env = {**os.environ, "EDGECOMPRESS_TOLERANCE": str(HUGE_TOLERANCE)}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(run_dir / TEST_FILE)]
+    ok = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=run_dir, timeout=300)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "2 passed" in ok.stdout
+    b = json.loads((run_dir / BASELINE_FILE).read_text())
+    _edit_baseline(run_dir, median_ms=b["median_ms"] / 1e6)
+    env.pop("EDGECOMPRESS_TOLERANCE")
+    bad = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=run_dir, timeout=300)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "LATENCY REGRESSION" in bad.stdout and "tolerance 0.15" in bad.stdout
+    assert "1 failed, 1 passed" in bad.stdout
+
+
+def test_device_built_engine_is_not_checked_here(built_run: Path, tmp_path: Path) -> None:
+    """jetson-orin without TensorRT: ONNX + build_engine.sh, estimated latency -> run it on the device."""
+    from edgecompress.report.check import NotRunnableHere
+    from edgecompress.targets.tensorrt import tensorrt_local
+    if tensorrt_local():
+        pytest.skip("TensorRT is available here: the plan is built and measured locally")
+    run = tmp_path / "jetson"
+    run.mkdir()
+    shutil.copy(built_run / "model.onnx", run / "model.onnx")
+    target = _fast_target("jetson-orin")
+    build = target.build(run / "model.onnx", run, precision="fp32")
+    latency = target.measure(build)
+    assert latency.method == "estimated" and not build.built_here
+    inputs = np.zeros((2, 1, 16, 16), np.float32)
+    write_latency_baseline(run, target=target, build=build, latency=latency, precision="fp32", inputs=inputs)
+    assert json.loads((run / BASELINE_FILE).read_text())["method"] == "estimated"
+    with pytest.raises(NotRunnableHere, match="on the device"):
+        check_run(run)

@@ -66,6 +66,7 @@ def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; artifacts are meant to be shared like any output
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -245,14 +246,18 @@ class RunDir:
         artifacts = {}
         for art_name, rel in files.items():
             src, dst = staged / rel, self.path / rel
+            digest = sha256_file(src)
             try:
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                with open(src, "rb+") as f:
-                    os.fsync(f.fileno())
-                os.replace(src, dst)
+                if dst.is_file() and sha256_file(dst) == digest:
+                    src.unlink()  # a byte-identical copy of an earlier stage's file (an engine that is the ONNX)
+                else:
+                    with open(src, "rb+") as f:
+                        os.fsync(f.fileno())
+                    os.replace(src, dst)
             except OSError as exc:
                 raise _disk_error(exc, dst) from exc
-            artifacts[art_name] = {"path": rel, "sha256": sha256_file(dst), "size": dst.stat().st_size}
+            artifacts[art_name] = {"path": rel, "sha256": digest, "size": dst.stat().st_size}
         _fsync_dir(self.path)
         self.manifest["stages"][name] = {"finished": True, "artifacts": artifacts, "data": data,
                                          "seconds": round(seconds, 3), "at": time.time()}

@@ -1,0 +1,122 @@
+"""`compress`: argument parsing only; the work is in edgecompress.pipeline.
+
+    compress --target x86-cpu --max-acc-drop 1          # the embedded default
+    compress targets [--profiles DIR]                   # list the target profiles
+    compress check RUN_DIR [--tolerance 0.15]           # latency regression check of a run
+
+A user mistake prints `error: <cause>` and `hint: <what to do>` and exits 2, without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from typing import NoReturn, Sequence
+
+from edgecompress.errors import UserError
+
+EXIT_USER = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse prints usage and exits; here a bad flag is a UserError like any other."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(message, f"see `{self.prog} --help`")
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="compress", description="Prune, distill, export and quantize a model for an edge target.",
+                epilog="Subcommands: `compress targets` lists profiles; `compress check RUN_DIR` re-checks latency.")
+    p.add_argument("--target", required=True, help="target profile name (see `compress targets`)")
+    p.add_argument("--max-acc-drop", type=float, help="accuracy budget: absolute points of validation top-1")
+    p.add_argument("--latency-budget-ms", type=float, help="latency budget on the target, batch 1, ms")
+    p.add_argument("--model", help="zoo name, package.module:factory, or a file saved with torch.save(model)")
+    p.add_argument("--weights", help="state dict for --model (the file is only read)")
+    p.add_argument("--data", help="fashion-mnist[:DIR] (default), imagefolder:DIR, or package.module:function")
+    p.add_argument("--out", help="run directory (default runs/<target>-<timestamp>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out at its first unfinished step")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profiles", action="append", default=[], metavar="DIR", help="extra directory of profile YAMLs")
+    p.add_argument("--device", help="measure on a remote device: ssh://user@host[:port]")
+    p.add_argument("--precision", default="auto", help="auto | int8 | fp16 | fp32 (auto: fastest within the budget)")
+    p.add_argument("--calibration", default="minmax", help="INT8 calibration: minmax | entropy | percentile")
+    p.add_argument("--criterion", default="permutation", help="channel importance criterion")
+    p.add_argument("--allocation", help="cr | uniform: how one knob becomes per-layer keep counts")
+    p.add_argument("--reconstruct", action="store_true", help="least-squares reconstruction of the next layer after pruning")
+    p.add_argument("--min-search-interval", type=float, default=0.01, help="stop the search below this cr interval")
+    p.add_argument("--finetune-epochs", type=float, default=1.0, help="distillation epochs after the search")
+    p.add_argument("--finetune-samples", type=int, default=20000,
+                   help="training images per fine-tuning epoch (0: all)")
+    p.add_argument("--probe-finetune-steps", type=int, default=0, help="distillation steps inside each search probe")
+    p.add_argument("--bn-batches", type=int, default=16, help="training batches to recalibrate BatchNorm per probe")
+    p.add_argument("--batch-size", type=int, default=128, help="batch size for fine-tuning and BN recalibration")
+    p.add_argument("--temperature", type=float, default=4.0, help="distillation temperature")
+    p.add_argument("--alpha", type=float, default=0.9, help="weight of the distillation (soft) loss")
+    p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (cosine schedule)")
+    p.add_argument("--threads", type=int, help="PyTorch threads (default: the CPU cores this process may use)")
+    return p
+
+
+def _config(args: argparse.Namespace, argv: Sequence[str]):
+    from edgecompress.pipeline.config import RunConfig
+    return RunConfig(
+        target=args.target, max_acc_drop=args.max_acc_drop, latency_budget_ms=args.latency_budget_ms,
+        model=args.model, weights=args.weights, data=args.data, out=args.out, resume=args.resume,
+        seed=args.seed, profiles=tuple(args.profiles), device=args.device, precision=args.precision,
+        calibration=args.calibration, criterion=args.criterion, allocation=args.allocation,
+        reconstruct=args.reconstruct, min_search_interval=args.min_search_interval,
+        finetune_epochs=args.finetune_epochs, finetune_samples=args.finetune_samples or None,
+        probe_finetune_steps=args.probe_finetune_steps, bn_batches=args.bn_batches, batch_size=args.batch_size,
+        temperature=args.temperature, alpha=args.alpha, lr=args.lr, threads=args.threads,
+        command=shlex.join(["compress", *argv]))
+
+
+def _targets(argv: Sequence[str]) -> int:
+    p = _Parser(prog="compress targets", description="List the target profiles.")
+    p.add_argument("--profiles", action="append", default=[], metavar="DIR")
+    args = p.parse_args(argv)
+    from edgecompress.profiles import list_profiles, load_profile
+    for name in list_profiles(extra_dirs=args.profiles):
+        prof = load_profile(name, extra_dirs=args.profiles)
+        print(f"{name:<18} {prof.runtime:<9} {','.join(prof.precisions):<15} latency: {prof.latency:<9} {prof.description}")
+    return 0
+
+
+def _check(argv: Sequence[str]) -> int:
+    p = _Parser(prog="compress check", description="Re-measure a run's engine against its latency baseline.")
+    p.add_argument("run_dir")
+    p.add_argument("--tolerance", type=float, help="allowed slowdown, e.g. 0.15 = 15 %% (default: the baseline's)")
+    args = p.parse_args(argv)
+    from edgecompress.report import check_main
+    return check_main(args.run_dir, tolerance=args.tolerance)
+
+
+def _main(argv: Sequence[str]) -> int:
+    if argv and argv[0] == "targets":
+        return _targets(argv[1:])
+    if argv and argv[0] == "check":
+        return _check(argv[1:])
+    args = _run_parser().parse_args(argv)
+    config = _config(args, argv)
+    from edgecompress.pipeline.runner import run
+    return run(config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(argv)
+    except UserError as exc:
+        print(f"error: {exc.cause}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        print("hint: continue with the same command plus --resume --out RUN_DIR", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

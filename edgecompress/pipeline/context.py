@@ -1,0 +1,141 @@
+"""What every stage reads: the request, the run directory, the data, the original model, the target."""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgecompress.errors import InternalError, UserError
+from edgecompress.pipeline.config import RunConfig
+from edgecompress.pipeline.data import as_tensors
+from edgecompress.pipeline.rundir import RunDir
+from edgecompress.pipeline.ui import UI
+from edgecompress.zoo.data import DataSplits
+
+
+@dataclass
+class Context:
+    config: RunConfig
+    rundir: RunDir
+    ui: UI
+    data: DataSplits
+    original: nn.Module
+    model_name: str
+    target: Any                                   # edgecompress.targets.Target
+    val: tuple[torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor, torch.Tensor] | None
+    notes: list[str] = field(default_factory=list)
+    results: dict[str, dict] = field(default_factory=dict)   # stage name -> its recorded data
+    dist: Any = None                              # the torchrun coordinator, when launched that way
+
+    @property
+    def profile(self):
+        return self.target.profile
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.data.input_shape)
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+            self.ui.note(text)
+
+    def train_batches(self, *, count: int, batch_size: int, seed: int) -> list[torch.Tensor]:
+        """`count` batches of training images drawn without replacement, fixed by `seed`."""
+        n = len(self.data.train)
+        want = min(n, count * batch_size)
+        idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:want]
+        x = _images(self.data.train, idx)
+        return [x[i:i + batch_size] for i in range(0, want, batch_size)]
+
+    def search_precision(self) -> str:
+        """Precision the search measures probes at: a float one (INT8 would need a calibration per probe).
+
+        Relative order between probes is what the search needs; the shipped precision is measured
+        again in the calibrate and verify stages.
+        """
+        prefer = [self.config.precision] if self.config.precision in ("fp32", "fp16") else []
+        prefer += ["fp16"] if self.profile.runtime == "tensorrt" else []
+        for p in [*prefer, "fp32", "fp16"]:
+            if p in self.profile.precisions:
+                return p
+        raise UserError(f"target {self.profile.name} offers no float precision to search with",
+                        "add fp32 or fp16 to the profile's precisions")
+
+    def measure_model(self, model: nn.Module, work: Path, *, precision: str):
+        """Export `model` to ONNX, build it for the target, measure it: (Latency, BuildResult)."""
+        from edgecompress.exporters import to_onnx
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        onnx_path = export_onnx(model, work / "model.onnx", input_shape=self.input_shape)
+        build = self.target.build(onnx_path, work, precision=precision)
+        return self.target.measure(build), build
+
+
+def _images(ds, idx: torch.Tensor) -> torch.Tensor:
+    tensors = getattr(ds, "tensors", None)
+    if tensors is not None:
+        return tensors[0][idx]
+    return torch.stack([torch.as_tensor(ds[int(i)][0], dtype=torch.float32) for i in idx])
+
+
+def export_onnx(model: nn.Module, dst: Path, *, input_shape: tuple[int, ...]) -> Path:
+    """to_onnx with the export failure turned into the user's message naming the operation."""
+    from edgecompress.exporters import to_onnx
+    try:
+        return to_onnx(model, dst, input_shape=input_shape)
+    except (UserError, InternalError):
+        raise
+    except Exception as exc:
+        raise UserError(f"the model cannot be exported to ONNX: {describe_export_failure(model, exc, input_shape)}",
+                        "replace that operation with one ONNX supports (opset 17), or register a symbolic") from exc
+
+
+def describe_export_failure(model: nn.Module, exc: Exception, input_shape: tuple[int, ...]) -> str:
+    """The unsupported operation and, by exporting each leaf module alone, the layer that holds it."""
+    import re
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    op = re.search(r"operator '([\w:.]+)'", str(exc)) or re.search(r"(aten::\w+)", str(exc))
+    layer = _failing_layer(model, input_shape)
+    parts = [f"operation {op.group(1)}" if op else text[:200]]
+    if layer:
+        parts.append(f"in layer {layer}")
+    return " ".join(parts)
+
+
+def _failing_layer(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
+    import io
+    import warnings
+    inputs: dict[str, tuple] = {}
+    hooks = [m.register_forward_hook(lambda mod, args, out, name=name: inputs.setdefault(name, args))
+             for name, m in model.named_modules() if name and not list(m.children())]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_shape))
+    except Exception:
+        return None
+    finally:
+        for h in hooks:
+            h.remove()
+    modules = dict(model.named_modules())
+    for name, args in inputs.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(modules[name], args, io.BytesIO(), dynamo=False, opset_version=17)
+        except Exception:
+            return f"{name} ({type(modules[name]).__name__})"
+    return None
+
+
+def load_module(path: Path) -> nn.Module:
+    return torch.load(path, map_location="cpu", weights_only=False).eval()
+
+
+def val_tensors(data: DataSplits):
+    return as_tensors(data.val)

@@ -1,0 +1,100 @@
+"""Knowledge distillation from the original model (teacher) into the pruned one (student).
+
+Loss = α·T²·KL(softmax(teacher/T) ‖ softmax(student/T)) + (1 − α)·cross-entropy(student, label)
+(Hinton et al. 2015; the T² keeps the soft-loss gradients on the scale of the hard loss).
+Under `torchrun` (torch.distributed initialised, world size > 1) the student is wrapped in
+DistributedDataParallel (gloo on CPU) and each rank reads its shard through a DistributedSampler;
+every rank returns the same weights because DDP averages the gradients.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    temperature: float = 4.0
+    alpha: float = 0.9           # weight of the soft (teacher) loss
+    lr: float = 0.01             # fine-tuning a trained network: 10x below the training LR
+    batch_size: int = 128
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) when not launched by torchrun."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def steps_for(epochs: float, *, dataset_len: int, batch_size: int, world_size: int = 1) -> int:
+    return max(0, math.ceil(epochs * dataset_len / (batch_size * world_size)))
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *,
+            temperature: float, alpha: float) -> torch.Tensor:
+    t = temperature
+    soft = F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1),
+                    reduction="batchmean", log_target=True) * t * t
+    return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
+
+
+def _loader(dataset: Dataset, *, batch_size: int, seed: int, rank: int, world_size: int, epoch: int) -> DataLoader:
+    # A last short batch gives BatchNorm noisy statistics; drop it unless the data is that small.
+    full = len(dataset) >= batch_size * world_size
+    if world_size > 1:
+        from torch.utils.data.distributed import DistributedSampler
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+        sampler.set_epoch(epoch)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=full)
+    gen = torch.Generator().manual_seed(seed * 1000 + epoch)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=gen, drop_last=full)
+
+
+def distill(student: nn.Module, teacher: nn.Module, dataset: Dataset, *, steps: int,
+            config: DistillConfig = DistillConfig(), seed: int = 0,
+            on_step: Callable[[int, float], None] | None = None) -> list[float]:
+    """Train `student` in place for `steps` optimiser steps (per rank); returns the loss per step."""
+    if steps <= 0:
+        return []
+    rank, world_size = world()
+    torch.manual_seed(seed)
+    teacher.eval()
+    model = student.train()
+    if world_size > 1:
+        model = nn.parallel.DistributedDataParallel(student)
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                          weight_decay=config.weight_decay, nesterov=True)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    losses: list[float] = []
+    epoch = 0
+    while len(losses) < steps:
+        before = len(losses)
+        for x, y in _loader(dataset, batch_size=config.batch_size, seed=seed, rank=rank,
+                            world_size=world_size, epoch=epoch):
+            with torch.no_grad():
+                teacher_logits = teacher(x)
+            loss = kd_loss(model(x), teacher_logits, y, temperature=config.temperature, alpha=config.alpha)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            if on_step:
+                on_step(len(losses), losses[-1])
+            if len(losses) >= steps:
+                break
+        if len(losses) == before:
+            raise ValueError("distillation data set yields no batch")
+        epoch += 1
+    student.eval()
+    return losses

@@ -1,0 +1,72 @@
+"""torchrun support: rank 0 runs the pipeline; the other ranks join only the fine-tuning.
+
+    torchrun --nproc_per_node=2 -m edgecompress.cli --target x86-cpu --max-acc-drop 1
+
+The search, export and build are single-process work (they measure latency, which other
+processes on the same cores would disturb), so ranks > 0 wait for one message from rank 0: either
+the student to distill (then they train it with DDP on their shard and exit) or "nothing to do".
+Only rank 0 opens the run directory; the others never write.
+"""
+from __future__ import annotations
+
+import datetime
+import io
+import os
+
+import torch
+
+# The search before fine-tuning takes minutes; gloo's default 30-minute timeout is kept generous.
+WAIT = datetime.timedelta(hours=12)
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+class Coordinator:
+    def __init__(self) -> None:
+        import torch.distributed as dist
+        self.dist = dist
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", timeout=WAIT)
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self._sent = False
+
+    def _send(self, message: dict) -> None:
+        self._sent = True
+        self.dist.broadcast_object_list([message], src=0)
+
+    def start_finetune(self, student: torch.nn.Module) -> None:
+        """Rank 0: give the student (whole module, pickled) to the other ranks."""
+        buf = io.BytesIO()
+        torch.save(student, buf)
+        self._send({"cmd": "finetune", "student": buf.getvalue()})
+
+    def finish(self) -> None:
+        """Rank 0, at the end (also after an error): release ranks still waiting."""
+        if not self._sent:
+            self._send({"cmd": "exit"})
+        self.dist.destroy_process_group()
+
+    def wait(self) -> dict:
+        """Ranks > 0: the one message from rank 0."""
+        box = [None]
+        self.dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def worker(config, coordinator: Coordinator) -> int:
+    """Ranks > 0: resolve the same data and teacher, receive the student, train, exit."""
+    from edgecompress.pipeline.data import resolve_data
+    from edgecompress.pipeline.distill import distill
+    from edgecompress.pipeline.models import resolve_model
+    from edgecompress.pipeline.stage_train import finetune_plan
+    data = resolve_data(config.data)
+    teacher = resolve_model(config.model, weights=config.weights, data=data).model.eval()
+    message = coordinator.wait()
+    if message["cmd"] == "finetune":
+        student = torch.load(io.BytesIO(message["student"]), map_location="cpu", weights_only=False)
+        dataset, steps, settings = finetune_plan(config, data.train, coordinator.world_size)
+        distill(student, teacher, dataset, steps=steps, config=settings, seed=config.seed)
+    coordinator.dist.destroy_process_group()
+    return 0

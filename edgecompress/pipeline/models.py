@@ -1,0 +1,140 @@
+"""Model specs given with `--model` (+ `--weights`), resolved to an nn.Module checked against the data.
+
+- nothing: the embedded default, the shipped ResNet-20 trained on Fashion-MNIST;
+- a zoo name (`resnet20`, `mobilenetv2`, ...): shipped weights for Fashion-MNIST, or `--weights`;
+- `package.module:factory`: `factory()` builds the model, `--weights` holds its state dict;
+- a file saved with `torch.save(model)`: the whole module.
+The user's files are only read, never written.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgecompress import zoo
+from edgecompress.errors import UserError
+from edgecompress.pipeline.data import _IMPORT_SPEC, import_object
+from edgecompress.zoo.data import DataSplits
+
+MODEL_HINT = "use a zoo name, package.module:factory with --weights FILE, or a file saved with torch.save(model)"
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    name: str
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_model(spec: str | None, *, weights: str | None, data: DataSplits) -> LoadedModel:
+    if spec is None or spec in zoo.MODELS:
+        loaded = _zoo_model(spec or "resnet20", weights=weights, data=data)
+    elif _IMPORT_SPEC.match(spec):
+        loaded = _factory_model(spec, weights=weights)
+    elif Path(spec).exists():
+        loaded = _file_model(Path(spec), weights=weights)
+    else:
+        raise UserError(f"cannot resolve the model {spec!r}: not a zoo name, module:factory or file",
+                        f"{MODEL_HINT}; zoo: {', '.join(zoo.MODELS.names())}")
+    check_model(loaded.model, data=data, name=loaded.name)
+    return loaded
+
+
+def _zoo_model(name: str, *, weights: str | None, data: DataSplits) -> LoadedModel:
+    if weights is None:
+        if data.name != "fashion-mnist":
+            raise UserError(f"the shipped {name} weights are for Fashion-MNIST, not {data.name}",
+                            "give --weights FILE with weights trained on your data")
+        model, meta = zoo.pretrained(name)
+        return LoadedModel(model, f"{name} (shipped, test {meta.get('test_accuracy', '?')} %)")
+    model = zoo.create_model(name, in_channels=data.input_shape[0], num_classes=data.num_classes)
+    load_weights(model, Path(weights))
+    return LoadedModel(model, f"{name} + {weights}")
+
+
+def _factory_model(spec: str, *, weights: str | None) -> LoadedModel:
+    factory = import_object(spec, what="model factory")
+    try:
+        model = factory()
+    except Exception as exc:
+        raise UserError(f"the model factory {spec} raised {type(exc).__name__}: {exc}",
+                        "it must build the model when called with no arguments") from exc
+    if not isinstance(model, nn.Module):
+        raise UserError(f"the model factory {spec} returned {type(model).__name__}, not a torch.nn.Module",
+                        "return the model instance")
+    notes = []
+    if weights:
+        load_weights(model, Path(weights))
+    else:
+        notes.append(f"no --weights given: {spec} is used with the weights its factory gave it")
+    return LoadedModel(model, spec + (f" + {weights}" if weights else ""), notes)
+
+
+def _file_model(path: Path, *, weights: str | None) -> LoadedModel:
+    obj = _torch_load(path, full=True)
+    if isinstance(obj, dict):
+        raise UserError(f"{path} holds a state dict, not a whole model",
+                        "give --model package.module:factory --weights " + str(path))
+    if not isinstance(obj, nn.Module):
+        raise UserError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module", MODEL_HINT)
+    if weights:
+        load_weights(obj, Path(weights))
+    return LoadedModel(obj, str(path) + (f" + {weights}" if weights else ""))
+
+
+def _torch_load(path: Path, *, full: bool):
+    if not path.is_file():
+        raise UserError(f"{path} does not exist", "check the path")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not full)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot load {path}: {first[:200]}",
+                        "the file is missing, truncated or not a PyTorch checkpoint") from exc
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load a state dict (or a checkpoint dict holding one) strictly; a mismatch is the user's."""
+    state = _torch_load(path, full=False)
+    if isinstance(state, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise UserError(f"{path} is not a state dict of tensors", "save it with torch.save(model.state_dict(), path)")
+    state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel/DDP
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = "; ".join(lines[1:3]) if len(lines) > 1 else lines[0]
+        raise UserError(f"the weights in {path} do not fit the model: {detail[:300]}",
+                        "give the weights trained for this architecture") from exc
+
+
+@torch.no_grad()
+def check_model(model: nn.Module, *, data: DataSplits, name: str) -> None:
+    """Weights are finite, the forward pass accepts the data's images, the outputs cover its classes."""
+    for pname, p in list(model.named_parameters()) + list(model.named_buffers()):
+        if p.is_floating_point() and not torch.isfinite(p).all():
+            raise UserError(f"the model {name} has NaN or infinite values in {pname}",
+                            "give weights from a training run that did not diverge")
+    from edgecompress.pipeline.data import as_tensors
+    x, _ = as_tensors(data.val, limit=2)
+    model.eval()
+    try:
+        out = model(x)
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"the model {name} rejects images of shape {tuple(x.shape[1:])} from {data.name}: "
+                        f"{msg[:200]}", "give data the model was built for (channels, size)") from exc
+    if not torch.is_tensor(out) or out.dim() != 2:
+        raise UserError(f"the model {name} returns {tuple(out.shape) if torch.is_tensor(out) else type(out).__name__}"
+                        ", not class scores of shape (batch, classes)", "use a classification model")
+    if out.shape[1] < data.num_classes:
+        raise UserError(f"{data.name} has labels up to {data.num_classes - 1} but the model {name} has "
+                        f"{out.shape[1]} outputs", "give data whose labels are the model's classes")

@@ -1,0 +1,107 @@
+"""Run the stages in order in one run directory, skipping those already finished (`--resume`)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from edgecompress.pipeline.config import RunConfig
+from edgecompress.pipeline.context import Context
+from edgecompress.pipeline.rundir import RunDir, sha256_file
+from edgecompress.pipeline.stages import all_stages
+from edgecompress.pipeline.ui import UI, summary_line
+
+
+def set_threads(config: RunConfig, world_size: int) -> int:
+    """PyTorch threads: --threads, else the cores this process may use, shared among torchrun ranks."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = config.threads or max(1, cores // world_size)
+    torch.set_num_threads(threads)
+    return threads
+
+
+def run(config: RunConfig) -> int:
+    from edgecompress.pipeline.distributed import Coordinator, launched_by_torchrun, worker
+    coordinator = Coordinator() if launched_by_torchrun() else None
+    world_size = coordinator.world_size if coordinator else 1
+    set_threads(config, world_size)
+    if coordinator and coordinator.rank != 0:
+        return worker(config, coordinator)
+    try:
+        return _run(config, coordinator)
+    finally:
+        if coordinator:
+            coordinator.finish()
+
+
+def _run(config: RunConfig, coordinator) -> int:
+    ui = UI()
+    start = time.perf_counter()
+    ctx_parts = _resolve(config, ui)
+    out = config.out_dir()
+    with RunDir.open(out, resume=config.resume, inputs=_inputs(config)) as rundir:
+        ctx = Context(config=config, rundir=rundir, ui=ui, dist=coordinator, **ctx_parts)
+        ui.say(f"run directory: {rundir.path}  (target {ctx.profile.name}, model {ctx.model_name}, data {ctx.data.name})")
+        for note in ctx_parts["target"].notes:
+            ctx.note(note)
+        _run_stages(ctx)
+        rundir.mark_finished()
+        report = json.loads((rundir.path / "report.json").read_text())
+    from edgecompress.pipeline.stage_verify import summary
+    ui.say(f"finished in {time.perf_counter() - start:.0f} s (this process)")
+    summary_line(summary(report, out))
+    return 0
+
+
+def _resolve(config: RunConfig, ui: UI) -> dict:
+    """Everything that can be wrong with the user's inputs is found here, before any work."""
+    from edgecompress.pipeline.data import as_tensors, resolve_data
+    from edgecompress.pipeline.models import resolve_model
+    from edgecompress.profiles import load_profile
+    from edgecompress.targets import get_target
+    profile = load_profile(config.target, extra_dirs=config.profiles)
+    target = get_target(profile, device=config.device)
+    data = resolve_data(config.data)
+    loaded = resolve_model(config.model, weights=config.weights, data=data)
+    for note in loaded.notes:
+        ui.note(note)
+    test = as_tensors(data.test) if data.test is not None and len(data.test) else None
+    return {"data": data, "original": loaded.model.eval(), "model_name": loaded.name, "target": target,
+            "val": as_tensors(data.val), "test": test}
+
+
+def _inputs(config: RunConfig) -> dict:
+    """What identifies the run: the request, and the content of the user's files (hashed, never written)."""
+    inputs = {"config": config.identity()}
+    for flag in ("model", "weights"):
+        value = getattr(config, flag)
+        if value and Path(value).is_file():
+            inputs[f"{flag}_sha256"] = sha256_file(Path(value))
+    inputs["config_sha256"] = hashlib.sha256(json.dumps(inputs["config"], sort_keys=True).encode()).hexdigest()
+    return inputs
+
+
+def _run_stages(ctx: Context) -> None:
+    stages = all_stages()
+    names = [s.name for s in stages]
+    ctx.notes.extend(n for n in ctx.rundir.manifest.get("notes", []) if n not in ctx.notes)
+    for i, stage in enumerate(stages):
+        if ctx.rundir.stage_done(stage.name):
+            ctx.results[stage.name] = ctx.rundir.stage_record(stage.name)["data"]
+            ctx.ui.say(f"✓ {stage.name}: finished earlier, kept")
+            continue
+        for note in ctx.rundir.notes:
+            ctx.note(note)
+        ctx.rundir.notes.clear()
+        ctx.rundir.invalidate_from(names[i:])  # its inputs may change: everything after it is redone
+        with ctx.ui.stage(stage.name, stage.what), ctx.rundir.staging(stage.name) as out:
+            began = time.perf_counter()
+            output = stage.run(ctx, out)
+            ctx.rundir.manifest["notes"] = list(ctx.notes)
+            ctx.rundir.finish_stage(stage.name, staged=out, files=output.files, data=output.data,
+                                    seconds=time.perf_counter() - began)
+        ctx.results[stage.name] = output.data

@@ -1,0 +1,162 @@
+"""Stages `baseline` (the original model measured) and `prune` (importance once, then the search)."""
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgecompress.errors import UserError
+from edgecompress.pipeline.context import Context
+from edgecompress.pipeline.distill import DistillConfig, distill
+from edgecompress.pipeline.evaluation import accuracy, macs_and_params, recalibrate_bn
+from edgecompress.pipeline.rundir import write_json
+from edgecompress.pipeline.search import Budget, ProbeResult, Searcher, SearchOutcome
+from edgecompress.pipeline.stages import StageOutput
+
+SEARCH_STATE = "search_state.json"
+PLAN_BATCHES, PLAN_BATCH_SIZE = 4, 128   # 512 training images for the one importance pass
+SAME_LATENCY_MEASURED = 0.03             # measured latencies within 3 % count as the same step
+
+
+def widths_of(model: nn.Module) -> dict[str, int]:
+    """Output channels of every conv / linear layer (what latency depends on)."""
+    return {n: int(m.weight.shape[0]) for n, m in model.named_modules()
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))}
+
+
+class BaselineStage:
+    name, what = "baseline", "the original model: validation/test accuracy, MACs, latency on the target"
+
+    def run(self, ctx: Context, out: Path) -> StageOutput:
+        model = ctx.original
+        acc = accuracy(model, *ctx.val)
+        test_acc = accuracy(model, *ctx.test) if ctx.test else None
+        macs, params = macs_and_params(model, ctx.input_shape)
+        precision = ctx.search_precision()
+        latency, _ = ctx.measure_model(model, out / "work", precision=precision)
+        ctx.ui.say(f"  original: val {acc:.2f} %, test {_pct(test_acc)}, {macs / 1e6:.1f} M MACs, "
+                   f"{latency.median_ms:.3f} ms ({latency.method}, {precision})")
+        return StageOutput(data={
+            "accuracy": acc, "test_accuracy": test_acc, "flops": macs, "params": params,
+            "latency_ms": latency.median_ms, "latency_p90_ms": _finite(latency.p90_ms),
+            "latency_method": latency.method, "latency_device": latency.device, "precision": precision,
+            "widths": widths_of(model)})
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f} %"
+
+
+def _finite(v: float) -> float | None:
+    return None if v != v else v
+
+
+class Prober:
+    """`evaluate(cr)` for the searcher: prune -> (reconstruct) -> BN recalibration -> (short KD)
+    -> validation accuracy -> ONNX -> target build -> latency, with latency cached by widths."""
+
+    def __init__(self, ctx: Context, plan, *, work: Path, latency_cache: dict) -> None:
+        cfg, prof = ctx.config, ctx.profile
+        self.ctx, self.plan, self.work = ctx, plan, work
+        self.rounding = {"multiple": prof.channel_multiple, "min_channels": prof.min_channels}
+        self.bn_batches = ctx.train_batches(count=cfg.bn_batches, batch_size=cfg.batch_size, seed=cfg.seed + 1)
+        self.recon_batches = self.bn_batches[:4]
+        self.precision = ctx.search_precision()
+        self.latency_cache = latency_cache   # json key of widths -> {"median_ms", "method"}
+        self.models: dict[float, nn.Module] = {}
+
+    def model_for(self, cr: float) -> nn.Module:
+        """The probe's model; rebuilt identically (same seeds) when it is not in memory."""
+        if cr in self.models:
+            return self.models[cr]
+        cfg = self.ctx.config
+        model = self.plan.prune(cr, **self.rounding)
+        if cfg.reconstruct:
+            from edgecompress.pruning.reconstruct import reconstruct
+            reconstruct(model, self.ctx.original, self.recon_batches, seed=cfg.seed)
+        recalibrate_bn(model, self.bn_batches)
+        if cfg.probe_finetune_steps:
+            distill(model, self.ctx.original, self.ctx.data.train, steps=cfg.probe_finetune_steps,
+                    config=DistillConfig(temperature=cfg.temperature, alpha=cfg.alpha, lr=cfg.lr,
+                                         batch_size=cfg.batch_size), seed=probe_seed(cfg.seed, cr))
+        self.models = {cr: model.eval()}  # keep only the latest: the chosen one is rebuilt if needed
+        return model
+
+    def evaluate(self, cr: float) -> ProbeResult:
+        model = self.model_for(cr)
+        acc = accuracy(model, *self.ctx.val)
+        widths = widths_of(model)
+        key = json.dumps(list(widths.values()))
+        if key not in self.latency_cache:
+            latency, _ = self.ctx.measure_model(model, self.work, precision=self.precision)
+            self.latency_cache[key] = {"median_ms": latency.median_ms, "method": latency.method}
+        macs, params = macs_and_params(model, self.ctx.input_shape)
+        return ProbeResult(cr=cr, accuracy=acc, latency_ms=self.latency_cache[key]["median_ms"],
+                           flops=macs, params=params, widths=list(widths.values()))
+
+
+def probe_seed(seed: int, cr: float) -> int:
+    """A seed per probe that does not depend on the order probes ran in (resume gives the same)."""
+    return (seed * 1_000_003 + zlib.crc32(repr(cr).encode())) % (2 ** 31)
+
+
+class PruneStage:
+    name, what = "prune", "channel importance, then binary search on the pruning knob"
+
+    def run(self, ctx: Context, out: Path) -> StageOutput:
+        cfg, base = ctx.config, ctx.results["baseline"]
+        plan = build_plan(ctx)
+        state_file = ctx.rundir.path / SEARCH_STATE
+        state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+        prober = Prober(ctx, plan, work=out / "probe", latency_cache=state.get("latency_cache", {}))
+        budget = Budget(min_accuracy=None if cfg.max_acc_drop is None else base["accuracy"] - cfg.max_acc_drop,
+                        max_latency_ms=cfg.latency_budget_ms)
+        same = 0.0 if base["latency_method"] == "estimated" else SAME_LATENCY_MEASURED
+        searcher = Searcher(prober.evaluate, budget=budget, min_interval=cfg.min_search_interval,
+                            same_latency_rel=same, state=state)
+        searcher.on_probe = lambda s: self._checkpoint(ctx, state_file, s, prober, budget)
+        if searcher.restored:
+            ctx.ui.say(f"  resuming the search: {searcher.restored} probe(s) restored from {SEARCH_STATE}")
+        outcome = searcher.run()
+        _check_outcome(outcome, budget)
+        model = prober.model_for(outcome.chosen.cr)
+        torch.save(model, out / "model_searched.pt")
+        return StageOutput(files={"searched_model": "model_searched.pt"},
+                           data=_outcome_data(outcome, searcher, budget, plan, model))
+
+    @staticmethod
+    def _checkpoint(ctx: Context, state_file: Path, state: dict, prober: Prober, budget: Budget) -> None:
+        write_json(state_file, {**state, "latency_cache": prober.latency_cache})
+        p = ProbeResult.from_dict(state["probes"][-1])
+        ctx.ui.say(f"  probe {len(state['probes']):2d}: cr {p.cr:.4f}  val {p.accuracy:6.2f} %  "
+                   f"{p.latency_ms:8.3f} ms  {p.flops / 1e6:7.1f} M MACs  {'accepted' if p.accepted else 'rejected'}")
+
+
+def build_plan(ctx: Context):
+    from edgecompress.pruning import PruningPlan
+    cfg = ctx.config
+    batches = ctx.train_batches(count=PLAN_BATCHES, batch_size=PLAN_BATCH_SIZE, seed=cfg.seed)
+    opts = {} if cfg.allocation is None else {"allocation": cfg.allocation}
+    return PruningPlan.build(ctx.original, batches, criterion=cfg.criterion, **opts)
+
+
+def _check_outcome(outcome: SearchOutcome, budget: Budget) -> None:
+    if not outcome.met and budget.min_accuracy is None:
+        best = outcome.chosen.latency_ms
+        raise UserError(f"latency budget {budget.max_latency_ms:g} ms is out of reach: the smallest model "
+                        f"the target allows measures {best:.3f} ms",
+                        f"raise --latency-budget-ms to at least {best:.3f}, or use a smaller model")
+
+
+def _outcome_data(outcome: SearchOutcome, searcher: Searcher, budget: Budget, plan, model: nn.Module) -> dict:
+    before, after = widths_of(plan.model), widths_of(model)
+    return {"cr": outcome.chosen.cr, "chosen": asdict(outcome.chosen), "met": outcome.met,
+            "missed": outcome.missed, "moved_from": outcome.moved_from, "notes": outcome.notes,
+            "alternative": asdict(outcome.alternative) if outcome.alternative else None,
+            "budget": asdict(budget), "probes": [asdict(p) for p in searcher.probes],
+            "probes_restored": searcher.restored, "allocation": plan.allocation, "criterion": plan.criterion,
+            "layers": [{"name": n, "before": before[n], "after": after.get(n, before[n])} for n in before]}

@@ -1,0 +1,63 @@
+"""Stage `finetune`: knowledge distillation from the original model into the searched one.
+
+Under `torchrun --nproc_per_node=N -m edgecompress.cli ...` rank 0 runs the pipeline and, at this
+stage only, hands the student to the other ranks (see `pipeline/distributed.py`); all ranks train
+it with DistributedDataParallel on their shard of the data, and rank 0 alone writes the result.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from edgecompress.pipeline.context import Context, load_module
+from edgecompress.pipeline.distill import DistillConfig, distill, steps_for
+from edgecompress.pipeline.evaluation import accuracy
+from edgecompress.pipeline.stages import StageOutput
+
+
+def finetune_plan(config, train: Dataset, world_size: int) -> tuple[Dataset, int, DistillConfig]:
+    """(dataset, steps per rank, distillation settings): the same on every rank, from the config."""
+    dataset = train
+    if config.finetune_samples and config.finetune_samples < len(train):
+        # A seeded subset per run: an epoch of all 55,000 images takes minutes on a small CPU.
+        idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed + 2))
+        dataset = Subset(train, idx[:config.finetune_samples].tolist())
+    settings = DistillConfig(temperature=config.temperature, alpha=config.alpha, lr=config.lr,
+                             batch_size=config.batch_size)
+    steps = steps_for(config.finetune_epochs, dataset_len=len(dataset), batch_size=settings.batch_size,
+                      world_size=world_size)
+    return dataset, steps, settings
+
+
+class FinetuneStage:
+    name, what = "finetune", "knowledge distillation from the original model"
+
+    def run(self, ctx: Context, out: Path) -> StageOutput:
+        cfg = ctx.config
+        student = load_module(ctx.rundir.artifact("prune", "searched_model"))
+        before = accuracy(student, *ctx.val)
+        world_size = ctx.dist.world_size if ctx.dist else 1
+        dataset, steps, settings = finetune_plan(cfg, ctx.data.train, world_size)
+        ctx.ui.say(f"  {steps} steps x {settings.batch_size} images x {world_size} process(es), "
+                   f"T={settings.temperature}, alpha={settings.alpha}, lr={settings.lr} (cosine)")
+        if ctx.dist:
+            ctx.dist.start_finetune(student)
+        with ctx.ui.progress("distilling", steps) as bar:
+            losses = distill(student, ctx.original, dataset, steps=steps, config=settings, seed=cfg.seed,
+                             on_step=lambda i, loss: bar.update(i, info=f"loss {loss:.3f}"))
+        after = accuracy(student, *ctx.val)
+        kept = "finetuned"
+        if after < before:
+            ctx.note(f"fine-tuning lowered validation accuracy ({before:.2f} -> {after:.2f} %); "
+                     f"the searched model is kept")
+            student, kept = load_module(ctx.rundir.artifact("prune", "searched_model")), "searched"
+        ctx.ui.say(f"  validation accuracy {before:.2f} % -> {after:.2f} %")
+        torch.save(student, out / "model_pruned.pt")
+        return StageOutput(files={"pruned_model": "model_pruned.pt"}, data={
+            "accuracy_before": before, "accuracy_after": after, "kept": kept, "steps": steps,
+            "world_size": world_size, "images_per_epoch": len(dataset), "epochs": cfg.finetune_epochs,
+            "temperature": settings.temperature, "alpha": settings.alpha, "lr": settings.lr,
+            "batch_size": settings.batch_size, "loss_first": losses[0] if losses else None,
+            "loss_last": losses[-1] if losses else None})

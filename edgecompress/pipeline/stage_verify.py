@@ -1,0 +1,106 @@
+"""Stage `verify`: the built engine's accuracy and latency, the latency baseline + regression test,
+then report.json (schema 1, DESIGN.md "Run directory and report") and report.html."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from edgecompress.pipeline.context import Context, load_module
+from edgecompress.pipeline.evaluation import macs_and_params, runner_accuracy
+from edgecompress.pipeline.rundir import write_json
+from edgecompress.pipeline.stage_deploy import build_result
+from edgecompress.pipeline.stages import StageOutput
+
+EVAL_BATCH = 250
+VERIFY_FILES = {"report": "report.json", "report_html": "report.html", "latency_baseline": "latency_baseline.json",
+                "latency_samples": "latency_baseline.npz", "regression_test": "test_latency_regression.py"}
+
+
+class VerifyStage:
+    name, what = "verify", "accuracy and latency of the built engine; baseline, regression test, report"
+
+    def run(self, ctx: Context, out: Path) -> StageOutput:
+        start = time.perf_counter()
+        build = build_result(ctx)
+        run = ctx.target.runner(build)
+        with ctx.ui.progress("validation on the engine", len(ctx.val[0])) as bar:
+            val_acc = runner_accuracy(run, *ctx.val, batch_size=EVAL_BATCH, on_batch=bar.update)
+        test_acc = runner_accuracy(run, *ctx.test, batch_size=EVAL_BATCH) if ctx.test else None
+        latency = ctx.target.measure(build)
+        samples = ctx.val[0][:EVAL_BATCH].numpy()
+        from edgecompress.report.baseline import write_latency_baseline, write_regression_test
+        write_latency_baseline(out, target=ctx.target, build=build, latency=latency, precision=build.precision,
+                               inputs=samples, run_dir=ctx.rundir.path)
+        write_regression_test(out)
+        macs, params = macs_and_params(load_module(ctx.rundir.artifact("finetune", "pruned_model")), ctx.input_shape)
+        result = {"accuracy": val_acc, "test_accuracy": test_acc, "latency_ms": latency.median_ms,
+                  "latency_method": latency.method, "flops": macs, "params": params,
+                  "cr": ctx.results["prune"]["cr"]}
+        extra = {"latency_p90_ms": None if latency.p90_ms != latency.p90_ms else latency.p90_ms,
+                 "latency_iterations": latency.iterations, "latency_device": latency.device,
+                 "latency_runtime": latency.runtime}
+        seconds = time.perf_counter() - start
+        report = assemble_report(ctx, result=result, extra=extra, verify_seconds=seconds)
+        write_json(out / "report.json", report)
+        from edgecompress.report import write_report_html
+        write_report_html(out)
+        return StageOutput(files=dict(VERIFY_FILES), data={"result": result, **extra})
+
+
+def _budget(ctx: Context, result: dict) -> dict:
+    """Whether what ships meets each budget, and by how much it misses one."""
+    cfg, base, prune = ctx.config, ctx.results["baseline"], ctx.results["prune"]
+    out = {"met": True, "missed": {}, "search": {"met": prune["met"], "missed": prune["missed"],
+                                                 "alternative": _probe(prune["alternative"])}}
+    if cfg.max_acc_drop is not None:
+        floor = base["accuracy"] - cfg.max_acc_drop
+        out["accuracy_floor"] = floor
+        if result["accuracy"] < floor - 1e-9:
+            out["missed"]["accuracy_points"] = floor - result["accuracy"]
+    if cfg.latency_budget_ms is not None and result["latency_ms"] > cfg.latency_budget_ms:
+        out["missed"]["latency_ms"] = result["latency_ms"] - cfg.latency_budget_ms
+    out["met"] = not out["missed"]
+    return out
+
+
+def _probe(p: dict | None) -> dict | None:
+    keys = ("cr", "accuracy", "latency_ms", "flops", "params", "accepted")
+    return None if p is None else {k: p[k] for k in keys}
+
+
+def assemble_report(ctx: Context, *, result: dict, extra: dict, verify_seconds: float) -> dict:
+    cfg, r = ctx.config, ctx.results
+    base = {k: r["baseline"][k] for k in ("accuracy", "test_accuracy", "latency_ms", "latency_method", "flops", "params")}
+    timings = {name: rec["seconds"] for name, rec in ctx.rundir.manifest["stages"].items()}
+    timings["verify"] = round(verify_seconds, 3)
+    timings["total"] = round(sum(timings.values()), 3)
+    artifacts = {**ctx.rundir.artifacts(), **VERIFY_FILES}
+    return {
+        "schema": 1, "target": ctx.profile.name, "precision": r["calibrate"]["precision"],
+        "max_acc_drop": cfg.max_acc_drop, "latency_budget_ms": cfg.latency_budget_ms,
+        "baseline": base, "result": result,
+        "probes": [_probe(p) for p in r["prune"]["probes"]],
+        "artifacts": artifacts, "timings_s": timings,
+        # extra keys (DESIGN allows them): what the report page and `compress check` read
+        "layers": r["prune"]["layers"], "precisions": r["calibrate"]["precisions"],
+        "command": cfg.command, "parity_max_abs_diff": r["export"]["parity_max_abs_diff"],
+        "notes": list(ctx.notes), "budget": _budget(ctx, result),
+        "baseline_precision": r["baseline"]["precision"], "engine": r["build"]["engine"],
+        "built_here": r["build"]["built_here"], "model": ctx.model_name, "data": ctx.data.name,
+        "seed": cfg.seed, "search": {k: r["prune"][k] for k in ("moved_from", "allocation", "criterion", "probes_restored")},
+        "finetune": r["finetune"], "result_details": extra,
+    }
+
+
+def summary(report: dict, run_dir: Path) -> str:
+    """The one line printed at the end."""
+    b, res = report["baseline"], report["result"]
+    speed = b["latency_ms"] / res["latency_ms"] if res["latency_ms"] else float("nan")
+    method = res["latency_method"]
+    engine = run_dir / report["engine"]
+    where = f"engine: {engine}" if report.get("built_here", True) else \
+        f"ONNX for the device: {engine}; build the engine ON THE DEVICE with {run_dir / 'build_engine.sh'}"
+    budget = "" if report["budget"]["met"] else "  BUDGET MISSED: " + ", ".join(
+        f"{k} by {v:.3f}" for k, v in report["budget"]["missed"].items())
+    return (f"accuracy {b['accuracy']:.2f} % -> {res['accuracy']:.2f} % (val), latency {b['latency_ms']:.3f} -> "
+            f"{res['latency_ms']:.3f} ms ({method}, {speed:.2f}x), {report['precision']}, {where}{budget}")

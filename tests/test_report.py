@@ -142,3 +142,15 @@ def test_staging_folder_reads_sizes_from_the_run(run_dir: Path, tmp_path: Path) 
     (run_dir / "report.json").rename(staging / "report.json")
     page = write_report_html(staging, run_dir=run_dir).read_text()
     assert (staging / REPORT_HTML).is_file() and "585.9 KiB" in page
+
+
+def test_pipeline_staging_folder_is_recognised(run_dir: Path) -> None:
+    staging = run_dir / ".staging" / "verify"
+    staging.mkdir(parents=True)
+    report = synthetic_report()
+    report["budget"] = {"met": False, "missed": {"latency_ms": 0.25}, "accuracy_floor": 91.0}
+    report["notes"] = ["tensorrt cannot run on this machine: latency is ESTIMATED"]
+    (staging / "report.json").write_text(json.dumps(report))
+    page = write_report_html(staging).read_text()
+    assert "585.9 KiB" in page  # model.onnx found in the run directory, not the staging folder
+    assert "Budget missed" in page and "latency is ESTIMATED" in page

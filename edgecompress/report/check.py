@@ -227,9 +227,9 @@ def print_check(result: CheckResult, *, console: Any = None) -> None:
         table.add_row(*row)
     console.print(table)
     for note in result.notes:
-        console.print(f"note: {note}", highlight=False)
+        console.print(f"note: {note}", highlight=False, markup=False)
     style = "bold green" if result.passed else "bold red"
-    console.print(result.message(), style=style, highlight=False)
+    console.print(result.message(), style=style, highlight=False, markup=False)
     if not result.outputs_ok:
         console.print(f"OUTPUTS CHANGED: max abs diff {result.outputs_max_diff:.3g} > "
                       f"{result.outputs_tol:.3g} on the stored inputs", style="bold red", highlight=False)
@@ -244,6 +244,7 @@ def check_main(run_dir: str | Path, *, tolerance: float | None = None, threads: 
 
 
 def _rows(r: CheckResult) -> list[tuple[str, str, str, str]]:
+    from rich.markup import escape  # device names may hold [brackets]
     lat_verdict = ("not measurable here" if r.unmeasurable else "recorded as baseline" if r.recorded
                    else f"<= {r.limit_ms:.4f} ms: {'[green]ok' if r.latency_ok else '[red]REGRESSION'}")
     out_verdict = ("not checked" if r.outputs_max_diff is None else
@@ -255,7 +256,7 @@ def _rows(r: CheckResult) -> list[tuple[str, str, str, str]]:
         ("tolerance", f"{r.tolerance:g}", "", f"limit = baseline x {1 + r.tolerance:g}"),
         ("iterations", "", str(r.iterations), ""),
         ("threads", _t(r.baseline_threads), _t(r.threads), ""),
-        ("device", r.baseline_device, r.device, r.baseline_source),
+        ("device", escape(r.baseline_device), escape(r.device), escape(r.baseline_source)),
         ("outputs max abs diff", "0", _f(r.outputs_max_diff, ".3g"), out_verdict),
     ]
 

@@ -41,6 +41,8 @@ def write_report_html(out_dir: str | Path, *, run_dir: str | Path | None = None)
     """
     out_dir = Path(out_dir)
     report = load_report(out_dir)
+    if run_dir is None and out_dir.parent.name == ".staging":
+        run_dir = out_dir.parent.parent  # the pipeline's <run>/.staging/<stage>/ folder
     roots = [Path(run_dir), out_dir] if run_dir is not None else [out_dir]
     page = render_report_html(report, run_dir=roots[0], extra_roots=roots[1:])
     dst = out_dir / REPORT_HTML
@@ -100,6 +102,11 @@ def _summary_section(report: dict) -> str:
         lines.append("<p class=note>Latency is <b>estimated</b> from the profile's device figures, "
                      "not measured: no device was reachable. Run the regression test on the "
                      "device to measure it.</p>")
+    missed = ((report.get("budget") or {}).get("missed")) or {}
+    if missed:
+        lines.append("<p class=note><b>Budget missed</b>: " + ", ".join(
+            f"{_e(k)} by {_num(v)}" for k, v in missed.items()) + "</p>")
+    lines += [f"<p class=note>{_e(n)}</p>" for n in report.get("notes") or []]
     return (f"<section id=summary><h2>Summary</h2><p>{lines[0]}</p>{''.join(lines[1:])}"
             f"<table><tr><th class=l></th><th>original</th><th>compressed</th><th>change</th></tr>"
             f"{body}</table></section>")
@@ -285,6 +292,9 @@ def _img(fig, alt: str) -> str:
 
 
 def _accuracy_floor(report: dict) -> float | None:
+    floor = (report.get("budget") or {}).get("accuracy_floor")
+    if floor is not None:
+        return float(floor)
     base_acc = (report.get("baseline") or {}).get("accuracy")
     drop = report.get("max_acc_drop")
     return None if base_acc is None or drop is None else float(base_acc) - float(drop)

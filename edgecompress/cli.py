@@ -87,9 +87,10 @@ def _check(argv: Sequence[str]) -> int:
     p = _Parser(prog="compress check", description="Re-measure a run's engine against its latency baseline.")
     p.add_argument("run_dir")
     p.add_argument("--tolerance", type=float, help="allowed slowdown, e.g. 0.15 = 15 %% (default: the baseline's)")
+    p.add_argument("--threads", type=int, help="measure with this many threads instead of the run's")
     args = p.parse_args(argv)
     from edgecompress.report import check_main
-    return check_main(args.run_dir, tolerance=args.tolerance)
+    return check_main(args.run_dir, tolerance=args.tolerance, threads=args.threads)
 
 
 def _main(argv: Sequence[str]) -> int:

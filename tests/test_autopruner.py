@@ -47,9 +47,14 @@ def test_scores_put_the_gate_keep_set_first(tiny, trained):
     _, _, groups = tiny
     result = trained[1]
     scores, keep = result.scores(), result.keep_sets()
+    agree = total = 0
     for g in groups:
         top = torch.argsort(scores[g.key], descending=True)[:len(keep[g.key])]
         assert sorted(top.tolist()) == keep[g.key]
+        assert len(set(scores[g.key].tolist())) == g.width          # graded, not binary ties
+        agree += int(((result.codes[g.key] > 0.5) == (result.logits[g.key] > 0)).sum())
+        total += g.width
+    assert agree >= 0.9 * total       # the keep set is the binary code's
 
 
 def test_autopruner_is_a_criterion_of_the_plan(tiny):

@@ -11,10 +11,12 @@ while some group still has more than 10 % of its code away from 0/1, α takes an
 per iteration (the rule of the authors' code). The network's own weights are frozen and BatchNorm
 stays in eval mode, so removing the hooks restores the model exactly.
 
-Read-out: the code averaged over the calibration batches. Keep set = channels with v > 0.5;
-scores = 0.999·v + 0.001·σ(z̄/std) (z̄ the mean pre-activation), so sorting the scores yields the
-gates' keep set first, ties inside it and outside it broken by the gate's own margin. With
-`allocation="uniform"` at the target ratio the keep machinery selects exactly the gate keep set.
+Read-out: the code v and the pre-activation z, averaged over the calibration batches. Keep set =
+channels with z̄ > 0 (for a binary code that is v > 0.5, up to channels that flip between batches).
+Scores = σ(z̄ / std z̄): the keep set scores above 0.5 and the rest below, so the gates' keep set
+is exactly the top of the ranking, and the margin orders channels inside and outside it; a
+knob other than the training target therefore still gets a graded order (a binary v alone would
+tie all kept channels and make `cr` allocation jump from "gate keep set" to "everything").
 """
 from __future__ import annotations
 
@@ -101,14 +103,10 @@ class GateResult:
     history: list[dict] = field(default_factory=list)
 
     def keep_sets(self) -> dict[str, list[int]]:
-        return {k: torch.nonzero(v > 0.5).flatten().tolist() for k, v in self.codes.items()}
+        return {k: torch.nonzero(z > 0).flatten().tolist() for k, z in self.logits.items()}
 
     def scores(self) -> dict[str, torch.Tensor]:
-        out = {}
-        for k, v in self.codes.items():
-            z = self.logits[k]
-            out[k] = (0.999 * v + 0.001 * torch.sigmoid(z / z.std().clamp(min=1e-12))).double()
-        return out
+        return {k: torch.sigmoid(z / z.std().clamp(min=1e-12)).double() for k, z in self.logits.items()}
 
 
 def _train_step(gates: Gates, model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,

@@ -101,7 +101,26 @@ def _run_stages(ctx: Context) -> None:
         with ctx.ui.stage(stage.name, stage.what), ctx.rundir.staging(stage.name) as out:
             began = time.perf_counter()
             output = stage.run(ctx, out)
+            debug_pause(ctx.ui, stage.name)
             ctx.rundir.manifest["notes"] = list(ctx.notes)
             ctx.rundir.finish_stage(stage.name, staged=out, files=output.files, data=output.data,
                                     seconds=time.perf_counter() - began)
         ctx.results[stage.name] = output.data
+
+
+SLOW_STAGE_ENV = "EDGECOMPRESS_SLOW_STAGE"
+
+
+def debug_pause(ui: UI, name: str) -> None:
+    """`EDGECOMPRESS_SLOW_STAGE=<stage>:<seconds>` sleeps after that stage has written its files to
+    its staging folder and before they are committed: a debugging aid to interrupt a run at a known
+    point (the fault tests SIGKILL it there; docs/reliability.md)."""
+    want, _, seconds = os.environ.get(SLOW_STAGE_ENV, "").partition(":")
+    if want != name:
+        return
+    try:
+        pause = float(seconds or 0)
+    except ValueError:
+        pause = 0.0
+    ui.say(f"  debug: {name}: files staged, sleeping {pause:g} s before committing them ({SLOW_STAGE_ENV})")
+    time.sleep(pause)

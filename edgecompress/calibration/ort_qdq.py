@@ -5,6 +5,8 @@ INT8 engine from it.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -64,13 +66,16 @@ def quantize_ort(src_onnx: str | Path, dst_onnx: str | Path, batches: Sequence[n
     with tempfile.TemporaryDirectory(prefix="ec-qdq-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         _pre_process(src_onnx, prepared)
-        q.quantize_static(str(prepared), str(dst), ort_reader(batches, name),
-                          quant_format=q.QuantFormat.QDQ, per_channel=True,
-                          activation_type=activation, weight_type=q.QuantType.QInt8,
-                          calibrate_method=calibrate, nodes_to_exclude=list(keep_float),
-                          nodes_to_quantize=list(only) if only is not None else None,
-                          extra_options=extra,
-                          calibration_cache_path=str(cache) if cache else None)
+        # The entropy and percentile calibrators print progress to stdout; keep the CLI's output
+        # to what the pipeline reports.
+        with contextlib.redirect_stdout(io.StringIO()):
+            q.quantize_static(str(prepared), str(dst), ort_reader(batches, name),
+                              quant_format=q.QuantFormat.QDQ, per_channel=True,
+                              activation_type=activation, weight_type=q.QuantType.QInt8,
+                              calibrate_method=calibrate, nodes_to_exclude=list(keep_float),
+                              nodes_to_quantize=list(only) if only is not None else None,
+                              extra_options=extra,
+                              calibration_cache_path=str(cache) if cache else None)
     return dst
 
 

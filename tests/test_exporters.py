@@ -51,6 +51,14 @@ def test_openvino_round_trip(tmp_path, pair, precision):
     assert diff < OPENVINO_TOLERANCE[precision]
 
 
+def test_openvino_compile_settings_reach_the_plugin(tmp_path, pair):
+    xml = onnx_to_openvino(pair[1], tmp_path / "model.xml")
+    compiled = compile_openvino(xml, threads=1, pin_threads=False)
+    assert compiled.get_property("ENABLE_CPU_PINNING") is False
+    assert compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    assert str(compiled.get_property("INFERENCE_PRECISION_HINT")) in ("<Type: 'float32'>", "f32")
+
+
 def test_openvino_fp16_weights_are_smaller(tmp_path, pair):
     a = onnx_to_openvino(pair[1], tmp_path / "a.xml", fp16=False).with_suffix(".bin").stat().st_size
     b = onnx_to_openvino(pair[1], tmp_path / "b.xml", fp16=True).with_suffix(".bin").stat().st_size

@@ -29,7 +29,7 @@ def onnx_to_openvino(src: Path | str, dst_xml: Path | str, *, fp16: bool = False
 
 
 def compile_openvino(xml: Path | str, *, threads: int | None = None, hint: str = "latency",
-                     device: str = "CPU"):
+                     pin_threads: bool | None = None, device: str = "CPU"):
     """Compile an IR with the profile's benchmark settings; used by both runner and probe so the
     accuracy we report comes from the same configuration we time."""
     ov = need("openvino", "openvino")
@@ -39,5 +39,7 @@ def compile_openvino(xml: Path | str, *, threads: int | None = None, hint: str =
               "INFERENCE_PRECISION_HINT": "f32"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
+    if pin_threads is not None:
+        config["ENABLE_CPU_PINNING"] = bool(pin_threads)
     core = ov.Core()
     return core.compile_model(core.read_model(str(existing(xml, "OpenVINO IR"))), device, config)

@@ -32,6 +32,7 @@ class Benchmark(_Frozen):
     max_time_s: float = Field(30.0, gt=0)    # but stop past this (slow models), min 10 runs
     threads: Optional[int] = Field(None, ge=1)   # None: the runtime's default
     hint: Literal["latency", "throughput"] = "latency"
+    pin_threads: Optional[bool] = None       # OpenVINO ENABLE_CPU_PINNING; None: the runtime's default
     tolerance: float = Field(0.15, gt=0, lt=10)  # regression test: fail above (1 + tolerance) x baseline
 
 

@@ -25,8 +25,8 @@ class OpenVINOTarget(Target):
                            files={"engine": xml, "weights": xml.with_suffix(".bin")})
 
     def runner(self, build: BuildResult) -> Runner:
-        compiled = compile_openvino(build.engine, threads=self.profile.benchmark.threads,
-                                    hint=self.profile.benchmark.hint)
+        b = self.profile.benchmark
+        compiled = compile_openvino(build.engine, threads=b.threads, hint=b.hint, pin_threads=b.pin_threads)
         return lambda x: compiled(x)[0]
 
 
@@ -35,7 +35,8 @@ def openvino_probe(profile: Profile) -> Probe:
     """Time synchronous inference of the IR, configured as the profile says."""
     def probe(build: BuildResult) -> Latency:
         bench = profile.benchmark
-        compiled = compile_openvino(build.engine, threads=bench.threads, hint=bench.hint)
+        compiled = compile_openvino(build.engine, threads=bench.threads, hint=bench.hint,
+                                    pin_threads=bench.pin_threads)
         request = compiled.create_infer_request()
         x = random_input(input_dims(build.onnx, profile))
         times = time_calls(lambda: request.infer({0: x}), bench)

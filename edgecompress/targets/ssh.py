@@ -106,9 +106,15 @@ def remote_command(runtime: str, engine: str, profile: Profile, dims: tuple[int,
                 f'"$T" --onnx={engine} --shapes=input:{shape} $P --warmUp=500 '
                 f'--iterations={b.iterations} --duration={math.ceil(b.min_time_s)} --percentile=90')
     if runtime == "openvino":
-        threads = f" -nthreads {b.threads}" if b.threads else ""
-        return (f"benchmark_app -m {engine} -d CPU -api sync -hint {b.hint} -shape [{','.join(map(str, dims))}]"
-                f" -niter {b.iterations} -t {max(1, math.ceil(b.min_time_s))}{threads}")
+        tune = (f" -nthreads {b.threads}" if b.threads else "") + (
+            "" if b.pin_threads is None else f" -pin {'YES' if b.pin_threads else 'NO'}")
+        # benchmark_app refuses -nthreads/-pin with a hint ("fine tune options ... set -hint none"):
+        # spell the latency hint out as one stream instead.
+        hint = f" -hint {b.hint}"
+        if tune:
+            hint = " -hint none" + (" -nstreams 1" if b.hint == "latency" else "") + tune
+        return (f"benchmark_app -m {engine} -d CPU -api sync{hint} -shape [{','.join(map(str, dims))}]"
+                f" -niter {b.iterations} -t {max(1, math.ceil(b.min_time_s))}")
     threads = f" -x {b.threads}" if b.threads else ""
     return f"onnxruntime_perf_test -e cpu -m times -r {b.iterations}{threads} -s -I {engine}"
 

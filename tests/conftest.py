@@ -1,0 +1,29 @@
+"""Shared fixtures. (Fault suites: one trained tiny model and one finished reference run per session.)"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+@pytest.fixture(scope="session")
+def fault_weights(tmp_path_factory) -> Path:
+    """State dict of the tiny fault-suite model, trained once per session (read-only for tests)."""
+    from _faults import REPO  # noqa: F401  (puts the repository on sys.path)
+    from tests.fixtures.fault_specs import train_weights
+    return train_weights(tmp_path_factory.mktemp("fault-weights") / "tiny.pt")
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory, fault_weights) -> Path:
+    """An uninterrupted tiny run (its own process), finished. Copy it before changing anything."""
+    from _faults import run_cli, tiny_argv
+    out = tmp_path_factory.mktemp("reference") / "run"
+    proc = run_cli(tiny_argv(out, fault_weights))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "manifest.json").read_text())["finished"]
+    return out

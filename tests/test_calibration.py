@@ -280,7 +280,7 @@ def test_outlier_model_keeps_layers_float_and_meets_budget(tmp_path):
     assert set(sel.chosen.keep_float) == {"/conv_b/Conv", "/conv_c/Conv"}
     assert len(sel.chosen.keep_float) < len(quantizable_layers(path))   # the rest stay INT8
     assert sel.to_dict()["keep_float"] == list(sel.chosen.keep_float)
-    assert sel.chosen.backend == "ort"
+    assert sel.chosen.backend == "ort-qdq"
     # The chosen QDQ artifact also holds in OpenVINO (the x86 target's runtime).
     pytest.importorskip("openvino")
     assert accuracy(openvino_runner(sel.chosen.details["artifact"]), val, labels) >= 90.0

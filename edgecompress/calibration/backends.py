@@ -21,10 +21,16 @@ class Calibrator:
     artifact: str            # "onnx-qdq" (any runtime builds an engine from it) | "openvino-ir"
     suffix: str              # file suffix of the artifact
     quantize: Callable[..., Path]
+    label: str = ""          # how reports name it
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", self.name)
 
 
 CALIBRATORS: Registry[Calibrator] = Registry("calibration backend")
-CALIBRATORS.add("ort", Calibrator("ort", ort_qdq.METHODS, "onnx-qdq", ".onnx", ort_qdq.quantize_ort))
+CALIBRATORS.add("ort", Calibrator("ort", ort_qdq.METHODS, "onnx-qdq", ".onnx", ort_qdq.quantize_ort,
+                                 label="ort-qdq"))
 CALIBRATORS.add("nncf", Calibrator("nncf", nncf_backend.METHODS, "openvino-ir", ".xml",
                                    nncf_backend.quantize_nncf))
 

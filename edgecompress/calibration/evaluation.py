@@ -101,14 +101,15 @@ def artifact_evaluator(*, fp32_onnx: str | Path, work_dir: str | Path,
     def evaluate(precision: str, keep_float: tuple[str, ...]) -> tuple[float, float | None, dict]:
         out = root / (precision if not keep_float else f"{precision}_float{len(keep_float)}")
         out.mkdir(parents=True, exist_ok=True)
-        src, used = Path(fp32_onnx), "none"
+        src, details = Path(fp32_onnx), {"backend": "none"}
         if precision == "int8":
             src = quantize_int8(fp32_onnx, out / f"model_int8{calibrator.suffix}", calib_batches,
                                 method=method, backend=backend,
                                 symmetric_activations=symmetric_activations, keep_float=keep_float)
-            used = calibrator.name
+            details = {"backend": calibrator.label, "method": method,
+                       "symmetric_activations": symmetric_activations}
         built = build(src, precision, out)
         acc = accuracy(run(built), val_images, val_labels)
-        return acc, measure(built), {"backend": used, "artifact": str(src), "method": method}
+        return acc, measure(built), {**details, "artifact": str(src)}
 
     return evaluate

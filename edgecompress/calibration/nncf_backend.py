@@ -6,7 +6,9 @@ x86 OpenVINO engine itself, not a QDQ ONNX, and the report names this backend.
 """
 from __future__ import annotations
 
+import logging
 import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -62,10 +64,23 @@ def quantize_nncf(src_onnx: str | Path, dst_xml: str | Path, batches: Sequence[n
                         f"valid with NNCF: {', '.join(METHODS)}")
     # PERFORMANCE: symmetric weights and activations; MIXED: asymmetric activations.
     preset = nncf.QuantizationPreset.PERFORMANCE if symmetric_activations else nncf.QuantizationPreset.MIXED
-    quantized = nncf.quantize(ov.convert_model(str(src_onnx)), nncf_dataset(batches), preset=preset,
-                              subset_size=len(batches), ignored_scope=ignored_scope(keep_float),
-                              advanced_parameters=_advanced(nncf, method))
+    with _quiet_nncf_info():
+        quantized = nncf.quantize(ov.convert_model(str(src_onnx)), nncf_dataset(batches), preset=preset,
+                                  subset_size=len(batches), ignored_scope=ignored_scope(keep_float),
+                                  advanced_parameters=_advanced(nncf, method))
     dst = Path(dst_xml).with_suffix(".xml")
     dst.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(quantized, str(dst), compress_to_fp16=False)
     return dst
+
+
+@contextmanager
+def _quiet_nncf_info():
+    """NNCF logs every ignored node and quantizer decision at INFO to stdout; keep its warnings."""
+    log = logging.getLogger("nncf")
+    level = log.level
+    log.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        log.setLevel(level)

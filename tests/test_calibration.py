@@ -24,15 +24,7 @@ pytest.importorskip("onnxruntime")
 
 
 def export(model: nn.Module, path, shape) -> str:
-    try:
-        from edgecompress.exporters import to_onnx
-    except ImportError:  # exporters not there yet: the same call it makes
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model.eval(), torch.zeros(1, *shape), str(path), opset_version=17, dynamo=False,
-                              input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-        return str(path)
+    from edgecompress.exporters import to_onnx
     return str(to_onnx(model.eval(), path, input_shape=shape))
 
 

@@ -91,6 +91,8 @@ def export_onnx(model: nn.Module, dst: Path, *, input_shape: tuple[int, ...]) ->
         return to_onnx(model, dst, input_shape=input_shape)
     except (UserError, InternalError):
         raise
+    except OSError:
+        raise  # a full or unwritable disk is not the model's fault: the runner reports it as such
     except Exception as exc:
         raise UserError(f"the model cannot be exported to ONNX: {describe_export_failure(model, exc, input_shape)}",
                         "replace that operation with one ONNX supports (opset 17), or register a symbolic") from exc

@@ -1,14 +1,17 @@
 """Run the stages in order in one run directory, skipping those already finished (`--resume`)."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
 import torch
 
+from edgecompress.errors import EdgeCompressError, UserError
 from edgecompress.pipeline.config import RunConfig
 from edgecompress.pipeline.context import Context
 from edgecompress.pipeline.rundir import RunDir, sha256_file
@@ -100,7 +103,7 @@ def _run_stages(ctx: Context) -> None:
         ctx.rundir.invalidate_from(names[i:])  # its inputs may change: everything after it is redone
         with ctx.ui.stage(stage.name, stage.what), ctx.rundir.staging(stage.name) as out:
             began = time.perf_counter()
-            output = stage.run(ctx, out)
+            output = run_stage(ctx, stage, out)
             debug_pause(ctx.ui, stage.name)
             ctx.rundir.manifest["notes"] = list(ctx.notes)
             ctx.rundir.finish_stage(stage.name, staged=out, files=output.files, data=output.data,
@@ -124,3 +127,37 @@ def debug_pause(ui: UI, name: str) -> None:
         pause = 0.0
     ui.say(f"  debug: {name}: files staged, sleeping {pause:g} s before committing them ({SLOW_STAGE_ENV})")
     time.sleep(pause)
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+LOW_DISK_BYTES = 1 << 20
+
+
+def run_stage(ctx: Context, stage, out: Path):
+    """`stage.run`, with a full disk reported as the user's one-line error, not a traceback.
+
+    Libraries word a full disk differently: Python raises OSError(ENOSPC), torch.save's zip writer
+    a RuntimeError ("unexpected pos ..."), so a failure while the run directory's file system has
+    (almost) no space left counts as a full disk too.
+    """
+    try:
+        return stage.run(ctx, out)
+    except EdgeCompressError:
+        raise
+    except Exception as exc:
+        if disk_full(exc, ctx.rundir.path):
+            raise UserError(f"no space left on the device while stage {stage.name} was writing in "
+                            f"{ctx.rundir.path}", "free some disk space, then run again with --resume") from exc
+        raise
+
+
+def disk_full(exc: BaseException, path: Path) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in DISK_FULL_ERRNOS:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        return shutil.disk_usage(path).free < LOW_DISK_BYTES
+    except OSError:
+        return False

@@ -278,6 +278,20 @@ class RunDir:
         return out
 
 
+def check_writable(path: Path) -> None:
+    """Fail fast, before any work, when `path` cannot become a writable directory."""
+    probe = Path(path).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe == Path(path).absolute() and probe.is_dir():
+        ok = os.access(probe, os.W_OK | os.X_OK)
+    else:
+        ok = probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
+    if not ok:
+        why = "not a directory" if not probe.is_dir() else "permission denied"
+        raise UserError(f"--out {path} is not writable ({why}: {probe})", "choose a directory you can write to")
+
+
 def _prepare_dir(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)

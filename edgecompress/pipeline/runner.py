@@ -14,7 +14,7 @@ import torch
 from edgecompress.errors import EdgeCompressError, UserError
 from edgecompress.pipeline.config import RunConfig
 from edgecompress.pipeline.context import Context
-from edgecompress.pipeline.rundir import RunDir, sha256_file
+from edgecompress.pipeline.rundir import RunDir, check_writable, sha256_file
 from edgecompress.pipeline.stages import all_stages
 from edgecompress.pipeline.ui import UI, summary_line
 
@@ -44,8 +44,9 @@ def run(config: RunConfig) -> int:
 def _run(config: RunConfig, coordinator) -> int:
     ui = UI()
     start = time.perf_counter()
-    ctx_parts = _resolve(config, ui)
     out = config.out_dir()
+    check_writable(out)
+    ctx_parts = _resolve(config, ui)
     with RunDir.open(out, resume=config.resume, inputs=_inputs(config)) as rundir:
         ctx = Context(config=config, rundir=rundir, ui=ui, dist=coordinator, **ctx_parts)
         ui.say(f"run directory: {rundir.path}  (target {ctx.profile.name}, model {ctx.model_name}, data {ctx.data.name})")

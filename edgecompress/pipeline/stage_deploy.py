@@ -71,15 +71,26 @@ def _calibration(ctx: Context) -> list[np.ndarray]:
                                seed=ctx.config.seed)
 
 
+def _backend(runtime: str) -> str:
+    """The runtime's default INT8 backend when it writes a QDQ ONNX, else ONNX Runtime's QDQ.
+
+    The build stage takes an ONNX (DESIGN: model_int8.onnx) and every target builds from QDQ; a
+    backend that writes another format (NNCF -> OpenVINO IR) is not fed to Target.build.
+    """
+    from edgecompress.calibration import CALIBRATORS, DEFAULT_BACKEND
+    name = DEFAULT_BACKEND.get(runtime, "ort")
+    return name if CALIBRATORS.get(name).artifact == "onnx-qdq" else "ort"
+
+
 def _evaluator(ctx: Context, work: Path):
-    from edgecompress.calibration import DEFAULT_BACKEND, SYMMETRIC_ACTIVATIONS, artifact_evaluator
+    from edgecompress.calibration import SYMMETRIC_ACTIVATIONS, artifact_evaluator
     runtime, target = ctx.profile.runtime, ctx.target
     return artifact_evaluator(
         fp32_onnx=ctx.rundir.artifact("export", "onnx"), work_dir=work, calib_batches=_calibration(ctx),
         val_images=ctx.val[0].numpy().astype(np.float32), val_labels=ctx.val[1].numpy(),
         build=lambda src, precision, d: target.build(src, d, precision=precision),
         run=target.runner, measure=lambda b: target.measure(b).median_ms,
-        backend=DEFAULT_BACKEND.get(runtime, "ort"), method=ctx.config.calibration,
+        backend=_backend(runtime), method=ctx.config.calibration,
         symmetric_activations=SYMMETRIC_ACTIVATIONS.get(runtime, False))
 
 

@@ -1,10 +1,13 @@
 """What every stage reads: the request, the run directory, the data, the original model, the target."""
 from __future__ import annotations
 
+import os
 import shutil
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -88,7 +91,8 @@ def export_onnx(model: nn.Module, dst: Path, *, input_shape: tuple[int, ...]) ->
     """to_onnx with the export failure turned into the user's message naming the operation."""
     from edgecompress.exporters import to_onnx
     try:
-        return to_onnx(model, dst, input_shape=input_shape)
+        with quiet_stdout():
+            return to_onnx(model, dst, input_shape=input_shape)
     except (UserError, InternalError):
         raise
     except OSError:
@@ -114,8 +118,13 @@ def _failing_layer(model: nn.Module, input_shape: tuple[int, ...]) -> str | None
     import io
     import warnings
     inputs: dict[str, tuple] = {}
-    hooks = [m.register_forward_hook(lambda mod, args, out, name=name: inputs.setdefault(name, args))
-             for name, m in model.named_modules() if name and not list(m.children())]
+
+    def record(name: str):
+        def hook(mod, args, out) -> None:  # returns None: a returned value would replace the output
+            inputs.setdefault(name, args)
+        return hook
+    hooks = [m.register_forward_hook(record(name)) for name, m in model.named_modules()
+             if name and not list(m.children())]
     try:
         with torch.no_grad():
             model.eval()(torch.zeros(1, *input_shape))
@@ -127,12 +136,36 @@ def _failing_layer(model: nn.Module, input_shape: tuple[int, ...]) -> str | None
     modules = dict(model.named_modules())
     for name, args in inputs.items():
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), quiet_stdout():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(modules[name], args, io.BytesIO(), dynamo=False, opset_version=17)
         except Exception:
             return f"{name} ({type(modules[name]).__name__})"
     return None
+
+
+@contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """Point file descriptor 1 at /dev/null for a moment.
+
+    When an operator has no ONNX symbolic, torch's TorchScript exporter dumps the whole graph to
+    C++ std::cout ("Torch IR graph at exception: ..."): its setup_onnx_logging tests the function
+    `_jit_is_onnx_log_enabled` for truth instead of calling it, so the ONNX log is always on. The
+    user gets the one-line error naming the operation and the layer instead.
+    """
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no stdout at all: nothing to protect
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def load_module(path: Path) -> nn.Module:

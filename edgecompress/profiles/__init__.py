@@ -101,12 +101,24 @@ def _describe(err: dict) -> str:
     return f"key '{key}': {err['msg']} (got {err.get('input')!r})"
 
 
+def _yaml_problem(e: Exception) -> str:
+    """PyYAML's message spans several lines with a caret drawing; the user's error is one line."""
+    def where(mark) -> str:
+        return f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+    problem = getattr(e, "problem", None) or str(e).strip().splitlines()[0]
+    text = f"{problem}{where(getattr(e, 'problem_mark', None))}"
+    context = getattr(e, "context", None)  # where the construct that is left open began
+    return f"{context}{where(getattr(e, 'context_mark', None))}: {text}" if context else text
+
+
 def parse_profile(path: Path) -> Profile:
     """Load one YAML file; every mismatch is collected into one UserError naming the file."""
     try:
         data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise UserError(f"cannot read profile {path}: {e}", "fix the YAML syntax") from e
+    except OSError as e:
+        raise UserError(f"cannot read profile {path}: {e.strerror or e}", "check the path and its permissions") from e
+    except yaml.YAMLError as e:
+        raise UserError(f"cannot read profile {path}: {_yaml_problem(e)}", "fix the YAML syntax") from e
     if not isinstance(data, dict):
         raise UserError(f"profile {path} is not a mapping of keys to values", "see edgecompress/profiles/*.yaml")
     data.setdefault("name", path.stem)

@@ -91,9 +91,27 @@ def _torch_load(path: Path, *, full: bool):
     try:
         return torch.load(path, map_location="cpu", weights_only=not full)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot load {path}: {first[:200]}",
+        raise UserError(f"cannot load {path}: {_load_problem(path, exc)}",
                         "the file is missing, truncated or not a PyTorch checkpoint") from exc
+
+
+def _load_problem(path: Path, exc: Exception) -> str:
+    """What is wrong with the file, in the user's terms. torch.load's own words mislead here: random
+    bytes get its "weights_only default changed in 2.6" notice, a truncated zip `[Errno 22]`."""
+    import re
+    import zipfile
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head == b"PK" and not zipfile.is_zipfile(path):
+        return "the zip archive torch.save writes is truncated or damaged"
+    if head != b"PK" and head[:1] != b"\x80":  # neither torch.save's zip nor a (legacy) pickle
+        return "not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle)"
+    text = str(exc)
+    unpickler = re.search(r"WeightsUnpickler error:\s*(.+?)(?: Please use|\n\n|$)", text, re.S)
+    if unpickler:  # a checkpoint holding Python objects besides tensors
+        return "it holds more than tensors (" + " ".join(unpickler.group(1).split())[:200] + ")"
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return first[:200]
 
 
 def load_weights(model: nn.Module, path: Path) -> None:

@@ -1,0 +1,277 @@
+"""Phases `latency` and `report` of benchmarks/compare_criteria.py.
+
+latency: every saved model (each base model's original.pt and every configuration's model.pt) is
+exported to ONNX, built as an OpenVINO FP32 IR and timed by the x86-cpu target's own probe at
+batch 1; latency.json holds median / p90 per model, a rerun measures only what is missing.
+report: tables, plots and the goal check, written into the "## Criteria comparison" section of
+docs/benchmarks.md (no other section is touched).
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from _common import describe_machine, machine, md_table, replace_section
+from _criteria_search import write_json
+
+SECTION = "Criteria comparison"
+TP_CRITERIA = ("l1", "l2", "bn_scale", "taylor")   # Torch-Pruning's importances, as named in CRITERIA
+OURS = "permutation"
+
+
+def saved_models(out: Path) -> dict[str, Path]:
+    """key -> model file: `<model>/original` and `<model>/<config>` for every finished configuration."""
+    found = {f"{p.parent.name}/original": p for p in sorted(out.glob("*/original.pt"))}
+    for p in sorted(out.glob("*/*/model.pt")):
+        if (p.parent / "result.json").is_file():
+            found[f"{p.parent.parent.name}/{p.parent.name}"] = p
+    return found
+
+
+def x86_target(*, quick: bool, threads: int | None = None):
+    from edgecompress.profiles import load_profile
+    from edgecompress.targets import get_target
+    profile = load_profile("x86-cpu")
+    bench = {"threads": threads} if threads else {}
+    if quick:
+        bench.update(warmup=2, iterations=10, min_time_s=0.0)
+    return get_target(profile.model_copy(update={"benchmark": profile.benchmark.model_copy(update=bench)}))
+
+
+def measure_file(path: Path, target, work: Path) -> dict:
+    from edgecompress.exporters import to_onnx
+    model = torch.load(path, map_location="cpu", weights_only=False).eval()
+    onnx_path = to_onnx(model, work / "model.onnx", input_shape=(1, 28, 28))
+    build = target.build(onnx_path, work / "engine", precision="fp32")
+    lat = target.measure(build)
+    return {"median_ms": lat.median_ms, "p90_ms": None if lat.p90_ms != lat.p90_ms else lat.p90_ms,
+            "iterations": lat.iterations, "method": lat.method, "device": lat.device}
+
+
+def latency_phase(out: Path, *, quick: bool, force: bool = False, threads: int | None = None) -> dict:
+    """Measure every saved model not yet in latency.json (all of them with `force`)."""
+    path = out / "latency.json"
+    done = {} if force or not path.is_file() else json.loads(path.read_text())
+    target = x86_target(quick=quick, threads=threads)
+    rows = done.get("models", {})
+    for key, model_path in saved_models(out).items():
+        if key in rows:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            rows[key] = measure_file(model_path, target, Path(tmp))
+        print(f"  {key}: {rows[key]['median_ms']:.3f} ms ({rows[key]['method']})", flush=True)
+        write_json(path, {"machine": machine(), "benchmark": target.profile.benchmark.model_dump(),
+                          "precision": "fp32", "models": rows})
+    if not path.is_file():
+        write_json(path, {"machine": machine(), "precision": "fp32", "models": rows})
+    return json.loads(path.read_text())
+
+
+def load_rows(out: Path) -> tuple[dict, list[dict], dict]:
+    """(baselines by model, result rows with latency joined in, latency file)."""
+    lat_file = out / "latency.json"
+    lat = json.loads(lat_file.read_text()) if lat_file.is_file() else {"models": {}}
+    bases = {p.parent.name: json.loads(p.read_text()) for p in sorted(out.glob("*/baseline.json"))}
+    rows = []
+    for p in sorted(out.glob("*/*/result.json")):
+        r = json.loads(p.read_text())
+        m = lat["models"].get(f"{p.parent.parent.name}/{p.parent.name}")
+        base_ms = lat["models"].get(f"{p.parent.parent.name}/original", {}).get("median_ms")
+        r["latency_ms"] = m["median_ms"] if m else None
+        r["latency_ratio"] = m["median_ms"] / base_ms if m and base_ms else None
+        rows.append(r)
+    for name, b in bases.items():
+        b["latency_ms"] = lat["models"].get(f"{name}/original", {}).get("median_ms")
+    return bases, rows, lat
+
+
+def default_allocation() -> str:
+    from edgecompress.pruning import PruningPlan
+    return inspect.signature(PruningPlan.build).parameters["allocation"].default
+
+
+def within_budget(r: dict, base: dict, drop: float) -> bool:
+    """The promise on what ships: the final model's validation accuracy within the budget."""
+    return r["val_accuracy"] >= base["val_accuracy"] - drop - 1e-9
+
+
+def goal_check(bases: dict, rows: list[dict], drop: float) -> list[dict]:
+    """Per base model: our default vs the fastest Torch-Pruning criterion with uniform allocation,
+    and the fastest variant overall (all at the same accuracy budget, measured latency)."""
+    ours_alloc = default_allocation()
+    out = []
+    for name, base in bases.items():
+        mine = [r for r in rows if r["model"] == name and r.get("latency_ms") is not None]
+        ok = [r for r in mine if within_budget(r, base, drop)]
+        ours = next((r for r in mine if r["criterion"] == OURS and r["allocation"] == ours_alloc), None)
+        tp = [r for r in ok if r["criterion"] in TP_CRITERIA and r["allocation"] == "uniform"]
+        best_tp = min(tp, key=lambda r: r["latency_ms"], default=None)
+        best = min(ok, key=lambda r: r["latency_ms"], default=None)
+        gain = None
+        if ours and best_tp:
+            gain = 100.0 * (1 - ours["latency_ms"] / best_tp["latency_ms"])
+        out.append({"model": name, "ours": ours, "ours_ok": bool(ours and within_budget(ours, base, drop)),
+                    "best_tp": best_tp, "best": best, "gain_pct": gain})
+    return out
+
+
+def _label(r: dict | None) -> str:
+    return "n/a" if r is None else f"{r['criterion']} / {r['allocation']}"
+
+
+def goal_text(checks: list[dict]) -> str:
+    lines = []
+    for c in checks:
+        if c["gain_pct"] is None:
+            lines.append(f"- **{c['model']}**: not enough measured rows for the goal check.")
+            continue
+        verdict = "is met" if c["gain_pct"] >= 20 and c["ours_ok"] else "is NOT met"
+        lines.append(
+            f"- **{c['model']}**: our default ({_label(c['ours'])}) {c['ours']['latency_ms']:.3f} ms vs the best "
+            f"Torch-Pruning criterion with uniform ratio ({_label(c['best_tp'])}) {c['best_tp']['latency_ms']:.3f} ms: "
+            f"**{c['gain_pct']:+.1f} %** lower latency; the goal (>= 20 %) {verdict}"
+            + ("" if c["ours_ok"] else " (and our model's final validation accuracy is outside the budget)") + ". "
+            f"Fastest variant within the budget: {_label(c['best'])} "
+            f"({c['best']['latency_ms']:.3f} ms, test {c['best']['test_accuracy']:.2f} %).")
+    return "\n".join(lines)
+
+
+def losses_text(bases: dict, rows: list[dict], drop: float) -> str:
+    """Every variant that beats our default on measured latency within the budget, by how much."""
+    alloc = default_allocation()
+    lines = []
+    for name, base in bases.items():
+        ours = next((r for r in rows if r["model"] == name and r["criterion"] == OURS and r["allocation"] == alloc
+                     and r.get("latency_ms") is not None), None)
+        if ours is None:
+            continue
+        better = sorted((r for r in rows if r["model"] == name and r is not ours and r.get("latency_ms") is not None
+                         and within_budget(r, base, drop) and r["latency_ms"] < ours["latency_ms"]),
+                        key=lambda r: r["latency_ms"])
+        for r in better:
+            lines.append(f"- {name}: {_label(r)} is {100 * (1 - r['latency_ms'] / ours['latency_ms']):.1f} % faster "
+                         f"than our default ({r['latency_ms']:.3f} vs {ours['latency_ms']:.3f} ms; test "
+                         f"{r['test_accuracy']:.2f} vs {ours['test_accuracy']:.2f} %).")
+        if not better:
+            lines.append(f"- {name}: no variant within the budget is faster than our default.")
+    return "\n".join(lines)
+
+
+COLUMNS = [
+    ("criterion", lambda r: r.get("criterion", "original")),
+    ("allocation", lambda r: r.get("allocation", "")),
+    ("knob", lambda r: None if r.get("knob") is None else f"{r['knob']:.4f}"),
+    ("probes", lambda r: r.get("probes")),
+    ("MMACs (% orig)", lambda r: f"{r['macs'] / 1e6:.2f} ({100 * r.get('macs_ratio', 1):.0f} %)"),
+    ("params (k)", lambda r: f"{r['params'] / 1e3:.1f}"),
+    ("val % after probe KD", lambda r: r.get("probe_val_accuracy")),
+    ("val %", lambda r: r["val_accuracy"]),
+    ("test %", lambda r: r["test_accuracy"]),
+    ("latency ms", lambda r: None if r.get("latency_ms") is None else f"{r['latency_ms']:.3f}"),
+    ("ratio to orig", lambda r: None if r.get("latency_ratio") is None else f"{r['latency_ratio']:.3f}"),
+    ("compression s", lambda r: r.get("wall_s")),
+]
+
+
+def tables(bases: dict, rows: list[dict]) -> str:
+    parts = []
+    for name, base in bases.items():
+        mine = sorted((r for r in rows if r["model"] == name),
+                      key=lambda r: (r.get("latency_ms") or float("inf"), r["criterion"], r["allocation"]))
+        orig = {**base, "latency_ratio": 1.0 if base.get("latency_ms") else None}
+        parts.append(f"**{name}** (original: val {base['val_accuracy']:.2f} %, test {base['test_accuracy']:.2f} %)\n\n"
+                     + md_table([orig, *mine], COLUMNS))
+    return "\n\n".join(parts)
+
+
+def plot(bases: dict, rows: list[dict], png: Path) -> Path | None:
+    """Per base model: test accuracy vs measured latency of every chosen model (filled: cr,
+    hollow: uniform), and the search probes' validation accuracy vs MACs per criterion."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    criteria = sorted({r["criterion"] for r in rows})
+    colours = {c: plt.cm.tab10(i % 10) for i, c in enumerate(criteria)}
+    fig, axes = plt.subplots(len(bases), 2, figsize=(12, 4.2 * len(bases)), squeeze=False)
+    for (name, base), (ax_lat, ax_probe) in zip(bases.items(), axes):
+        _plot_latency(ax_lat, name, base, [r for r in rows if r["model"] == name], colours)
+        _plot_probes(ax_probe, name, base, [r for r in rows if r["model"] == name], colours)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
+def _plot_latency(ax, name: str, base: dict, rows: list[dict], colours: dict) -> None:
+    for r in rows:
+        if r.get("latency_ms") is None:
+            continue
+        filled = r["allocation"] == "cr"
+        ax.scatter(r["latency_ms"], r["test_accuracy"], s=60, marker="o" if filled else "s",
+                   facecolors=colours[r["criterion"]] if filled else "none", edgecolors=colours[r["criterion"]],
+                   label=f"{r['criterion']} / {r['allocation']}")
+    if base.get("latency_ms"):
+        ax.scatter(base["latency_ms"], base["test_accuracy"], marker="*", s=140, c="k", label="original")
+    ax.set(xlabel="measured OpenVINO latency, batch 1 (ms)", ylabel="test accuracy (%)",
+           title=f"{name}: chosen models (filled o: cr, hollow []: uniform)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+
+
+def _plot_probes(ax, name: str, base: dict, rows: list[dict], colours: dict) -> None:
+    for r in rows:
+        probes = sorted(r.get("probe_list", []), key=lambda p: p["macs"])
+        ax.plot([p["macs"] / 1e6 for p in probes], [p["val_accuracy"] for p in probes],
+                "-o" if r["allocation"] == "cr" else "--s", ms=3, color=colours[r["criterion"]],
+                label=f"{r['criterion']} / {r['allocation']}")
+    ax.axhline(base["val_accuracy"] - 1.0, color="k", lw=0.8, ls=":", label="budget (val - 1 point)")
+    ax.set(xlabel="MMACs", ylabel="val accuracy after probe KD (%)", title=f"{name}: search probes",
+           ylim=(max(0, base["val_accuracy"] - 15), base["val_accuracy"] + 1))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+
+
+def report_phase(out: Path, *, docs: Path, commands: list[str], img: Path | None = None) -> str:
+    bases, rows, lat = load_rows(out)
+    settings = json.loads((out / "settings.json").read_text())
+    drop = settings["settings"]["max_acc_drop"]
+    img = img or docs.parent / "img" / "criteria_comparison.png"
+    png = plot(bases, rows, img) if rows else None
+    body = _body(bases, rows, lat, settings, commands, drop, png, docs)
+    replace_section(docs, SECTION, body)
+    return body
+
+
+def _body(bases, rows, lat, settings, commands, drop, png, docs: Path) -> str:
+    s = settings["settings"]
+    search_machine = describe_machine(settings["machine"])
+    lat_machine = describe_machine(lat["machine"]) if lat.get("machine") else "not measured yet"
+    rel = png.relative_to(docs.parent) if png and png.is_relative_to(docs.parent) else png
+    return "\n".join([
+        "`benchmarks/compare_criteria.py` (issue 7). Every base model x criterion x allocation goes through the "
+        "same binary search (the pipeline's `Searcher`, minimum interval "
+        f"{s['min_interval']}) on its one knob (cr for `cr`, the keep ratio for `uniform`) with the same "
+        f"accuracy budget ({drop} point of validation top-1 below the original) and the same fine-tuning "
+        f"budget: each probe is prune (keep counts rounded up to {s['multiple']}, at least {s['min_channels']}) -> "
+        f"BatchNorm recalibration on {s['bn_batches']} x {s['batch_size']} training images -> "
+        f"{s['probe_steps']} steps of KD -> validation accuracy; the chosen model (fewest MACs among the "
+        f"accepted probes) then gets {s['finetune_steps']} steps of KD (batch {s['batch_size']}, the pipeline's "
+        "DistillConfig). Latency: OpenVINO FP32 IR, batch 1, the `x86-cpu` target's probe (median).",
+        "", "Commands:", "", *[f"    {c}" for c in commands], "",
+        f"Search machine: {search_machine}. Latency machine: {lat_machine}.", "",
+        tables(bases, rows), "",
+        f"![accuracy vs measured latency]({rel})" if png else "(no plot: matplotlib missing or no rows)", "",
+        "Goal check (our default vs the best Torch-Pruning criterion with uniform ratio, same budgets):", "",
+        goal_text(goal_check(bases, rows, drop)), "",
+        "Where our default loses (variants faster at the same budget):", "",
+        losses_text(bases, rows, drop), "",
+        f"_Generated {time.strftime('%Y-%m-%d %H:%M %Z')} by `compare_criteria.py --phase report`._"])

@@ -80,15 +80,22 @@ def _forward_checked(model: nn.Module, x: torch.Tensor, index: int) -> torch.Ten
                         "give batches shaped like the model's input (N, C, H, W) from the same data") from exc
 
 
+def classifier_attribute(model: nn.Module) -> str | None:
+    """Name of the model's `fc` attribute when it is a conv / Linear (the zoo's convention)."""
+    fc = getattr(model, "fc", None)
+    names = {m: n for n, m in scorable_layers(model).items()}
+    return names.get(fc) if isinstance(fc, nn.Module) else None
+
+
 def final_layer(model: nn.Module, example_input: torch.Tensor) -> str | None:
     """The classifier whose outputs are the model's outputs: attribute `fc`, else the last conv /
     Linear executed in a forward pass."""
-    fc = getattr(model, "fc", None)
-    names = {m: n for n, m in scorable_layers(model).items()}
-    if fc is not None and fc in names:
-        return names[fc]
+    fc = classifier_attribute(model)
+    if fc is not None:
+        return fc
     order: list[str] = []
-    handles = [m.register_forward_hook(lambda mod, i, o, n=n: order.append(n)) for m, n in names.items()]
+    handles = [m.register_forward_hook(lambda mod, i, o, n=n: order.append(n))
+               for n, m in scorable_layers(model).items()]
     try:
         run_model(model, [example_input])
     finally:
@@ -274,20 +281,43 @@ def delta_output(module: nn.Module, x: torch.Tensor, delta: torch.Tensor) -> tor
 
 
 class _LiteralStats:
-    """Accumulates sum(conv(X, delta_d)^2) per channel over draws, in float64."""
+    """Accumulates sum(conv(X, delta_d)^2) per channel over draws, in float64.
+
+    Draws are stacked into the output dimension too (within each convolution group, so grouped
+    layers keep their layout): one convolution covers a chunk of draws, bounded in memory."""
+
+    MAX_ELEMENTS = 1 << 24   # of the stacked output per chunk (64 MiB in float32)
 
     def __init__(self, module: nn.Module, deltas: list[torch.Tensor]) -> None:
         self.module, self.deltas = module, deltas
+        self.groups = getattr(module, "groups", 1)
         self.dd = torch.zeros(module.weight.shape[0], dtype=torch.float64, device=module.weight.device)
+        self._chunks: list[torch.Tensor] | None = None
+
+    def _stack(self, per_draw_elements: int) -> list[torch.Tensor]:
+        size = max(1, self.MAX_ELEMENTS // max(per_draw_elements, 1))
+        out, g = self.deltas[0].shape[0], self.groups
+        chunks = []
+        for i in range(0, len(self.deltas), size):
+            part = torch.stack(self.deltas[i:i + size], 0)                 # (D, out, ...)
+            part = part.reshape(len(part), g, out // g, *part.shape[2:]).transpose(0, 1)
+            chunks.append(part.reshape(-1, *self.deltas[0].shape[1:]))     # (g * D * out/g, ...)
+        return chunks
 
     def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        for delta in self.deltas:
-            dy = delta_output(module, inputs[0], delta)
+        if self._chunks is None:
+            self._chunks = self._stack(output.numel())
+        out, g = self.dd.numel(), self.groups
+        for stacked in self._chunks:
+            dy = delta_output(module, inputs[0], stacked)
             if isinstance(module, nn.Linear):
-                dy = dy.reshape(-1, dy.shape[-1]).transpose(0, 1)
+                dy = dy.reshape(-1, dy.shape[-1]).t()                    # (D * out, rows)
             else:
-                dy = dy.transpose(0, 1)
-            self.dd += (dy * dy).reshape(dy.shape[0], -1).sum(1, dtype=torch.float64)
+                dy = dy.reshape(dy.shape[0], dy.shape[1], -1).transpose(0, 1)   # (g*D*out/g, n, P)
+            per = _sq_norm(dy.reshape(dy.shape[0], -1))                  # one value per stacked channel
+            draws = per.numel() // out
+            per = per.reshape(g, draws, out // g) if g > 1 else per.reshape(1, draws, out)
+            self.dd += per.sum(1).reshape(-1).double()
 
     def scores(self, samples: int) -> torch.Tensor:
         return self.dd / (samples * len(self.deltas))
@@ -377,15 +407,17 @@ def channel_importance(model: nn.Module, batches: Iterable, *, mode: str = "expe
     """
     _check_options(mode, at, draws)
     batches = batches if isinstance(batches, (list, tuple)) else list(batches)
-    first = next(iter_inputs(batches), None)
-    if first is None:
+    if next(iter_inputs(batches), None) is None:
         raise UserError("no calibration batches were given", "give at least one batch of inputs")
-    if exclude is None:
-        exclude = [n for n in [final_layer(model, first[:1])] if n is not None]
+    fc = classifier_attribute(model) if exclude is None else None
+    find_last = exclude is None and fc is None     # the classifier is then the last layer called
+    exclude = list(exclude) if exclude is not None else [n for n in [fc] if n]
     index = {n: i for i, n in enumerate(scorable_layers(model))}
     layers = _layers_to_score(model, exclude)
     stats = {n: _make_collector(n, m, mode=mode, draws=draws, seed=seed, index=index[n]) for n, m in layers.items()}
+    order: list[str] = []
     handles = [m.register_forward_hook(stats[n]) for n, m in layers.items()]
+    handles += [m.register_forward_hook(lambda mod, i, o, n=n: order.append(n)) for n, m in layers.items()]
     finder = _BatchNormFinder(model, layers) if at == "bn" else None
     stop_finding = (lambda i: finder.close()) if finder else None   # pairing needs the first batch only
     try:
@@ -395,6 +427,9 @@ def channel_importance(model: nn.Module, batches: Iterable, *, mode: str = "expe
             h.remove()
         if finder:
             finder.close()
+    if find_last and order:
+        stats.pop(order[-1])
+        _layers_to_score(model, [*exclude, order[-1]])   # raises when the classifier was all there was
     scores = {n: s.scores(samples).cpu() for n, s in stats.items()}
     if finder:
         scores = {n: v * bn_scale(finder.pairs[n]) if n in finder.pairs else v for n, v in scores.items()}

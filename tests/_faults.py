@@ -114,3 +114,49 @@ def comparable(report: dict) -> dict:
         if part.get("latency_method") == "measured" or r["result"].get("latency_method") == "measured":
             part.pop("latency_ms", None)
     return r
+
+
+# -- the table of messages in docs/reliability.md ----------------------------------------------------
+
+DOC = REPO / "docs" / "reliability.md"
+DOC_ROWS_ENV = "FAULTS_DOC_TABLE"
+
+
+def user_error_lines(err: str, tmp: Path, *, early: bool = True) -> tuple[str, str]:
+    """The `error:` and `hint:` lines of a failed run's stderr, temporary paths shown as <tmp>.
+
+    Asserts the shape: no traceback, exactly one error line followed by its hint as the last line;
+    with `early` (refused before any stage ran) nothing else but notes."""
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.replace(str(tmp), "<tmp>").splitlines() if ln.strip() and not ln.startswith("  note:")]
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert len(errors) == 1 and len(lines) >= 2 and lines[-2] == errors[0] and lines[-1].startswith("hint: "), err
+    if early:
+        assert len(lines) == 2, err
+    return lines[-2], lines[-1]
+
+
+def _code(text: str) -> str:
+    text = text.replace("|", "\\|")
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
+
+
+def doc_row(case_id: str, what: str, error: str, hint: str) -> str:
+    return f"| {case_id} | {what} | {_code(error)}<br>{_code(hint)} |"
+
+
+def doc_row_check(case_id: str, what: str, error: str, hint: str) -> None:
+    """With FAULTS_DOC_TABLE=FILE, append the row to FILE; otherwise the doc must hold it verbatim."""
+    row = doc_row(case_id, what, error, hint)
+    if os.environ.get(DOC_ROWS_ENV):
+        with open(os.environ[DOC_ROWS_ENV], "a") as f:
+            f.write(json.dumps({"id": case_id, "row": row}) + "\n")
+        return
+    assert row in DOC.read_text().splitlines(), \
+        f"docs/reliability.md lacks (or has another message for) this row; regenerate the table:\n{row}"
+
+
+if __name__ == "__main__":  # python tests/_faults.py ROWS.jsonl: print the markdown table
+    rows = [json.loads(line) for line in Path(sys.argv[1]).read_text().splitlines()]
+    print("| case | input | what `compress` prints (exit code 2) |\n|---|---|---|")
+    print("\n".join(dict((r["id"], r["row"]) for r in rows).values()))

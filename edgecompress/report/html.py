@@ -175,7 +175,8 @@ def _artifacts_section(report: dict, roots: list[Path]) -> str:
     rows, run_dir = [], roots[0]
     for name, rel in (report.get("artifacts") or {}).items():
         found = [root / str(rel) for root in roots if (root / str(rel)).is_file()]
-        size = _size(found[0].stat().st_size) if found else "missing"
+        size = (_size(found[0].stat().st_size) if found else
+                "this page" if str(rel) == REPORT_HTML else "missing")  # written after this table
         rows.append(f"<tr><td class=l>{_e(name)}</td><td class=l><code>{_e(rel)}</code></td>"
                     f"<td>{size}</td></tr>")
     return (f"<section id=artifacts><h2>Artifacts</h2><p class=sub>Paths relative to "

@@ -149,14 +149,15 @@ def _read_out(gates: Gates, model: nn.Module, xs: list[torch.Tensor]) -> tuple[d
 
 
 def train_gates(model: nn.Module, groups: Sequence, batches: Sequence, *, target: float = 0.5,
-                steps: int = 100, lr: float = 0.05, alpha_start: float = 0.1, alpha_end: float = 100.0,
-                reg: float = 10.0, late: float = 0.8, seed: int = 0) -> GateResult:
-    """Train AutoPruner gates for `steps` mini-batches (cycling through `batches`); the model's
-    parameters, modes and hooks are restored afterwards."""
+                steps: int = 50, batch_size: int = 32, lr: float = 0.05, alpha_start: float = 0.1,
+                alpha_end: float = 100.0, reg: float = 10.0, late: float = 0.8, seed: int = 0) -> GateResult:
+    """Train AutoPruner gates for `steps` mini-batches of `batch_size` images cut from `batches`
+    (cycling); the model's parameters, modes and hooks are restored afterwards. Each step costs
+    two forwards and one backward of the whole network, hence the small defaults (CPU)."""
     if not 0 < target <= 1:
         raise UserError(f"AutoPruner target kept fraction must be in (0, 1], got {target}",
                         "e.g. target=0.5 keeps half the channels of every group")
-    xs = [as_input(b) for b in batches]
+    xs = [part for b in batches for part in torch.split(as_input(b), max(1, batch_size))]
     if not xs or steps < 1:
         raise UserError("AutoPruner needs calibration batches and steps >= 1", "give data and steps")
     torch.manual_seed(seed)
@@ -184,13 +185,13 @@ def train_gates(model: nn.Module, groups: Sequence, batches: Sequence, *, target
 
 
 def autopruner_scores(model: nn.Module, groups: Sequence, batches: Sequence, *, target: float = 0.5,
-                      steps: int = 100, lr: float = 0.05, alpha_start: float = 0.1,
+                      steps: int = 50, batch_size: int = 32, lr: float = 0.05, alpha_start: float = 0.1,
                       alpha_end: float = 100.0, reg: float = 10.0, seed: int = 0,
                       **_: object) -> dict[str, torch.Tensor]:
     """Gate values as channel scores (see the module docstring for how they encode the keep set).
     Options meant for other criteria are ignored (CRITERIA contract)."""
-    scores = train_gates(model, groups, batches, target=target, steps=steps, lr=lr, alpha_start=alpha_start,
-                         alpha_end=alpha_end, reg=reg, seed=seed).scores()
+    scores = train_gates(model, groups, batches, target=target, steps=steps, batch_size=batch_size, lr=lr,
+                         alpha_start=alpha_start, alpha_end=alpha_end, reg=reg, seed=seed).scores()
     # A group no layer reads (none in the zoo) never gets a code: every channel counts the same.
     return {g.key: scores.get(g.key, torch.ones(g.width, dtype=torch.float64)) for g in groups}
 

@@ -150,7 +150,9 @@ def test_pipeline_staging_folder_is_recognised(run_dir: Path) -> None:
     report = synthetic_report()
     report["budget"] = {"met": False, "missed": {"latency_ms": 0.25}, "accuracy_floor": 91.0}
     report["notes"] = ["tensorrt cannot run on this machine: latency is ESTIMATED"]
+    report["search"] = {"moved_from": 0.78125}
     (staging / "report.json").write_text(json.dumps(report))
     page = write_report_html(staging).read_text()
     assert "585.9 KiB" in page  # model.onnx found in the run directory, not the staging folder
     assert "Budget missed" in page and "latency is ESTIMATED" in page
+    assert "chose cr 0.781, then moved to cr 0.812" in page

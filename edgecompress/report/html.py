@@ -106,6 +106,10 @@ def _summary_section(report: dict) -> str:
     if missed:
         lines.append("<p class=note><b>Budget missed</b>: " + ", ".join(
             f"{_e(k)} by {_num(v)}" for k, v in missed.items()) + "</p>")
+    moved = (report.get("search") or {}).get("moved_from")
+    if moved is not None and res.get("cr") is not None:
+        lines.append(f"<p class=sub>The search chose cr {_num(moved)}, then moved to cr {_num(res['cr'])}: "
+                     f"measured as fast, and more accurate.</p>")
     lines += [f"<p class=note>{_e(n)}</p>" for n in report.get("notes") or []]
     return (f"<section id=summary><h2>Summary</h2><p>{lines[0]}</p>{''.join(lines[1:])}"
             f"<table><tr><th class=l></th><th>original</th><th>compressed</th><th>change</th></tr>"

@@ -110,9 +110,10 @@ def comparable(report: dict) -> dict:
     r.pop("command", None)
     r.get("search", {}).pop("probes_restored", None)
     r["notes"] = [n for n in r.get("notes", []) if "is redone" not in n]
-    for part in (r["baseline"], r["result"], *r["probes"]):
-        if part.get("latency_method") == "measured" or r["result"].get("latency_method") == "measured":
+    if "measured" in (r["baseline"].get("latency_method"), r["result"].get("latency_method")):
+        for part in (r["baseline"], r["result"], *r["probes"], *r.get("precisions", [])):
             part.pop("latency_ms", None)
+        r.pop("result_details", None)
     return r
 
 

@@ -49,6 +49,15 @@ def _dead_pid() -> int:
     return proc.pid
 
 
+@pytest.fixture
+def live_pid():
+    """A process of ours that is alive for the test (not the parent: in a container it may be pid 0/1)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
 def _write_lock(path, **owner) -> None:
     path.write_text(json.dumps(owner))
 
@@ -70,22 +79,20 @@ def test_lock_torn_by_a_kill_while_written_is_taken_over(tmp_path):
     lock.release()
 
 
-def test_reused_pid_is_not_taken_for_the_owner(tmp_path):
+def test_reused_pid_is_not_taken_for_the_owner(tmp_path, live_pid):
     """A live pid whose start time differs from the recorded one: the owner died, the pid was reused."""
-    parent = os.getppid()
-    _write_lock(tmp_path / LOCK, pid=parent, host=socket.gethostname(), start="-1")
+    _write_lock(tmp_path / LOCK, pid=live_pid, host=socket.gethostname(), start="-1")
     lock = RunLock(tmp_path / LOCK)
     lock.acquire()
     assert lock.held
     lock.release()
 
 
-def test_live_owner_refuses_with_its_pid(tmp_path):
-    parent = os.getppid()
-    _write_lock(tmp_path / LOCK, pid=parent, host=socket.gethostname(), start=_proc_start(parent))
-    with pytest.raises(UserError, match=f"another compress run \\(pid {parent} on "):
+def test_live_owner_refuses_with_its_pid(tmp_path, live_pid):
+    _write_lock(tmp_path / LOCK, pid=live_pid, host=socket.gethostname(), start=_proc_start(live_pid))
+    with pytest.raises(UserError, match=f"another compress run \\(pid {live_pid} on "):
         RunLock(tmp_path / LOCK).acquire()
-    assert json.loads((tmp_path / LOCK).read_text())["pid"] == parent  # not stolen
+    assert json.loads((tmp_path / LOCK).read_text())["pid"] == live_pid  # not stolen
 
 
 def test_lock_of_another_host_is_respected(tmp_path):

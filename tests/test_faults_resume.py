@@ -25,10 +25,7 @@ def _final_paths(ref: dict, stage: str) -> set[str]:
     """Files a stage owns under their final names (not ones an earlier stage already published)."""
     stages = ref["stages"]
     earlier = {a["path"] for s in STAGES[:STAGES.index(stage)] for a in stages[s]["artifacts"].values()}
-    mine = {a["path"] for a in stages[stage]["artifacts"].values()}
-    if stage == "prune":
-        mine.add("model_searched.pt")
-    return mine - earlier
+    return {a["path"] for a in stages[stage]["artifacts"].values()} - earlier
 
 
 def _poison_staging(run: Path, stage: str) -> list[str]:

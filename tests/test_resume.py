@@ -33,7 +33,7 @@ def setup(tmp_path_factory):
     argv = ["--target", "tiny-est", "--profiles", str(profiles), "--max-acc-drop", "3",
             "--model", "tests.tiny_specs:model", "--weights", str(root / "tiny.pt"), "--data", "tests.tiny_specs:data",
             "--finetune-epochs", "1", "--bn-batches", "2", "--batch-size", "64", "--min-search-interval", "0.05",
-            "--precision", "fp32", "--seed", "3", "--threads", "1"]
+            "--probe-finetune-steps", "5", "--precision", "fp32", "--seed", "3", "--threads", "1"]
     ref = _compress(argv + ["--out", str(root / "ref")])
     assert ref.returncode == 0, ref.stderr
     return root, argv

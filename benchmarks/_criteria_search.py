@@ -155,6 +155,8 @@ def run_config(out: str, model_name: str, criterion: str, allocation: str, setti
     folder = config_dir(Path(out), model_name, criterion, allocation)
     if (folder / "result.json").is_file():
         return json.loads((folder / "result.json").read_text())
+    if settings.deadline is not None and time.time() > settings.deadline:
+        return {"model": model_name, "criterion": criterion, "allocation": allocation, "status": "incomplete"}
     if settings.threads:
         torch.set_num_threads(settings.threads)
     folder.mkdir(parents=True, exist_ok=True)

@@ -437,22 +437,25 @@ def channel_importance(model: nn.Module, batches: Iterable, *, mode: str = "expe
 
 
 def per_channel_loop(model: nn.Module, batches: Iterable, *, layers: Iterable[str] | None = None,
-                     mode: str = "shuffle", draws: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
+                     mode: str = "shuffle", draws: int = 1, seed: int = 0, max_channels: int | None = None,
+                     ) -> dict[str, torch.Tensor]:
     """The seed's literal procedure, for fidelity checks and cost benchmarks: for each channel and
     draw, replace that channel's kernel in a copy of the weights and run the WHOLE model over all
     batches, measuring sum((Y - Y')^2) / samples at the layer output. Uses the same seeded draws
-    as `channel_importance`, so the two agree to float precision. Slow on purpose."""
+    as `channel_importance`, so the two agree to float precision. Slow on purpose.
+    `max_channels`: score only the first N channels of each layer (cost benchmarks extrapolate);
+    the others are NaN."""
     _check_options(mode, "conv", draws)
     batches = batches if isinstance(batches, (list, tuple)) else list(batches)
     all_layers = scorable_layers(model)
     names = list(layers) if layers is not None else list(all_layers)
     index = {n: i for i, n in enumerate(all_layers)}
-    return {n: _loop_layer(model, batches, all_layers[n], mode=mode, draws=draws,
+    return {n: _loop_layer(model, batches, all_layers[n], mode=mode, draws=draws, max_channels=max_channels,
                            generator=layer_generator(seed, index[n])) for n in names}
 
 
 def _loop_layer(model: nn.Module, batches: list, module: nn.Module, *, mode: str, draws: int,
-                generator: torch.Generator) -> torch.Tensor:
+                generator: torch.Generator, max_channels: int | None = None) -> torch.Tensor:
     captured: list[torch.Tensor] = []
     handle = module.register_forward_hook(lambda m, i, o: captured.append(o.detach().clone()))
     original = module.weight.detach().clone()
@@ -460,8 +463,9 @@ def _loop_layer(model: nn.Module, batches: list, module: nn.Module, *, mode: str
         samples = run_model(model, batches)
         reference, captured[:] = list(captured), []
         deltas = delta_kernels(module.weight, mode=mode, draws=draws, generator=generator)
-        out = torch.zeros(module.weight.shape[0], dtype=torch.float64)
-        for i in range(out.numel()):
+        out = torch.full((module.weight.shape[0],), float("nan"), dtype=torch.float64)
+        for i in range(min(out.numel(), max_channels or out.numel())):
+            out[i] = 0.0
             for delta in deltas:
                 with torch.no_grad():
                     module.weight[i] += delta[i]

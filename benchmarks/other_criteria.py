@@ -8,7 +8,8 @@ Two measurements, each a function the criteria benchmark can call, and a CLI:
 
 `reconstruct`: pretrained ResNet-20, pruned at a few knobs with the default criterion, validation
 accuracy after (a) BatchNorm recalibration only, (b) reconstruction then BN recalibration (the
-pipeline's order with --reconstruct), (c) reconstruction only, (d) nothing.
+pipeline's order with --reconstruct), (c) reconstruction only, (d) BN recalibration then
+reconstruction, (e) nothing.
 `compress`: one full `compress` run per model x criterion at the same accuracy and fine-tuning
 budget; one row per run from its report.json (MACs, latency, accuracy, wall time of the prune
 stage and of the whole run). Rows print as a Markdown table and, with --json, go to a file.
@@ -61,8 +62,11 @@ def reconstruct_effect(*, model_name: str = "resnet20", knobs=(0.8, 0.9, 0.95), 
         fits = reconstruct(recon, original, calib[:4], samples=samples)
         t = time.perf_counter() - t
         gain = sum(f.before - f.after for f in fits.values()) / max(1e-12, sum(f.before for f in fits.values()))
+        bn_first = recalibrate_bn(copy.deepcopy(base), calib)
+        reconstruct(bn_first, original, calib[:4], samples=samples)
         variants = {"none": copy.deepcopy(base), "bn": recalibrate_bn(copy.deepcopy(base), calib),
-                    "reconstruct": copy.deepcopy(recon), "reconstruct+bn": recalibrate_bn(recon, calib)}
+                    "reconstruct": copy.deepcopy(recon), "reconstruct+bn": recalibrate_bn(recon, calib),
+                    "bn+reconstruct": bn_first}
         for name, model in variants.items():
             rows.append({"knob": knob, "variant": name, "accuracy": accuracy(model, vx, vy),
                          "params": sum(p.numel() for p in model.parameters()),

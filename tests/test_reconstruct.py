@@ -49,10 +49,8 @@ def _sampled_error(pruned, original, name, fit, batches, out_idx) -> float:
             for b in batches:
                 model(b)
         h.remove()
-    err = 0.0
-    for yp, yo, pos in zip(got["p"], got["o"], fit.positions):
-        err += float(((yo[(pos[0], out_idx[pos[1]], *pos[2:])] - yp[pos]).double() ** 2).sum())
-    return err
+    yp, yo, pos = torch.cat(got["p"]), torch.cat(got["o"]), fit.positions
+    return float(((yo[(pos[0], out_idx[pos[1]], *pos[2:])] - yp[pos]).double() ** 2).sum())
 
 
 def test_least_squares_never_increases_the_sampled_error():

@@ -5,7 +5,8 @@ layer's output at sampled positions matches the ORIGINAL model's output there:
     w = argmin_w ‖y − X̂ w‖²  (= (X̂ᵀX̂)⁻¹X̂ᵀy),   W[:, j] ← w_j · W[:, j]
 where y is the original layer's output (bias excluded) and X̂_ij the contribution of kept channel j
 in the pruned model. X̂ is taken from the pruned model's own activations, layer after layer in
-forward order, so each fit also absorbs the error left by the layers before it. w = 1 is the
+forward order (one forward: each layer is fitted when it runs and passes on its corrected
+output), so each fit also absorbs the error left by the layers before it. w = 1 is the
 unchanged layer, so the fitted error on the sampled positions never exceeds the error before.
 
 Which original channels survive is read off the weights themselves (pruning copies weight slices,
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from edgecompress.errors import UserError
@@ -28,16 +30,13 @@ from edgecompress.pruning.thinet import as_input, contributions, sample_position
 @dataclass
 class LayerFit:
     """Squared reconstruction error on the sampled positions before/after, the scales found, and
-    the sampled output positions (per batch, in the pruned layer's output space)."""
+    the sampled output positions (n, c[, h, w]) in the pruned layer's output space, n indexing the
+    calibration images concatenated in order."""
 
     before: float
     after: float
     scales: torch.Tensor
-    positions: list[tuple[torch.Tensor, ...]]
-
-
-class _Stop(Exception):
-    """Raised by a hook once the layer of interest has run: the rest of the forward is wasted."""
+    positions: tuple[torch.Tensor, ...]
 
 
 def channel_maps(w_orig: torch.Tensor, w_pruned: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,84 +90,89 @@ def _flat(output: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _targets(original: nn.Module, layers: dict[str, torch.Tensor], batches: list,
-             per_batch: int, seed: int) -> tuple[list[str], dict[str, list[tuple]]]:
-    """One pass of the original model: the layers' call order, and for every layer and batch the
-    sampled positions (in the PRUNED layer's output space) with the original outputs there,
-    bias excluded."""
-    found: dict[str, list[tuple]] = {n: [] for n in layers}
-    order: list[str] = []
+def _targets(original: nn.Module, layers: dict[str, torch.Tensor], x: torch.Tensor, samples: int,
+             seed: int) -> dict[str, tuple]:
+    """One pass of the original model: for every layer, `samples` positions (in the PRUNED
+    layer's output space) and the original outputs there, bias excluded."""
+    found: dict[str, tuple] = {}
     gens = {n: torch.Generator().manual_seed(seed + k) for k, n in enumerate(layers)}
 
     def hook(name):
         def fn(module, inputs, output):
+            if name in found:      # a module called twice per forward is fitted at its first call
+                return
             out = _flat(output)
-            shape = (out.shape[0], len(layers[name]), *out.shape[2:])
-            pos = sample_positions(shape, per_batch, gens[name])
+            pos = sample_positions((out.shape[0], len(layers[name]), *out.shape[2:]), samples, gens[name])
             orig_c = layers[name][pos[1]]
             y = out[(pos[0], orig_c, *pos[2:])]
-            found[name].append((pos, y if module.bias is None else y - module.bias[orig_c]))
-            if name not in order:
-                order.append(name)
+            found[name] = (pos, y if module.bias is None else y - module.bias[orig_c])
         return fn
 
     mods = dict(original.named_modules())
     handles = [mods[n].register_forward_hook(hook(n)) for n in layers]
     try:
-        for b in batches:
-            original(as_input(b))
+        original(x)
     finally:
         for h in handles:
             h.remove()
-    return order, found
+    return found
 
 
-@torch.no_grad()
-def _fit_layer(model: nn.Module, name: str, batches: list, targets: list[tuple]) -> LayerFit:
-    """Collect X̂ of the pruned layer at the target positions, solve, fold the scales in."""
-    module = model.get_submodule(name)
-    rows: list[torch.Tensor] = []
-
-    def fn(mod, inputs, output):
-        rows.append(contributions(mod, inputs[0], targets[len(rows)][0]))
-        raise _Stop
-
-    handle = module.register_forward_hook(fn)
-    try:
-        for b in batches:
-            try:
-                model(as_input(b))
-            except _Stop:
-                pass
-    finally:
-        handle.remove()
-    x = torch.cat(rows).double()
-    y = torch.cat([t[1] for t in targets]).double()
+def _solve(module: nn.Module, inp: torch.Tensor, pos: tuple, y: torch.Tensor) -> LayerFit:
+    """Least squares on the layer's sampled contributions; the scales are folded into the weights."""
+    x = contributions(module, inp, pos).double()
+    y = y.double()
     w = torch.linalg.lstsq(x, y[:, None], driver="gelsd").solution[:, 0]
     before = float(((y - x.sum(1)) ** 2).sum())
     after = float(((y - x @ w) ** 2).sum())
     if not torch.isfinite(w).all() or after > before:  # rank-deficient corner: keep the layer
         w, after = torch.ones_like(w), before
-    shape = (1, -1) + (1,) * (module.weight.dim() - 2)
-    module.weight.mul_(w.to(module.weight.dtype).reshape(shape))
-    return LayerFit(before, after, w.float(), [t[0] for t in targets])
+    module.weight.mul_(w.to(module.weight.dtype).reshape((1, -1) + (1,) * (module.weight.dim() - 2)))
+    return LayerFit(before, after, w.float(), pos)
+
+
+@torch.no_grad()
+def _fit_all(model: nn.Module, targets: dict[str, tuple], x: torch.Tensor) -> dict[str, LayerFit]:
+    """One forward of the pruned model: each layer, when it runs, is fitted and its output
+    recomputed with the new weights, so every later layer is fitted on corrected activations."""
+    fits: dict[str, LayerFit] = {}
+
+    def hook(name):
+        def fn(module, inputs, output):
+            if name in fits:
+                return None
+            fits[name] = _solve(module, inputs[0], *targets[name])
+            if isinstance(module, nn.Linear):
+                return F.linear(inputs[0], module.weight, module.bias)
+            return module._conv_forward(inputs[0], module.weight, module.bias)
+        return fn
+
+    mods = dict(model.named_modules())
+    handles = [mods[n].register_forward_hook(hook(n)) for n in targets]
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return fits
 
 
 def reconstruct(pruned_model: nn.Module, original_model: nn.Module, batches: Iterable, *,
                 samples: int = 2048, seed: int = 0) -> dict[str, LayerFit]:
     """Rescale, in place, the input channels of every layer of `pruned_model` whose inputs were
     pruned so its outputs match `original_model`'s at `samples` sampled positions per layer.
-    Returns each layer's fit. The original model is only read."""
-    batches = list(batches)
-    if not batches:
+    Returns each layer's fit, in call order. The original model is only read.
+
+    The batches are run as ONE batch (two forwards in all: original, then pruned with the fits
+    made on the fly), so give a few hundred images, not a data set."""
+    xs = [as_input(b) for b in batches]
+    if not xs:
         raise UserError("reconstruction needs calibration batches", "give calibration data")
+    x = torch.cat(xs)
     modes = pruned_model.training, original_model.training
     pruned_model.eval(), original_model.eval()
     try:
         layers = reconstructable_layers(pruned_model, original_model)
-        per_batch = max(1, -(-samples // len(batches)))
-        order, targets = _targets(original_model, layers, batches, per_batch, seed)
-        # In call order, so each fit sees the already corrected layers before it.
-        return {n: _fit_layer(pruned_model, n, batches, targets[n]) for n in order}
+        return _fit_all(pruned_model, _targets(original_model, layers, x, samples, seed), x)
     finally:
         pruned_model.train(modes[0]), original_model.train(modes[1])

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from edgecompress.pruning import CRITERIA, find_groups
-from edgecompress.pruning.curl import channel_kl, curl_scores, mixup
+from edgecompress.pruning.curl import channel_kl, curl_scores, mixup, mixup_pairs
 from edgecompress.pruning.groups import prune_copy
 from edgecompress.pruning.thinet import group_consumers
 from edgecompress.zoo import create_model
@@ -85,3 +85,10 @@ def test_mixup_mixes_within_the_batch():
     assert a.shape == x.shape and not torch.equal(a, x)
     # each image is λ·x_i + (1-λ)·x_perm(i): a convex mix stays within the batch's range
     assert a.min() >= 0 and a.max() <= 5 and torch.allclose(a.mean(), x.mean())
+
+
+def test_mixup_pairs_say_how_to_mix_the_labels():
+    x = torch.randn(8, 1, 3, 3)
+    mixed, lam, perm = mixup_pairs(x, 0.3, generator=torch.Generator().manual_seed(0))
+    assert 0 <= lam <= 1 and sorted(perm.tolist()) == list(range(8))
+    assert torch.allclose(mixed, lam * x + (1 - lam) * x[perm])

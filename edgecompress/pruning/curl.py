@@ -24,12 +24,12 @@ from edgecompress.errors import UserError
 from edgecompress.pruning.thinet import Consumer, as_input, group_consumers
 
 
-def mixup(x: torch.Tensor, alpha: float, *, generator: torch.Generator | None = None) -> torch.Tensor:
-    """x mixed with a shuffled copy of itself, λ ~ Beta(α, α) per batch (Zhang et al. 2018).
-
-    For distillation no labels are mixed: the teacher's output on the mixed batch is the target."""
+def mixup_pairs(x: torch.Tensor, alpha: float, *, generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """(λ·x + (1−λ)·x[perm], λ, perm), λ ~ Beta(α, α) per batch (Zhang et al. 2018): a hard-label
+    loss on the mix is λ·CE(y) + (1−λ)·CE(y[perm]). α <= 0: no mixing (λ = 1, identity perm)."""
     if alpha <= 0:
-        return x
+        return x, 1.0, torch.arange(x.shape[0])
     import numpy as np
 
     # torch has no seeded Beta sampler; numpy's is seeded from torch's RNG (or `generator`), so
@@ -37,7 +37,13 @@ def mixup(x: torch.Tensor, alpha: float, *, generator: torch.Generator | None = 
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     lam = float(np.random.default_rng(seed).beta(alpha, alpha))
     perm = torch.randperm(x.shape[0], generator=generator)
-    return lam * x + (1 - lam) * x[perm]
+    return lam * x + (1 - lam) * x[perm], lam, perm
+
+
+def mixup(x: torch.Tensor, alpha: float, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """x mixed with a shuffled copy of itself. For distillation no labels are needed: the
+    teacher's output on the mixed batch is the student's target (CURL's small-data recipe)."""
+    return mixup_pairs(x, alpha, generator=generator)[0]
 
 
 def _mask_hook(mask: torch.Tensor):

@@ -70,7 +70,7 @@ def _ddp_worker(rank, world, init_file, out_dir):
     torch.manual_seed(0)
     student.load_state_dict(tiny_specs.TinyNet(width=8).state_dict())  # same start on every rank
     losses = distill(student, teacher, train, steps=steps_for(1, dataset_len=len(train), batch_size=32,
-                                                              world_size=world), config=SETTINGS, seed=0)
+                                                              world_size=world), config=SETTINGS, seed=0, distributed=True)
     torch.save({"state": student.state_dict(), "losses": losses}, Path(out_dir) / f"rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -89,3 +89,29 @@ def test_two_processes_with_ddp_end_with_identical_weights(tmp_path):
     for k in params:  # DDP averages gradients, so the weights agree; BN running stats are per rank
         assert torch.allclose(r0["state"][k], r1["state"][k], atol=1e-6), k
     assert any(not torch.equal(v, start.state_dict()[k]) for k, v in r0["state"].items())
+
+
+@pytest.mark.slow
+def test_compress_under_torchrun_with_two_processes(tmp_path):
+    """The whole CLI under torchrun: rank 0 searches alone (no collective may wait on the other
+    rank), both ranks distill, rank 0 alone writes the run directory."""
+    import json
+    import os
+    import subprocess
+    tiny_specs.trained_weights(tmp_path / "tiny.pt")
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    yaml = (REPO / "edgecompress" / "profiles" / "x86-cpu.yaml").read_text()
+    (profiles / "tiny-est.yaml").write_text(yaml.replace("\nlatency: local", "\nlatency: estimate"))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "edgecompress.cli",
+           "--target", "tiny-est", "--profiles", str(profiles), "--max-acc-drop", "3",
+           "--model", "tests.tiny_specs:model", "--weights", str(tmp_path / "tiny.pt"), "--data", "tests.tiny_specs:data",
+           "--bn-batches", "2", "--batch-size", "64", "--min-search-interval", "0.1", "--probe-finetune-steps", "3",
+           "--precision", "fp32", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["finetune"]["world_size"] == 2 and report["finetune"]["steps"] == 6  # 768 images / (64 x 2)
+    assert proc.stderr.count("▶ prune") == 1, "only rank 0 runs the pipeline"

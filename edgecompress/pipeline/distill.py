@@ -61,12 +61,17 @@ def _loader(dataset: Dataset, *, batch_size: int, seed: int, rank: int, world_si
 
 
 def distill(student: nn.Module, teacher: nn.Module, dataset: Dataset, *, steps: int,
-            config: DistillConfig = DistillConfig(), seed: int = 0,
+            config: DistillConfig = DistillConfig(), seed: int = 0, distributed: bool = False,
             on_step: Callable[[int, float], None] | None = None) -> list[float]:
-    """Train `student` in place for `steps` optimiser steps (per rank); returns the loss per step."""
+    """Train `student` in place for `steps` optimiser steps (per rank); returns the loss per step.
+
+    `distributed`: train with DDP across the torchrun ranks (each must call this with the same
+    steps). Off for work only rank 0 does (the search's probe distillation): wrapping in DDP there
+    would wait forever for ranks that are not training.
+    """
     if steps <= 0:
         return []
-    rank, world_size = world()
+    rank, world_size = world() if distributed else (0, 1)
     torch.manual_seed(seed)
     teacher.eval()
     model = student.train()

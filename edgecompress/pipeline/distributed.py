@@ -67,6 +67,6 @@ def worker(config, coordinator: Coordinator) -> int:
     if message["cmd"] == "finetune":
         student = torch.load(io.BytesIO(message["student"]), map_location="cpu", weights_only=False)
         dataset, steps, settings = finetune_plan(config, data.train, coordinator.world_size)
-        distill(student, teacher, dataset, steps=steps, config=settings, seed=config.seed)
+        distill(student, teacher, dataset, steps=steps, config=settings, seed=config.seed, distributed=True)
     coordinator.dist.destroy_process_group()
     return 0

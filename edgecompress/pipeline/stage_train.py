@@ -46,7 +46,7 @@ class FinetuneStage:
             ctx.dist.start_finetune(student)
         with ctx.ui.progress("distilling", steps) as bar:
             losses = distill(student, ctx.original, dataset, steps=steps, config=settings, seed=cfg.seed,
-                             on_step=lambda i, loss: bar.update(i, info=f"loss {loss:.3f}"))
+                             distributed=ctx.dist is not None, on_step=lambda i, loss: bar.update(i, info=f"loss {loss:.3f}"))
         after = accuracy(student, *ctx.val)
         kept = "finetuned"
         if after < before:

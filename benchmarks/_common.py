@@ -145,6 +145,25 @@ def replace_section(path: Path, heading: str, body: str) -> None:
     tmp.replace(path)
 
 
+READING_MARKER = "<!-- kept on rewrite: the reading below is written by hand -->"
+
+
+def kept_reading(path: Path, heading: str) -> str:
+    """The hand-written part of a section (from READING_MARKER to the section's end), so that a
+    rerun that regenerates the tables keeps it; "" when there is none."""
+    path = Path(path)
+    if not path.is_file():
+        return ""
+    text, title = path.read_text(), f"## {heading}"
+    start = text.find("\n" + title + "\n")
+    if start < 0:
+        return ""
+    end = text.find("\n## ", start + len(title) + 2)
+    section = text[start:end if end >= 0 else len(text)]
+    at = section.find(READING_MARKER)
+    return section[at:].strip() if at >= 0 else ""
+
+
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     """Spearman's rho of two score vectors (nan when one is constant)."""
     from scipy.stats import spearmanr

@@ -265,7 +265,9 @@ def _body(bases, rows, lat, settings, commands, drop, png, docs: Path) -> str:
         f"BatchNorm recalibration on {s['bn_batches']} x {s['batch_size']} training images -> "
         f"{s['probe_steps']} steps of KD -> validation accuracy; the chosen model (fewest MACs among the "
         f"accepted probes) then gets {s['finetune_steps']} steps of KD (batch {s['batch_size']}, the pipeline's "
-        "DistillConfig). Latency: OpenVINO FP32 IR, batch 1, the `x86-cpu` target's probe (median).",
+        "DistillConfig). Latency: OpenVINO FP32 IR, batch 1, the `x86-cpu` target's probe (median). "
+        f"Compression wall time per configuration with {settings.get('jobs', 1)} configuration(s) sharing the "
+        "search machine at once (importance + search + final KD).",
         "", "Commands:", "", *[f"    {c}" for c in commands], "",
         f"Search machine: {search_machine}. Latency machine: {lat_machine}.", "",
         tables(bases, rows), "",

@@ -92,7 +92,7 @@ def make_settings(args) -> Settings:
     return Settings(data_root=args.data, device=args.device, **fields)
 
 
-def _check_settings(out: Path, settings: Settings, argv: list[str]) -> None:
+def _check_settings(out: Path, settings: Settings, argv: list[str], jobs: int) -> None:
     """A results folder holds one benchmark: a rerun with other budgets must use another folder."""
     path = out / "settings.json"
     mine = settings_dict(settings)
@@ -105,7 +105,7 @@ def _check_settings(out: Path, settings: Settings, argv: list[str]) -> None:
                             "use another --out, or the same settings to resume")
         return
     out.mkdir(parents=True, exist_ok=True)
-    write_json(path, {"settings": mine, "machine": machine(), "command": _command(argv)})
+    write_json(path, {"settings": mine, "machine": machine(), "command": _command(argv), "jobs": jobs})
 
 
 def _command(argv: list[str]) -> str:
@@ -115,7 +115,7 @@ def _command(argv: list[str]) -> str:
 def search_phase(args, argv: list[str]) -> list[dict]:
     out, settings = _pick(args, "out"), make_settings(args)
     out = Path(out)
-    _check_settings(out, settings, argv)
+    _check_settings(out, settings, argv, args.jobs)
     if args.deadline_s is not None:
         settings = replace(settings, deadline=time.time() + args.deadline_s)
     if settings.threads:

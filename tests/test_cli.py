@@ -119,6 +119,7 @@ def test_check_on_a_directory_that_is_not_a_run(capsys, tmp_path):
     assert "is not a run directory" in _user_error(capsys, ["check", str(tmp_path)])
 
 
+@pytest.mark.slow
 def test_real_process_prints_no_traceback():
     """The console script itself: the one-line error and exit 2 also hold outside pytest."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -123,6 +123,8 @@ class PruneStage:
             ctx.ui.say(f"  resuming the search: {searcher.restored} probe(s) restored from {SEARCH_STATE}")
         outcome = searcher.run()
         _check_outcome(outcome, budget)
+        for note in _outcome_notes(outcome, budget):
+            ctx.note(note)
         model = prober.model_for(outcome.chosen.cr)
         torch.save(model, out / "model_searched.pt")
         return StageOutput(files={"searched_model": "model_searched.pt"},
@@ -150,6 +152,21 @@ def _check_outcome(outcome: SearchOutcome, budget: Budget) -> None:
         raise UserError(f"latency budget {budget.max_latency_ms:g} ms is out of reach: the smallest model "
                         f"the target allows measures {best:.3f} ms",
                         f"raise --latency-budget-ms to at least {best:.3f}, or use a smaller model")
+
+
+def _outcome_notes(outcome: SearchOutcome, budget: Budget) -> list[str]:
+    notes = list(outcome.notes)
+    if outcome.moved_from is not None:
+        notes.append(f"same latency up to cr {outcome.chosen.cr:.4f}: moved there from cr {outcome.moved_from:.4f} "
+                     f"(free accuracy)")
+    if not outcome.met and "latency_ms" in outcome.missed:
+        alt = outcome.alternative
+        notes.append(f"the accuracy and latency budgets cannot be met together: the model that keeps the accuracy "
+                     f"measures {outcome.chosen.latency_ms:.3f} ms, {outcome.missed['latency_ms']:.3f} ms over "
+                     f"{budget.max_latency_ms:g} ms" + (f"; the most accurate model under {budget.max_latency_ms:g} ms "
+                                                        f"reaches {alt.accuracy:.2f} % (below the floor of "
+                                                        f"{budget.min_accuracy:.2f} %)" if alt else ""))
+    return notes
 
 
 def _outcome_data(outcome: SearchOutcome, searcher: Searcher, budget: Budget, plan, model: nn.Module) -> dict:

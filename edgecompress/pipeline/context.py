@@ -14,7 +14,6 @@ from torch import nn
 
 from edgecompress.errors import InternalError, UserError
 from edgecompress.pipeline.config import RunConfig
-from edgecompress.pipeline.data import as_tensors
 from edgecompress.pipeline.rundir import RunDir
 from edgecompress.pipeline.ui import UI
 from edgecompress.zoo.data import DataSplits
@@ -72,7 +71,6 @@ class Context:
 
     def measure_model(self, model: nn.Module, work: Path, *, precision: str):
         """Export `model` to ONNX, build it for the target, measure it: (Latency, BuildResult)."""
-        from edgecompress.exporters import to_onnx
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         onnx_path = export_onnx(model, work / "model.onnx", input_shape=self.input_shape)
@@ -170,7 +168,3 @@ def quiet_stdout() -> Iterator[None]:
 
 def load_module(path: Path) -> nn.Module:
     return torch.load(path, map_location="cpu", weights_only=False).eval()
-
-
-def val_tensors(data: DataSplits):
-    return as_tensors(data.val)

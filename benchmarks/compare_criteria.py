@@ -11,7 +11,8 @@ Three phases, so the training can run on a GPU machine and the latency on the ta
     # search (GPU machine; --jobs parallel processes; finished configurations are skipped)
     PYTHONPATH=$PWD python3 benchmarks/compare_criteria.py --phase search --device cuda \\
         --data .data --out runs/bench-criteria --jobs 6 --deadline-s 540 --pack $OUT/criteria.tar
-    # latency (here: OpenVINO on x86, batch 1), then the report into docs/benchmarks.md
+    # here: join the parts, unpack, then latency (OpenVINO on x86, batch 1) and the report
+    cat criteria.tar.part* > criteria.tar; mkdir -p runs && tar -xf criteria.tar -C runs
     .venv/bin/python benchmarks/compare_criteria.py --phase latency --out runs/bench-criteria
     .venv/bin/python benchmarks/compare_criteria.py --phase report --out runs/bench-criteria
     # smoke run of all three (tiny model, 2 criteria, seconds)
@@ -154,13 +155,25 @@ def _say(say, r: dict) -> dict:
     return r
 
 
-def pack(out: Path, dst: Path) -> Path:
-    """One tar of the results folder (models, states, JSON): the device machine returns <= 8 files."""
+PART_BYTES = 15 * 2 ** 20   # the device machine returns at most 8 files of 16 MiB each
+
+
+def pack(out: Path, dst: Path, *, part_bytes: int = PART_BYTES) -> list[Path]:
+    """One tar of the results folder (models, states, JSON), split into `dst.partNN` pieces when
+    larger than `part_bytes`; join them with `cat dst.part* > dst` before `tar -xf dst`."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(dst, "w") as tar:
         tar.add(out, arcname=out.name, filter=lambda t: None if t.name.endswith(".tmp") else t)
-    print(f"packed {out} -> {dst} ({dst.stat().st_size / 1e6:.1f} MB)", flush=True)
-    return dst
+    size = dst.stat().st_size
+    parts = [dst]
+    if size > part_bytes:
+        data, parts = dst.read_bytes(), []
+        for i in range(0, size, part_bytes):
+            parts.append(dst.with_name(f"{dst.name}.part{i // part_bytes:02d}"))
+            parts[-1].write_bytes(data[i:i + part_bytes])
+        dst.unlink()
+    print(f"packed {out} -> {', '.join(p.name for p in parts)} ({size / 1e6:.1f} MB)", flush=True)
+    return parts
 
 
 def main(argv=None) -> int:

@@ -79,6 +79,11 @@ def test_search_resumes_and_skips_finished(tmp_path):
     import tarfile
     with tarfile.open(tmp_path / "cc.tar") as tar:
         assert any(n.endswith("random__uniform/result.json") for n in tar.getnames())
+    from compare_criteria import pack
+    parts = pack(out, tmp_path / "split.tar", part_bytes=50_000)
+    assert len(parts) > 1 and all(p.stat().st_size <= 50_000 for p in parts)
+    joined = b"".join(p.read_bytes() for p in sorted(parts))
+    assert joined == (tmp_path / "cc.tar").read_bytes()
 
 
 @pytest.mark.slow

@@ -101,7 +101,8 @@ def report(rows: list[dict], args, seconds: float) -> str:
             f"uniform: identical keep counts), channel multiple {args.multiple}, BatchNorm statistics "
             "recalibrated on 8×64 training images, **no fine-tuning**, top-1 on the "
             f"{len(args.data.val_y)}-image validation split.\n\n{table}\n\n"
-            f"at=bn is better in {wins} of {len(rows)} rows.")
+            f"at=bn is better in {wins} of {len(rows)} rows, so the default of "
+            f"`channel_importance(at=...)` is `{'bn' if wins > len(rows) / 2 else 'conv'}`.")
 
 
 def main(argv=None) -> None:

@@ -97,3 +97,12 @@ def test_invalid_configuration():
         Searcher(fake, budget=Budget())
     with pytest.raises(ValueError):
         Searcher(fake, budget=Budget(min_accuracy=90), min_interval=0)
+
+
+def test_a_noisy_fast_measurement_of_a_larger_model_is_not_chosen():
+    def noisy(cr):
+        p = fake(cr)
+        p.latency_ms = 1.0 + 4 * cr if cr != 0.875 else 0.5  # one probe measured during a lull
+        return p
+    out = Searcher(noisy, budget=Budget(min_accuracy=BASE - 1)).run()
+    assert 0.6838 <= out.chosen.cr < 0.6838 + 0.01 and out.moved_from is None

@@ -57,7 +57,7 @@ class SearchOutcome:
 class Searcher:
     """Bisection on cr in [0, 1] until the interval is narrower than `min_interval`.
 
-    - accuracy budget alone: the fastest accepted probe (smallest cr meeting the accuracy);
+    - accuracy budget alone: the smallest cr meeting the accuracy (the fewest channels);
     - latency budget alone: the most accurate probe whose latency meets the budget;
     - both: the most accurate probe meeting both if there is one; otherwise the model that keeps
       the accuracy promise (what ships must hold it) with the latency it misses by, plus the
@@ -113,7 +113,7 @@ class Searcher:
         b = self.budget
         if b.max_latency_ms is None:
             self._bisect(0.0, 1.0, b.accuracy_ok, ok_high=True)
-            return self._finish(self._fastest(self._accepted()), None)
+            return self._finish(self._smallest(self._accepted()), None)
         self._bisect(0.0, 1.0, b.latency_ok, ok_high=False)
         if not any(b.latency_ok(p) for p in self.probes):
             self.probe(0.0)  # the smallest model: is the latency budget reachable at all?
@@ -147,6 +147,13 @@ class Searcher:
 
     def _accepted(self) -> list[ProbeResult]:
         return [p for p in self.probes if p.accepted]
+
+    @staticmethod
+    def _smallest(candidates: list[ProbeResult]) -> ProbeResult | None:
+        """The fewest channels (smallest cr): latency falls with channels, and a noisy measurement
+        must not make a larger model look like the fastest; the step move then takes any larger
+        cr whose latency is the same."""
+        return min(candidates, key=lambda p: p.cr, default=None)
 
     @staticmethod
     def _fastest(candidates: list[ProbeResult]) -> ProbeResult | None:

@@ -2,7 +2,8 @@
 
 latency: every saved model (each base model's original.pt and every configuration's model.pt) is
 exported to ONNX, built as an OpenVINO FP32 IR and timed by the x86-cpu target's own probe at
-batch 1; latency.json holds median / p90 per model, a rerun measures only what is missing.
+batch 1, all models in alternating rounds (the median round kept); latency.json holds median /
+p90 per model, a rerun measures only what is missing (--force: everything, together).
 report: tables, plots and the goal check, written into the "## Criteria comparison" section of
 docs/benchmarks.md (no other section is touched).
 """
@@ -43,32 +44,35 @@ def x86_target(*, quick: bool, threads: int | None = None):
     return get_target(profile.model_copy(update={"benchmark": profile.benchmark.model_copy(update=bench)}))
 
 
-def measure_file(path: Path, target, work: Path) -> dict:
+def build_file(path: Path, target, work: Path):
+    """A saved model exported to ONNX and built as the target's FP32 engine."""
     from edgecompress.exporters import to_onnx
     model = torch.load(path, map_location="cpu", weights_only=False).eval()
     onnx_path = to_onnx(model, work / "model.onnx", input_shape=(1, 28, 28))
-    build = target.build(onnx_path, work / "engine", precision="fp32")
-    lat = target.measure(build)
-    return {"median_ms": lat.median_ms, "p90_ms": None if lat.p90_ms != lat.p90_ms else lat.p90_ms,
-            "iterations": lat.iterations, "method": lat.method, "device": lat.device}
+    return target.build(onnx_path, work / "engine", precision="fp32")
 
 
-def latency_phase(out: Path, *, quick: bool, force: bool = False, threads: int | None = None) -> dict:
-    """Measure every saved model not yet in latency.json (all of them with `force`)."""
+def latency_phase(out: Path, *, quick: bool, force: bool = False, threads: int | None = None,
+                  rounds: int = 5) -> dict:
+    """Measure every saved model not yet in latency.json (all of them with `force`): all built
+    first, then timed in `rounds` alternating rounds (measure_alternating), the median round kept."""
+    from edgecompress.targets.base import measure_alternating, middle
     path = out / "latency.json"
     done = {} if force or not path.is_file() else json.loads(path.read_text())
     target = x86_target(quick=quick, threads=threads)
     rows = done.get("models", {})
-    for key, model_path in saved_models(out).items():
-        if key in rows:
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            rows[key] = measure_file(model_path, target, Path(tmp))
-        print(f"  {key}: {rows[key]['median_ms']:.3f} ms ({rows[key]['method']})", flush=True)
-        write_json(path, {"machine": machine(), "benchmark": target.profile.benchmark.model_dump(),
-                          "precision": "fp32", "models": rows})
-    if not path.is_file():
-        write_json(path, {"machine": machine(), "precision": "fp32", "models": rows})
+    todo = {k: p for k, p in saved_models(out).items() if k not in rows}
+    with tempfile.TemporaryDirectory() as tmp:
+        builds = {k: build_file(p, target, Path(tmp) / k.replace("/", "__")) for k, p in todo.items()}
+        for key, lats in zip(builds, measure_alternating(target.measure, list(builds.values()), rounds)):
+            lat = middle(lats)
+            rows[key] = {"median_ms": lat.median_ms, "p90_ms": None if lat.p90_ms != lat.p90_ms else lat.p90_ms,
+                         "iterations": lat.iterations, "method": lat.method, "device": lat.device,
+                         "round_medians_ms": [t.median_ms for t in lats]}
+            print(f"  {key}: {lat.median_ms:.3f} ms ({lat.method}; rounds {', '.join(f'{t.median_ms:.3f}' for t in lats)})",
+                  flush=True)
+    write_json(path, {"machine": machine(), "benchmark": target.profile.benchmark.model_dump(),
+                      "precision": "fp32", "rounds": rounds, "models": rows})
     return json.loads(path.read_text())
 
 

@@ -3,7 +3,8 @@
 Part A, alignment: the shipped ResNet-20 pruned by edgecompress.pruning (permutation importance,
 the default allocation) at fixed knobs, with every group's keep count rounded UP to a multiple of
 1, 4, 8, 16. Each variant is exported, built as an OpenVINO IR and timed by the x86-cpu target's
-own probe (batch 1, median of >= N runs and >= T s after warm-up). Rounding up keeps MORE
+own probe (batch 1, median of >= N runs and >= T s after warm-up), all variants timed in
+alternating rounds and each one's median round kept. Rounding up keeps MORE
 channels, so the question is whether the extra FLOPs are free (or even faster) on this CPU.
 
 Part B, estimator: for the probes of a cr sweep (the models a search would try, rounded to the
@@ -29,7 +30,7 @@ from edgecompress.exporters import to_onnx
 from edgecompress.profiles import load_profile
 from edgecompress.pruning import PruningPlan
 from edgecompress.targets import get_target, layer_costs
-from edgecompress.targets.base import host_cpu
+from edgecompress.targets.base import host_cpu, measure_alternating, middle
 from edgecompress.zoo import pretrained
 from edgecompress.zoo.data import fashion_mnist
 
@@ -43,6 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--knobs", type=float, nargs="*", help="knobs for part A (default 0.95 0.8)")
     p.add_argument("--sweep", type=int, default=10, help="probes in part B's cr sweep")
     p.add_argument("--threads", type=int, default=None, help="INFERENCE_NUM_THREADS (default: OpenVINO's)")
+    p.add_argument("--rounds", type=int, default=None, help="alternating timing rounds (default 5; quick 1)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     p.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
@@ -72,39 +74,52 @@ def macs(onnx_path: Path, profile) -> float:
     return sum(c.flops for c in layer_costs(onnx_path, flat, precision="fp32")) / 2
 
 
-def probe(model, name: str, work: Path, target, precision: str) -> dict:
-    """Export, build, measure and estimate one model."""
+def build(model, name: str, work: Path, target, precision: str) -> tuple[dict, object]:
+    """Export and build one model; its static figures and the estimate (timing comes later)."""
     onnx_path = to_onnx(model, work / f"{name}.onnx", input_shape=(1, 28, 28))
-    build = target.build(onnx_path, work / name, precision=precision)
-    lat = target.measure(build)
-    est = get_target(target.profile, device="estimate").measure(build)
+    built = target.build(onnx_path, work / name, precision=precision)
+    est = get_target(target.profile, device="estimate").measure(built)
     channels = sum(int(m.weight.shape[0]) for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     return {"name": name, "conv_channels": channels, "macs_m": round(macs(onnx_path, target.profile) / 1e6, 3),
-            "median_ms": round(lat.median_ms, 4), "p90_ms": round(lat.p90_ms, 4), "iterations": lat.iterations,
-            "estimated_ms": round(est.median_ms, 4)}
+            "estimated_ms": round(est.median_ms, 4)}, built
 
 
-def part_a(plan, target, work: Path, knobs, precision: str) -> list[dict]:
-    rows = []
+def time_rounds(rows: list[dict], builds: list, target, rounds: int) -> None:
+    """Every build timed once per round, in turn, each row keeping its median round
+    (edgecompress.targets.base.measure_alternating: variants compared under the same drift)."""
+    for row, lats in zip(rows, measure_alternating(target.measure, builds, rounds)):
+        mid = middle(lats)
+        row.update(median_ms=round(mid.median_ms, 4), p90_ms=round(mid.p90_ms, 4), iterations=mid.iterations,
+                   round_medians_ms=[round(t.median_ms, 4) for t in lats])
+
+
+def part_a(plan, target, work: Path, knobs, precision: str, rounds: int) -> list[dict]:
+    rows, builds = [], []
     for knob in knobs:
         for m in MULTIPLES:
-            row = probe(plan.prune(knob, multiple=m, min_channels=m), f"k{knob}_m{m}", work, target, precision)
+            row, built = build(plan.prune(knob, multiple=m, min_channels=m), f"k{knob}_m{m}", work, target, precision)
             rows.append({"knob": knob, "multiple": m, **row})
-            print(f"  A knob={knob} multiple={m:>2}: {row['conv_channels']} ch, {row['macs_m']} MMAC, "
-                  f"{row['median_ms']:.3f} ms", flush=True)
+            builds.append(built)
+    time_rounds(rows, builds, target, rounds)
+    for row in rows:
+        print(f"  A knob={row['knob']} multiple={row['multiple']:>2}: {row['conv_channels']} ch, {row['macs_m']} MMAC, "
+              f"{row['median_ms']:.3f} ms", flush=True)
     return rows
 
 
-def part_b(plan, target, work: Path, n: int, precision: str) -> tuple[list[dict], float]:
+def part_b(plan, target, work: Path, n: int, precision: str, rounds: int) -> tuple[list[dict], float]:
     from scipy.stats import spearmanr
     multiple = target.profile.channel_multiple
     knobs = [round(0.5 + 0.5 * i / max(1, n - 1), 4) for i in range(n)]   # cr 0.5 .. 1.0
-    rows = []
+    rows, builds = [], []
     for knob in knobs:
-        row = probe(plan.prune(knob, multiple=multiple, min_channels=target.profile.min_channels),
-                    f"sweep{knob}", work, target, precision)
+        row, built = build(plan.prune(knob, multiple=multiple, min_channels=target.profile.min_channels),
+                           f"sweep{knob}", work, target, precision)
         rows.append({"knob": knob, **row})
-        print(f"  B cr={knob}: measured {row['median_ms']:.3f} ms, estimated {row['estimated_ms']:.4f} ms",
+        builds.append(built)
+    time_rounds(rows, builds, target, rounds)
+    for row in rows:
+        print(f"  B cr={row['knob']}: measured {row['median_ms']:.3f} ms, estimated {row['estimated_ms']:.4f} ms",
               flush=True)
     rho = spearmanr([r["median_ms"] for r in rows], [r["estimated_ms"] for r in rows]).statistic
     return rows, float(rho)
@@ -131,11 +146,12 @@ def main(argv=None) -> int:
     knobs = args.knobs or ([0.9] if args.quick else [0.95, 0.8])
     with tempfile.TemporaryDirectory() as tmp:
         print(f"Part A: alignment ({host_cpu()}, OpenVINO {args.precision})", flush=True)
-        rows_a = part_a(plan, target, Path(tmp), knobs, args.precision)
+        rounds = args.rounds or (1 if args.quick else 5)
+        rows_a = part_a(plan, target, Path(tmp), knobs, args.precision, rounds)
         print("Part B: estimator vs measured", flush=True)
-        rows_b, rho = part_b(plan, target, Path(tmp), 4 if args.quick else args.sweep, args.precision)
+        rows_b, rho = part_b(plan, target, Path(tmp), 4 if args.quick else args.sweep, args.precision, rounds)
     result = {"schema": 1, "quick": args.quick, "cpu": host_cpu(), "threads": args.threads,
-              "benchmark": target.profile.benchmark.model_dump(), "precision": args.precision,
+              "benchmark": target.profile.benchmark.model_dump(), "precision": args.precision, "rounds": rounds,
               "alignment": rows_a, "estimator": rows_b, "spearman_rho": rho, "seconds": round(time.time() - t0, 1),
               "command": " ".join(["benchmarks/alignment.py", *(argv if argv is not None else sys.argv[1:])])}
     if args.out:

@@ -48,7 +48,7 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-epochs", type=float, default=1.0, help="distillation epochs after the search")
     p.add_argument("--finetune-samples", type=int, default=20000,
                    help="training images per fine-tuning epoch (0: all)")
-    p.add_argument("--probe-finetune-steps", type=int, default=30, help="distillation steps inside each search probe")
+    p.add_argument("--probe-finetune-steps", type=int, default=100, help="distillation steps inside each search probe")
     p.add_argument("--bn-batches", type=int, default=16, help="training batches to recalibrate BatchNorm per probe")
     p.add_argument("--batch-size", type=int, default=128, help="batch size for fine-tuning and BN recalibration")
     p.add_argument("--temperature", type=float, default=4.0, help="distillation temperature")

@@ -106,3 +106,30 @@ def test_a_noisy_fast_measurement_of_a_larger_model_is_not_chosen():
         return p
     out = Searcher(noisy, budget=Budget(min_accuracy=BASE - 1)).run()
     assert 0.6838 <= out.chosen.cr < 0.6838 + 0.01 and out.moved_from is None
+
+
+def test_step_move_is_taken_only_when_the_side_by_side_retiming_agrees():
+    """A single timing of cr 0.75 (the next step) read as fast as the chosen model; re-timed next
+    to it, it is not, and the move goes to cr 0.70, which is on the chosen model's step."""
+    def noisy(cr):
+        p = fake(cr)
+        if cr == 0.75:
+            p.latency_ms = fake(0.7).latency_ms   # measured during a lull
+        return p
+    asked = []
+
+    def confirm(candidate, chosen):
+        asked.append(candidate.cr)
+        return fake(candidate.cr).latency_ms == fake(chosen.cr).latency_ms   # the true step function
+    earlier = noisy(0.70)
+    earlier.accepted = True
+    from dataclasses import asdict
+    out = Searcher(noisy, budget=Budget(min_accuracy=BASE - 1), confirm_same=confirm,
+                   state={"probes": [asdict(earlier)]}).run()
+    assert asked[:2] == [0.75, 0.70], "the most accurate candidate is re-timed first"
+    assert out.moved_from is not None and out.chosen.cr == 0.70
+
+
+def test_no_move_when_the_retiming_disagrees_with_every_candidate():
+    out = Searcher(fake, budget=Budget(min_accuracy=BASE - 1), confirm_same=lambda a, b: False).run()
+    assert out.moved_from is None and 0.6838 <= out.chosen.cr < 0.6838 + 0.01

@@ -34,7 +34,7 @@ class RunConfig:
     min_search_interval: float = 0.01
     finetune_epochs: float = 1.0
     finetune_samples: int | None = 20000       # images per fine-tuning epoch (None: the whole train split)
-    probe_finetune_steps: int = 30             # distillation steps inside each probe (its accuracy predicts the fine-tuned one)
+    probe_finetune_steps: int = 100            # distillation steps inside each probe (its accuracy predicts the fine-tuned one)
     bn_batches: int = 16                       # training batches to re-estimate BatchNorm per probe
     batch_size: int = 128
     parity_images: int = 256

@@ -69,12 +69,16 @@ class Context:
         raise UserError(f"target {self.profile.name} offers no float precision to search with",
                         "add fp32 or fp16 to the profile's precisions")
 
-    def measure_model(self, model: nn.Module, work: Path, *, precision: str):
-        """Export `model` to ONNX, build it for the target, measure it: (Latency, BuildResult)."""
+    def build_model(self, model: nn.Module, work: Path, *, precision: str):
+        """Export `model` to ONNX in a fresh `work` folder and build it for the target: BuildResult."""
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         onnx_path = export_onnx(model, work / "model.onnx", input_shape=self.input_shape)
-        build = self.target.build(onnx_path, work, precision=precision)
+        return self.target.build(onnx_path, work, precision=precision)
+
+    def measure_model(self, model: nn.Module, work: Path, *, precision: str):
+        """Export `model` to ONNX, build it for the target, measure it: (Latency, BuildResult)."""
+        build = self.build_model(model, work, precision=precision)
         return self.target.measure(build), build
 
 

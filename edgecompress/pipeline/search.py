@@ -64,11 +64,14 @@ class Searcher:
       most accurate model under the latency budget as the alternative.
     Afterwards it moves to the largest cr whose latency equals the chosen one's (within
     `same_latency_rel`): latency is a step function of channel counts, so that accuracy is free.
+    Measured latency is noisy (one timing each), so a move is taken only when `confirm_same`
+    (when given) agrees after timing both models again side by side.
     """
 
     def __init__(self, evaluate: Callable[[float], ProbeResult], *, budget: Budget,
                  min_interval: float = 0.01, same_latency_rel: float = 0.0,
-                 state: dict | None = None, on_probe: Callable[[dict], None] | None = None) -> None:
+                 state: dict | None = None, on_probe: Callable[[dict], None] | None = None,
+                 confirm_same: Callable[[ProbeResult, ProbeResult], bool] | None = None) -> None:
         if budget.min_accuracy is None and budget.max_latency_ms is None:
             raise ValueError("a search needs an accuracy budget, a latency budget or both")
         if not 0 < min_interval < 1:
@@ -78,6 +81,7 @@ class Searcher:
         self.min_interval = min_interval
         self.same_latency_rel = same_latency_rel
         self.on_probe = on_probe
+        self.confirm_same = confirm_same   # (candidate, chosen) -> same latency, re-timed side by side
         self.probes: list[ProbeResult] = [ProbeResult.from_dict(p) for p in (state or {}).get("probes", [])]
         self.restored = len(self.probes)
         self.evaluated = 0  # probes evaluated by this process (not restored)
@@ -191,6 +195,10 @@ class Searcher:
                 lo = mid
             else:
                 hi = mid
-        same = [p for p in self.probes if chosen.cr <= p.cr <= lo and self._same_latency(p, chosen)
-                and p.accepted == chosen.accepted and self.budget.accuracy_ok(p) >= self.budget.accuracy_ok(chosen)]
-        return max(same, key=lambda p: (p.accuracy, p.cr), default=chosen)
+        same = [p for p in self.probes if chosen.cr < p.cr <= lo and self._same_latency(p, chosen)
+                and p.accepted == chosen.accepted and self.budget.accuracy_ok(p) >= self.budget.accuracy_ok(chosen)
+                and p.accuracy > chosen.accuracy]
+        for p in sorted(same, key=lambda p: (p.accuracy, p.cr), reverse=True):
+            if self.confirm_same is None or self.confirm_same(p, chosen):
+                return p
+        return chosen

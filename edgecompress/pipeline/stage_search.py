@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -20,6 +20,7 @@ from edgecompress.pipeline.stages import StageOutput
 SEARCH_STATE = "search_state.json"
 PLAN_BATCHES, PLAN_BATCH_SIZE = 4, 128   # 512 training images for the one importance pass
 SAME_LATENCY_MEASURED = 0.03             # measured latencies within 3 % count as the same step
+RETIME_ROUNDS = 3                        # alternating timings before a step move on measured latency
 
 
 def widths_of(model: nn.Module) -> dict[str, int]:
@@ -56,10 +57,14 @@ def _finite(v: float) -> float | None:
 
 
 class Prober:
-    """`evaluate(cr)` for the searcher: prune -> (reconstruct) -> BN recalibration -> (short KD)
-    -> validation accuracy -> ONNX -> target build -> latency, with latency cached by widths."""
+    """`evaluate(cr)` for the searcher: prune -> BN recalibration -> (reconstruct) -> (short KD)
+    -> validation accuracy -> ONNX -> target build -> latency.
 
-    def __init__(self, ctx: Context, plan, *, work: Path, latency_cache: dict) -> None:
+    Equal keep counts give the same pruned model, so a cr whose widths were probed already is
+    answered from that probe (its model, seed and figures): on the default run the step move's
+    probes often land on a step already measured. Latency is cached by widths too."""
+
+    def __init__(self, ctx: Context, plan, *, work: Path, latency_cache: dict, probes: list[dict] = ()) -> None:
         cfg, prof = ctx.config, ctx.profile
         self.ctx, self.plan, self.work = ctx, plan, work
         self.rounding = {"multiple": prof.channel_multiple, "min_channels": prof.min_channels}
@@ -67,36 +72,59 @@ class Prober:
         self.recon_batches = self.bn_batches[:4]
         self.precision = ctx.search_precision()
         self.latency_cache = latency_cache   # json key of widths -> {"median_ms", "method"}
+        self.by_widths = {json.dumps(p["widths"]): ProbeResult.from_dict(p) for p in reversed(probes)}
         self.models: dict[float, nn.Module] = {}
+
+    def _pruned(self, cr: float) -> tuple[nn.Module, str]:
+        model = self.plan.prune(cr, **self.rounding)
+        return model, json.dumps(list(widths_of(model).values()))
 
     def model_for(self, cr: float) -> nn.Module:
         """The probe's model; rebuilt identically (same seeds) when it is not in memory."""
         if cr in self.models:
             return self.models[cr]
         cfg = self.ctx.config
-        model = self.plan.prune(cr, **self.rounding)
-        if cfg.reconstruct:
+        model, key = self._pruned(cr)
+        first = self.by_widths[key].cr if key in self.by_widths else cr   # whose seed made this model
+        recalibrate_bn(model, self.bn_batches)
+        if cfg.reconstruct:   # after BN recalibration: measured better than before it (docs/benchmarks.md)
             from edgecompress.pruning.reconstruct import reconstruct
             reconstruct(model, self.ctx.original, self.recon_batches, seed=cfg.seed)
-        recalibrate_bn(model, self.bn_batches)
         if cfg.probe_finetune_steps:
             distill(model, self.ctx.original, self.ctx.data.train, steps=cfg.probe_finetune_steps,
                     config=DistillConfig(temperature=cfg.temperature, alpha=cfg.alpha, lr=cfg.lr,
-                                         batch_size=cfg.batch_size), seed=probe_seed(cfg.seed, cr))
+                                         batch_size=cfg.batch_size), seed=probe_seed(cfg.seed, first))
         self.models = {cr: model.eval()}  # keep only the latest: the chosen one is rebuilt if needed
         return model
 
     def evaluate(self, cr: float) -> ProbeResult:
+        _, key = self._pruned(cr)
+        if key in self.by_widths:
+            return replace(self.by_widths[key], cr=cr, accepted=False)
         model = self.model_for(cr)
         acc = accuracy(model, *self.ctx.val)
-        widths = widths_of(model)
-        key = json.dumps(list(widths.values()))
         if key not in self.latency_cache:
             latency, _ = self.ctx.measure_model(model, self.work, precision=self.precision)
             self.latency_cache[key] = {"median_ms": latency.median_ms, "method": latency.method}
         macs, params = macs_and_params(model, self.ctx.input_shape)
-        return ProbeResult(cr=cr, accuracy=acc, latency_ms=self.latency_cache[key]["median_ms"],
-                           flops=macs, params=params, widths=list(widths.values()))
+        result = ProbeResult(cr=cr, accuracy=acc, latency_ms=self.latency_cache[key]["median_ms"],
+                             flops=macs, params=params, widths=json.loads(key))
+        self.by_widths[key] = result
+        return result
+
+    def same_latency(self, candidate: ProbeResult, chosen: ProbeResult) -> bool:
+        """Whether `candidate` is as fast as `chosen` when the two are built again and timed in
+        alternation (RETIME_ROUNDS rounds each): the median of the per-round ratios within
+        SAME_LATENCY_MEASURED. Widths alone decide latency, so the models need no distillation."""
+        from edgecompress.targets.base import measure_alternating
+        builds = [self.ctx.build_model(self._pruned(p.cr)[0], self.work / f"retime{i}", precision=self.precision)
+                  for i, p in enumerate((candidate, chosen))]
+        a, b = measure_alternating(self.ctx.target.measure, builds, RETIME_ROUNDS)
+        ratio = sorted(x.median_ms / y.median_ms for x, y in zip(a, b))[RETIME_ROUNDS // 2]
+        same = ratio <= 1 + SAME_LATENCY_MEASURED
+        self.ctx.ui.say(f"  re-timed side by side: cr {candidate.cr:.4f} / cr {chosen.cr:.4f} = {ratio:.3f}x "
+                        f"-> {'same step' if same else 'slower: not moved there'}")
+        return same
 
 
 def probe_seed(seed: int, cr: float) -> int:
@@ -112,12 +140,14 @@ class PruneStage:
         plan = build_plan(ctx)
         state_file = ctx.rundir.path / SEARCH_STATE
         state = json.loads(state_file.read_text()) if state_file.is_file() else {}
-        prober = Prober(ctx, plan, work=out / "probe", latency_cache=state.get("latency_cache", {}))
+        prober = Prober(ctx, plan, work=out / "probe", latency_cache=state.get("latency_cache", {}),
+                        probes=state.get("probes", []))
         budget = Budget(min_accuracy=None if cfg.max_acc_drop is None else base["accuracy"] - cfg.max_acc_drop,
                         max_latency_ms=cfg.latency_budget_ms)
         same = 0.0 if base["latency_method"] == "estimated" else SAME_LATENCY_MEASURED
         searcher = Searcher(prober.evaluate, budget=budget, min_interval=cfg.min_search_interval,
-                            same_latency_rel=same, state=state)
+                            same_latency_rel=same, state=state,
+                            confirm_same=prober.same_latency if base["latency_method"] == "measured" else None)
         searcher.on_probe = lambda s: self._checkpoint(ctx, state_file, s, prober, budget)
         if searcher.restored:
             ctx.ui.say(f"  resuming the search: {searcher.restored} probe(s) restored from {SEARCH_STATE}")

@@ -19,6 +19,9 @@ from edgecompress.pipeline.ui import UI
 from edgecompress.zoo.data import DataSplits
 
 
+PROBE_CALIBRATION = 64   # training images that calibrate an INT8 probe (its latency, not its accuracy)
+
+
 @dataclass
 class Context:
     config: RunConfig
@@ -69,11 +72,28 @@ class Context:
         raise UserError(f"target {self.profile.name} offers no float precision to search with",
                         "add fp32 or fp16 to the profile's precisions")
 
+    def probe_precision(self) -> str:
+        """Precision the search times probes at. With a latency budget and `--precision auto|int8`
+        on a target that offers INT8: INT8 (what will most likely ship; the budget is on the
+        shipped engine, and an FP32 timing would reject models INT8 brings under it). Otherwise
+        the float precision of `search_precision` (INT8 costs a calibration per probe)."""
+        if "int8" in self.profile.precisions and (
+                self.config.precision == "int8" or (self.config.precision == "auto" and self.config.latency_budget_ms)):
+            return "int8"
+        return self.search_precision()
+
     def build_model(self, model: nn.Module, work: Path, *, precision: str):
-        """Export `model` to ONNX in a fresh `work` folder and build it for the target: BuildResult."""
+        """Export `model` to ONNX in a fresh `work` folder and build it for the target: BuildResult.
+        INT8: quantized first (QDQ, the runtime's symmetric convention) on PROBE_CALIBRATION
+        training images; enough for a latency, the shipped INT8 is calibrated in `calibrate`."""
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         onnx_path = export_onnx(model, work / "model.onnx", input_shape=self.input_shape)
+        if precision == "int8":
+            from edgecompress.calibration import SYMMETRIC_ACTIVATIONS, quantize_int8
+            batches = [b.numpy() for b in self.train_batches(count=1, batch_size=PROBE_CALIBRATION, seed=self.config.seed)]
+            onnx_path = quantize_int8(onnx_path, work / "model_int8.onnx", batches,
+                                      symmetric_activations=SYMMETRIC_ACTIVATIONS.get(self.profile.runtime, False))
         return self.target.build(onnx_path, work, precision=precision)
 
     def measure_model(self, model: nn.Module, work: Path, *, precision: str):

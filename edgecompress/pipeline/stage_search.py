@@ -70,7 +70,7 @@ class Prober:
         self.rounding = {"multiple": prof.channel_multiple, "min_channels": prof.min_channels}
         self.bn_batches = ctx.train_batches(count=cfg.bn_batches, batch_size=cfg.batch_size, seed=cfg.seed + 1)
         self.recon_batches = self.bn_batches[:4]
-        self.precision = ctx.search_precision()
+        self.precision = ctx.probe_precision()
         self.latency_cache = latency_cache   # json key of widths -> {"median_ms", "method"}
         self.by_widths = {json.dumps(p["widths"]): ProbeResult.from_dict(p) for p in reversed(probes)}
         self.models: dict[float, nn.Module] = {}
@@ -149,6 +149,8 @@ class PruneStage:
                             same_latency_rel=same, state=state,
                             confirm_same=prober.same_latency if base["latency_method"] == "measured" else None)
         searcher.on_probe = lambda s: self._checkpoint(ctx, state_file, s, prober, budget)
+        if prober.precision != base["precision"]:
+            ctx.ui.say(f"  probes are timed at {prober.precision} (the latency budget is on the shipped engine)")
         if searcher.restored:
             ctx.ui.say(f"  resuming the search: {searcher.restored} probe(s) restored from {SEARCH_STATE}")
         outcome = searcher.run()
@@ -158,7 +160,8 @@ class PruneStage:
         model = prober.model_for(outcome.chosen.cr)
         torch.save(model, out / "model_searched.pt")
         return StageOutput(files={"searched_model": "model_searched.pt"},
-                           data=_outcome_data(outcome, searcher, budget, plan, model))
+                           data={**_outcome_data(outcome, searcher, budget, plan, model),
+                                 "probe_precision": prober.precision})
 
     @staticmethod
     def _checkpoint(ctx: Context, state_file: Path, state: dict, prober: Prober, budget: Budget) -> None:

@@ -64,7 +64,11 @@ def _exact_mean_over_all_permutations(layer: nn.Module, x: torch.Tensor) -> torc
     nn.Conv2d(4, 4, (1, 2), groups=2), nn.Conv2d(3, 3, 2, groups=3, padding=1), nn.Linear(4, 3),
     nn.Conv2d(1, 2, 2, padding=1, padding_mode="reflect")], ids=lambda m: repr(m))
 def test_expected_is_exact_against_every_permutation(layer):
-    """Kernels of 4 entries have 24 permutations: the closed form must equal their mean exactly."""
+    """Kernels of 4 entries have 24 permutations: the closed form must equal their mean exactly.
+    Weights re-drawn under a fixed seed: drawn at collection time they differed per run, and a
+    rare draw cancels enough in float32 to reach the 1e-5 tolerance (worst of 150 draws: 9.8e-6)."""
+    torch.manual_seed(1)
+    layer.reset_parameters()
     torch.manual_seed(2)
     x = torch.randn(3, 4) + 0.5 if isinstance(layer, nn.Linear) else torch.randn(2, layer.in_channels, 5, 6) + 0.5
     model = nn.Sequential(layer, nn.Identity())

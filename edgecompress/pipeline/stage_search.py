@@ -16,11 +16,12 @@ from edgecompress.pipeline.evaluation import accuracy, macs_and_params, recalibr
 from edgecompress.pipeline.rundir import write_json
 from edgecompress.pipeline.search import Budget, ProbeResult, Searcher, SearchOutcome
 from edgecompress.pipeline.stages import StageOutput
+from edgecompress.targets.base import relative_latency
 
 SEARCH_STATE = "search_state.json"
 PLAN_BATCHES, PLAN_BATCH_SIZE = 4, 128   # 512 training images for the one importance pass
 SAME_LATENCY_MEASURED = 0.03             # measured latencies within 3 % count as the same step
-RETIME_ROUNDS = 3                        # alternating timings before a step move on measured latency
+RETIME_ROUNDS = 3                        # alternating rounds whenever two measured latencies are compared
 
 
 def widths_of(model: nn.Module) -> dict[str, int]:
@@ -74,6 +75,22 @@ class Prober:
         self.latency_cache = latency_cache   # json key of widths -> {"median_ms", "method"}
         self.by_widths = {json.dumps(p["widths"]): ProbeResult.from_dict(p) for p in reversed(probes)}
         self.models: dict[float, nn.Module] = {}
+        self.measured = ctx.results["baseline"]["latency_method"] == "measured"
+        self._reference = None   # (the original built at the probe precision, its ms in baseline terms)
+
+    def reference(self):
+        """The original model built at the probe precision and its latency on the baseline stage's
+        scale: the baseline figure itself at the baseline precision, else that figure times the
+        side-by-side ratio of the two precisions. Measured probes are timed against it."""
+        if self._reference is None:
+            base, root = self.ctx.results["baseline"], self.work.parent
+            ref = self.ctx.build_model(self.ctx.original, root / "reference", precision=self.precision)
+            ms = base["latency_ms"]
+            if self.precision != base["precision"]:
+                at_base = self.ctx.build_model(self.ctx.original, root / "reference-base", precision=base["precision"])
+                ms *= relative_latency(self.ctx.target.measure, ref, at_base, RETIME_ROUNDS)
+            self._reference = (ref, ms)
+        return self._reference
 
     def _pruned(self, cr: float) -> tuple[nn.Module, str]:
         model = self.plan.prune(cr, **self.rounding)
@@ -104,23 +121,32 @@ class Prober:
         model = self.model_for(cr)
         acc = accuracy(model, *self.ctx.val)
         if key not in self.latency_cache:
-            latency, _ = self.ctx.measure_model(model, self.work, precision=self.precision)
-            self.latency_cache[key] = {"median_ms": latency.median_ms, "method": latency.method}
+            self.latency_cache[key] = self._latency(model)
         macs, params = macs_and_params(model, self.ctx.input_shape)
         result = ProbeResult(cr=cr, accuracy=acc, latency_ms=self.latency_cache[key]["median_ms"],
                              flops=macs, params=params, widths=json.loads(key))
         self.by_widths[key] = result
         return result
 
+    def _latency(self, model: nn.Module) -> dict:
+        """Estimated: the estimate. Measured: timed side by side with the original (RETIME_ROUNDS
+        alternating rounds) and put on the baseline stage's scale, so probes timed minutes apart
+        compare with each other and with the budget as if timed together with the baseline."""
+        if not self.measured:
+            latency, _ = self.ctx.measure_model(model, self.work, precision=self.precision)
+            return {"median_ms": latency.median_ms, "method": latency.method}
+        build = self.ctx.build_model(model, self.work, precision=self.precision)
+        ref, ref_ms = self.reference()
+        ratio = relative_latency(self.ctx.target.measure, build, ref, RETIME_ROUNDS)
+        return {"median_ms": ref_ms * ratio, "method": "measured", "ratio_to_original": ratio}
+
     def same_latency(self, candidate: ProbeResult, chosen: ProbeResult) -> bool:
         """Whether `candidate` is as fast as `chosen` when the two are built again and timed in
         alternation (RETIME_ROUNDS rounds each): the median of the per-round ratios within
         SAME_LATENCY_MEASURED. Widths alone decide latency, so the models need no distillation."""
-        from edgecompress.targets.base import measure_alternating
         builds = [self.ctx.build_model(self._pruned(p.cr)[0], self.work / f"retime{i}", precision=self.precision)
                   for i, p in enumerate((candidate, chosen))]
-        a, b = measure_alternating(self.ctx.target.measure, builds, RETIME_ROUNDS)
-        ratio = sorted(x.median_ms / y.median_ms for x, y in zip(a, b))[RETIME_ROUNDS // 2]
+        ratio = relative_latency(self.ctx.target.measure, *builds, RETIME_ROUNDS)
         same = ratio <= 1 + SAME_LATENCY_MEASURED
         self.ctx.ui.say(f"  re-timed side by side: cr {candidate.cr:.4f} / cr {chosen.cr:.4f} = {ratio:.3f}x "
                         f"-> {'same step' if same else 'slower: not moved there'}")

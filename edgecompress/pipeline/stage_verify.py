@@ -28,26 +28,22 @@ class VerifyStage:
         with ctx.ui.progress("validation on the engine", len(ctx.val[0])) as bar:
             val_acc = runner_accuracy(run, *ctx.val, batch_size=EVAL_BATCH, on_batch=bar.update)
         test_acc = runner_accuracy(run, *ctx.test, batch_size=EVAL_BATCH) if ctx.test else None
-        original_latency, latency = side_by_side(ctx, build, out / "original")
+        latency, pair = side_by_side(ctx, build, out / "original")
         samples = ctx.val[0][:EVAL_BATCH].numpy()
         from edgecompress.report.baseline import write_latency_baseline, write_regression_test
         write_latency_baseline(out, target=ctx.target, build=build, latency=latency, precision=build.precision,
                                inputs=samples, run_dir=ctx.rundir.path)
         write_regression_test(out)
         macs, params = macs_and_params(load_module(ctx.rundir.artifact("finetune", "pruned_model")), ctx.input_shape)
-        result = {"accuracy": val_acc, "test_accuracy": test_acc, "latency_ms": latency.median_ms,
+        anchored = latency.median_ms if pair is None else ctx.results["baseline"]["latency_ms"] * pair["ratio"]
+        result = {"accuracy": val_acc, "test_accuracy": test_acc, "latency_ms": anchored,
                   "latency_method": latency.method, "flops": macs, "params": params,
                   "cr": ctx.results["prune"]["cr"]}
         extra = {"latency_p90_ms": None if latency.p90_ms != latency.p90_ms else latency.p90_ms,
                  "latency_iterations": latency.iterations, "latency_device": latency.device,
-                 "latency_runtime": latency.runtime,
-                 "original_latency_ms": original_latency.median_ms if original_latency else None}
+                 "latency_runtime": latency.runtime, "side_by_side": pair}
         seconds = time.perf_counter() - start
         report = assemble_report(ctx, result=result, extra=extra, verify_seconds=seconds)
-        if original_latency is not None:
-            report["baseline"]["latency_ms_at_start"] = report["baseline"]["latency_ms"]
-            report["baseline"]["latency_ms"] = original_latency.median_ms
-            report["baseline"]["latency_timing"] = f"side by side with the engine, median of {ROUNDS} alternating rounds"
         write_json(out / "report.json", report)
         from edgecompress.report import write_report_html
         write_report_html(out)
@@ -55,18 +51,22 @@ class VerifyStage:
 
 
 def side_by_side(ctx: Context, build, work: Path):
-    """(original, engine) latencies timed in alternation, ROUNDS rounds each, the middle round of
-    each kept: the baseline stage timed the original minutes earlier, and the machine's speed
-    drifts, so the speedup the summary states compares two timings taken under the same
-    conditions. Estimated latency does not drift: the engine alone is estimated and the original
-    keeps the baseline stage's figure (None)."""
+    """(the engine's Latency, the side-by-side record or None). Measured: the original (at the
+    baseline precision) and the engine timed in alternation, ROUNDS rounds; the engine's latency in
+    the report is the baseline stage's figure times the median per-round ratio, i.e. on the same
+    scale as the baseline and every probe, so the speedup and the budget check do not depend on
+    how fast the machine happened to be when each was timed (the same original measured 0.45 and
+    0.65 ms minutes apart on the 2-core development VM). The raw timings are kept in the record.
+    Estimated latency does not drift: the engine's estimate is used as it is."""
     if ctx.results["baseline"]["latency_method"] != "measured":
-        return None, ctx.target.measure(build)
+        return ctx.target.measure(build), None
     from edgecompress.targets.base import measure_alternating, middle
     original = ctx.build_model(ctx.original, work, precision=ctx.results["baseline"]["precision"])
     per = measure_alternating(ctx.target.measure, [original, build], ROUNDS)
     shutil.rmtree(work, ignore_errors=True)
-    return middle(per[0]), middle(per[1])
+    ratio = sorted(e.median_ms / o.median_ms for o, e in zip(*per))[ROUNDS // 2]
+    return middle(per[1]), {"ratio": ratio, "rounds": ROUNDS, "original_ms": [t.median_ms for t in per[0]],
+                            "engine_ms": [t.median_ms for t in per[1]]}
 
 
 def _budget(ctx: Context, result: dict) -> dict:

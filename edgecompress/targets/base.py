@@ -127,6 +127,14 @@ def measure_alternating(measure: Probe, builds: list[BuildResult], rounds: int) 
     return per
 
 
+def relative_latency(measure: Probe, build: BuildResult, reference: BuildResult, rounds: int) -> float:
+    """latency(build) / latency(reference), the two timed in alternation: the median of the
+    per-round ratios. Far steadier than a ratio of timings taken minutes apart on a machine whose
+    speed drifts (on the 2-core development VM: +-40 % within minutes)."""
+    a, b = measure_alternating(measure, [build, reference], rounds)
+    return sorted(x.median_ms / y.median_ms for x, y in zip(a, b))[rounds // 2]
+
+
 def middle(timings: list[Latency]) -> Latency:
     """The timing with the median `median_ms` (the upper one of an even count)."""
     return sorted(timings, key=lambda t: t.median_ms)[len(timings) // 2]

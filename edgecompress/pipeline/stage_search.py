@@ -180,7 +180,7 @@ class PruneStage:
         if searcher.restored:
             ctx.ui.say(f"  resuming the search: {searcher.restored} probe(s) restored from {SEARCH_STATE}")
         outcome = searcher.run()
-        _check_outcome(outcome, budget)
+        _check_outcome(outcome, budget, searcher.probes)
         for note in _outcome_notes(outcome, budget):
             ctx.note(note)
         model = prober.model_for(outcome.chosen.cr)
@@ -205,12 +205,12 @@ def build_plan(ctx: Context):
     return PruningPlan.build(ctx.original, batches, criterion=cfg.criterion, **opts)
 
 
-def _check_outcome(outcome: SearchOutcome, budget: Budget) -> None:
+def _check_outcome(outcome: SearchOutcome, budget: Budget, probes: list[ProbeResult]) -> None:
     if not outcome.met and budget.min_accuracy is None:
-        best = outcome.chosen.latency_ms
-        raise UserError(f"latency budget {budget.max_latency_ms:g} ms is out of reach: the smallest model "
-                        f"the target allows measures {best:.3f} ms",
-                        f"raise --latency-budget-ms to at least {best:.3f}, or use a smaller model")
+        fastest = min(probes, key=lambda p: p.latency_ms)
+        raise UserError(f"latency budget {budget.max_latency_ms:g} ms is out of reach: the fastest probe, down to the "
+                        f"smallest model the target allows, measures {fastest.latency_ms:.3f} ms (cr {fastest.cr:.4f})",
+                        f"raise --latency-budget-ms to at least {fastest.latency_ms:.3f}, or use a smaller model")
 
 
 def _outcome_notes(outcome: SearchOutcome, budget: Budget) -> list[str]:

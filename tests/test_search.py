@@ -133,3 +133,13 @@ def test_step_move_is_taken_only_when_the_side_by_side_retiming_agrees():
 def test_no_move_when_the_retiming_disagrees_with_every_candidate():
     out = Searcher(fake, budget=Budget(min_accuracy=BASE - 1), confirm_same=lambda a, b: False).run()
     assert out.moved_from is None and 0.6838 <= out.chosen.cr < 0.6838 + 0.01
+
+
+def test_with_retiming_the_step_move_probes_nothing_new():
+    """Measured latency: the move only considers probes already made (each extra probe costs a
+    distillation), so the search makes exactly the accuracy bisection's probes."""
+    plain, confirmed = Counting(), Counting()
+    Searcher(plain, budget=Budget(min_accuracy=BASE - 1)).run()
+    Searcher(confirmed, budget=Budget(min_accuracy=BASE - 1), confirm_same=lambda a, b: True).run()
+    bisection = [cr for cr in plain.calls if cr in confirmed.calls]
+    assert confirmed.calls == bisection and len(confirmed.calls) < len(plain.calls)

@@ -60,11 +60,11 @@ def side_by_side(ctx: Context, build, work: Path):
     Estimated latency does not drift: the engine's estimate is used as it is."""
     if ctx.results["baseline"]["latency_method"] != "measured":
         return ctx.target.measure(build), None
-    from edgecompress.targets.base import measure_alternating, middle
+    from edgecompress.targets.base import measure_alternating, median_ratio, middle
     original = ctx.build_model(ctx.original, work, precision=ctx.results["baseline"]["precision"])
     per = measure_alternating(ctx.target.measure, [original, build], ROUNDS)
     shutil.rmtree(work, ignore_errors=True)
-    ratio = sorted(e.median_ms / o.median_ms for o, e in zip(*per))[ROUNDS // 2]
+    ratio = median_ratio(per[1], per[0])
     return middle(per[1]), {"ratio": ratio, "rounds": ROUNDS, "original_ms": [t.median_ms for t in per[0]],
                             "engine_ms": [t.median_ms for t in per[1]]}
 

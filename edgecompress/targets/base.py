@@ -131,8 +131,13 @@ def relative_latency(measure: Probe, build: BuildResult, reference: BuildResult,
     """latency(build) / latency(reference), the two timed in alternation: the median of the
     per-round ratios. Far steadier than a ratio of timings taken minutes apart on a machine whose
     speed drifts (on the 2-core development VM: +-40 % within minutes)."""
-    a, b = measure_alternating(measure, [build, reference], rounds)
-    return sorted(x.median_ms / y.median_ms for x, y in zip(a, b))[rounds // 2]
+    return median_ratio(*measure_alternating(measure, [build, reference], rounds))
+
+
+def median_ratio(timings: list[Latency], reference: list[Latency]) -> float:
+    """Median of the per-round ratios timings[r] / reference[r] (upper one of an even count)."""
+    ratios = sorted(x.median_ms / y.median_ms for x, y in zip(timings, reference))
+    return ratios[len(ratios) // 2]
 
 
 def middle(timings: list[Latency]) -> Latency:

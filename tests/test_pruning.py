@@ -206,6 +206,27 @@ def test_every_criterion_scores_every_group(tiny, criterion):
     assert plan.prune(0.5)(batches[0]).shape == (4, 10)
 
 
+def test_share_reduction_ignores_a_members_output_scale(tiny):
+    """Scaling the stem conv by 0.01 and its BatchNorm's statistics to match leaves the network's
+    function unchanged; "share" must score the residual group the same, "sum" does not."""
+    model, batches = tiny
+    scaled = copy.deepcopy(model)
+    with torch.no_grad():
+        scaled.conv1.weight.mul_(0.01)
+        scaled.bn1.running_mean.mul_(0.01)
+        scaled.bn1.running_var.mul_(1e-4)
+        scaled.bn1.eps *= 1e-4
+    torch.testing.assert_close(scaled(batches[0]), model(batches[0]), rtol=1e-4, atol=1e-4)
+    key = next(g.key for g in find_groups(model, batches[0][:1]) if "conv1" in g.members)
+    before, after = (CRITERIA.get("permutation")(m, find_groups(m, batches[0][:1]), batches, group="share")[key]
+                     for m in (model, scaled))
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=0)
+    raw = [CRITERIA.get("permutation")(m, find_groups(m, batches[0][:1]), batches)[key] for m in (model, scaled)]
+    assert not torch.allclose(raw[0] / raw[0].sum(), raw[1] / raw[1].sum(), rtol=1e-2)
+    with pytest.raises(UserError, match="group reduction"):
+        CRITERIA.get("permutation")(model, find_groups(model, batches[0][:1]), batches, group="mean")
+
+
 def test_registries_have_the_required_names():
     assert {"permutation", "l1", "l2", "bn_scale", "taylor", "random"} <= set(CRITERIA.names())
     assert {"cr", "uniform"} <= set(ALLOCATIONS.names())

@@ -27,12 +27,25 @@ def _first_input(batches: list) -> torch.Tensor:
     return first[:1]
 
 
+GROUP_REDUCTIONS = ("sum", "share")
+
+
 @CRITERIA.register("permutation")
 def permutation(model: nn.Module, groups: list[PrunableGroup], batches: Iterable, *, mode: str = "expected",
-                at: str | None = None, draws: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Weight-permutation importance (one pass), summed over each group's member layers."""
+                at: str | None = None, draws: int = 8, seed: int = 0, group: str = "sum") -> dict[str, torch.Tensor]:
+    """Weight-permutation importance (one pass), summed over each group's member layers.
+
+    group="sum" adds the members' raw deviations (DESIGN.md). group="share" first divides each
+    member's scores by their total, so every coupled layer weighs the same: a raw deviation is in
+    units of its layer's output scale, which BatchNorm makes arbitrary, and in ResNet-56's first
+    residual group the stem alone carries 71 % of the sum and dictates the group's keep count."""
+    if group not in GROUP_REDUCTIONS:
+        raise UserError(f"unknown group reduction {group!r} for the permutation criterion",
+                        f"use one of: {', '.join(GROUP_REDUCTIONS)}")
     opts = {} if at is None else {"at": at}   # None: channel_importance's measured default
     scores = channel_importance(model, batches, mode=mode, draws=draws, seed=seed, **opts)
+    if group == "share":
+        scores = {k: v / v.sum() if v.sum() > 0 else v for k, v in scores.items()}
     return group_scores(groups, scores)
 
 

@@ -244,13 +244,51 @@ def _plot_probes(ax, name: str, base: dict, rows: list[dict], colours: dict) -> 
     ax.legend(fontsize=7, ncol=2)
 
 
-def report_phase(out: Path, *, docs: Path, commands: list[str], img: Path | None = None) -> str:
+def seed_table(folders: list[Path]) -> str:
+    """Configurations found in two or more results folders (runs with different --seed): MACs,
+    latency as a ratio to the original timed in the same folder's rounds, and test accuracy per
+    seed, with their means."""
+    runs = []
+    for folder in folders:
+        seed = json.loads((folder / "settings.json").read_text())["settings"]["seed"]
+        runs.append((seed, {(r["model"], r["criterion"], r["allocation"]): r for r in load_rows(folder)[1]}))
+    runs.sort(key=lambda run: run[0])
+    keys = sorted({k for _, by_key in runs for k in by_key}, key=lambda k: (k[0], k[2], k[1]))
+    lines = []
+    for key in keys:
+        found = [(seed, by_key[key]) for seed, by_key in runs if key in by_key]
+        if len(found) < 2:
+            continue
+        lines.append({"model": key[0], "criterion": key[1], "allocation": key[2],
+                      "seeds": ", ".join(str(seed) for seed, _ in found),
+                      **{name: [get(r) for _, r in found] for name, get in (
+                          ("macs", lambda r: 100 * r["macs_ratio"]), ("ratio", lambda r: r.get("latency_ratio")),
+                          ("test", lambda r: r["test_accuracy"]))}})
+
+    def cells(values: list, fmt: str) -> str:
+        shown = [v for v in values if v is not None]
+        mean = f" (mean {format(sum(shown) / len(shown), fmt)})" if len(shown) == len(values) else ""
+        return " / ".join("n/a" if v is None else format(v, fmt) for v in values) + mean
+
+    return md_table(lines, [("model", lambda r: r["model"]), ("criterion", lambda r: r["criterion"]),
+                            ("allocation", lambda r: r["allocation"]), ("seeds", lambda r: r["seeds"]),
+                            ("MACs % of orig", lambda r: cells(r["macs"], ".0f")),
+                            ("latency ratio to orig", lambda r: cells(r["ratio"], ".3f")),
+                            ("test %", lambda r: cells(r["test"], ".2f"))])
+
+
+def report_phase(out: Path, *, docs: Path, commands: list[str], img: Path | None = None,
+                 seed_runs: list[Path] = ()) -> str:
     bases, rows, lat = load_rows(out)
     settings = json.loads((out / "settings.json").read_text())
     drop = settings["settings"]["max_acc_drop"]
     img = img or docs.parent / "img" / "criteria_comparison.png"
     png = plot(bases, rows, img) if rows else None
     body = _body(bases, rows, lat, settings, commands, drop, png, docs)
+    if seed_runs:
+        body += ("\n\nSeed spread (the same configurations searched again with other --seed values from the same "
+                 "original; latency as a ratio to the original timed in the same rounds):\n\n"
+                 + seed_table([out, *seed_runs]))
     replace_section(docs, SECTION, body)
     return body
 

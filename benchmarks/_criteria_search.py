@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -131,13 +132,19 @@ class Prober:
                            latency_ms=macs / 1e6, flops=macs, params=params, widths=widths)
 
 
-def prepare_base(out: Path, model_name: str, settings: Settings) -> dict:
-    """original.pt and baseline.json of one base model (once; every configuration reads them)."""
+def prepare_base(out: Path, model_name: str, settings: Settings, *, base_from: Path | None = None) -> dict:
+    """original.pt and baseline.json of one base model (once; every configuration reads them),
+    copied from `base_from` when that results folder has them."""
     from _common import base_model
     folder = out / model_name
     if (folder / "baseline.json").is_file():
         return json.loads((folder / "baseline.json").read_text())
     folder.mkdir(parents=True, exist_ok=True)
+    source = None if base_from is None else Path(base_from) / model_name
+    if source is not None and (source / "baseline.json").is_file():
+        shutil.copyfile(source / "original.pt", folder / "original.pt")
+        shutil.copyfile(source / "baseline.json", folder / "baseline.json")   # last: it marks the base done
+        return json.loads((folder / "baseline.json").read_text())
     data = data_on(settings)
     model, meta = base_model(model_name, data, quick_steps=settings.quick_steps)
     model = model.to(settings.device).eval()

@@ -59,6 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=1, help="configurations run in parallel processes")
     p.add_argument("--deadline-s", type=float, help="start no probe after this many seconds (then pack)")
     p.add_argument("--pack", type=Path, help="after the search, write the results folder into this .tar")
+    p.add_argument("--base-from", type=Path, help="search phase: take each base model (original.pt, baseline.json) "
+                   "from this results folder, so runs with another --seed start from the same original")
     for flag, kind, text in (("--max-acc-drop", float, "accuracy budget, points (default 1)"),
                              ("--min-interval", float, "search stops below this knob interval (default 0.01)"),
                              ("--probe-steps", int, "KD steps per probe (default 100)"),
@@ -73,6 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=5, help="latency phase: alternating timing rounds (quick: 1)")
     p.add_argument("--docs", type=Path, default=DOCS, help="report phase: the Markdown file to update")
     p.add_argument("--img", type=Path, help="report phase: the plot (default docs/img/criteria_comparison.png)")
+    p.add_argument("--seed-runs", help="report phase: comma-separated results folders of the same benchmark run "
+                   "with other --seed values (each with its own latency phase): adds a seed-spread table")
     return p.parse_args(argv)
 
 
@@ -124,7 +128,7 @@ def search_phase(args, argv: list[str]) -> list[dict]:
         import torch
         torch.set_num_threads(settings.threads)
     models = _pick(args, "models").split(",")
-    bases = {m: prepare_base(out, m, settings) for m in models}
+    bases = {m: prepare_base(out, m, settings, base_from=args.base_from) for m in models}
     configs = [(m, c, a) for m in sorted(models, key=lambda m: -bases[m]["macs"])   # big models first
                for c in _pick(args, "criteria").split(",") for a in _pick(args, "allocations").split(",")]
     results = _run_all(out, configs, settings, args.jobs)
@@ -195,7 +199,9 @@ def main(argv=None) -> int:
         if (out / "latency.json").is_file():
             commands.append(json.loads((out / "latency.json").read_text()).get("command", ""))
         commands.append(_command(argv))
-        report_phase(out, docs=args.docs, img=args.img, commands=[c for c in dict.fromkeys(commands) if c])
+        seed_runs = [Path(d) for d in args.seed_runs.split(",")] if args.seed_runs else []
+        report_phase(out, docs=args.docs, img=args.img, commands=[c for c in dict.fromkeys(commands) if c],
+                     seed_runs=seed_runs)
         print(f"wrote section '## Criteria comparison' of {args.docs}")
     return 0
 

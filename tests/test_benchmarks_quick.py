@@ -62,6 +62,18 @@ def test_compare_criteria_quick_all_phases(tmp_path):
         assert f"| {c} | {a} |" in text
     assert "Goal check" in text and (tmp_path / "img" / "cc.png").is_file()
 
+    # another seed from the same original, then the seed-spread table in the first run's report
+    seed1 = tmp_path / "cc-seed1"
+    _run("compare_criteria.py", "--quick", "--phase", "all", "--out", str(seed1), "--seed", "1", "--base-from", str(out),
+         "--criteria", "permutation", "--allocations", "cr", "--docs", str(tmp_path / "seed1.md"),
+         "--img", str(tmp_path / "img" / "seed1.png"))
+    assert (seed1 / "tiny-resnet" / "original.pt").read_bytes() == (out / "tiny-resnet" / "original.pt").read_bytes()
+    _run("compare_criteria.py", "--quick", "--phase", "report", "--out", str(out), "--seed-runs", str(seed1),
+         "--docs", str(docs), "--img", str(tmp_path / "img" / "cc.png"))
+    text = docs.read_text()
+    assert "Seed spread" in text and "| tiny-resnet | permutation | cr | 0, 1 |" in text
+    assert "| tiny-resnet | l1 | cr | 0, 1 |" not in text   # only in one folder: no spread row
+
 
 @pytest.mark.slow
 def test_search_resumes_and_skips_finished(tmp_path):

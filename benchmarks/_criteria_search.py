@@ -62,12 +62,8 @@ class DeadlineReached(Exception):
 
 def parse_criterion(spec: str) -> tuple[str, dict]:
     """`name` or `name:key=value,key=value` (e.g. `permutation:at=bn`): registry name and options."""
-    name, _, rest = spec.partition(":")
-    opts = {}
-    for item in filter(None, rest.split(",")):
-        key, _, value = item.partition("=")
-        opts[key] = int(value) if value.lstrip("-").isdigit() else value
-    return name, opts
+    from edgecompress.pruning.criteria import parse_spec
+    return parse_spec(spec)
 
 
 def config_dir(out: Path, model: str, criterion: str, allocation: str) -> Path:

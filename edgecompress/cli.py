@@ -41,7 +41,8 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="measure on a remote device: ssh://user@host[:port]")
     p.add_argument("--precision", default="auto", help="auto | int8 | fp16 | fp32 (auto: fastest within the budget)")
     p.add_argument("--calibration", default="minmax", help="INT8 calibration: minmax | entropy | percentile")
-    p.add_argument("--criterion", default="permutation", help="channel importance criterion")
+    p.add_argument("--criterion", help="channel importance criterion: NAME or NAME:OPTION=VALUE,... "
+                   "(e.g. permutation:group=share; default: see README)")
     p.add_argument("--allocation", help="cr | uniform: how one knob becomes per-layer keep counts")
     p.add_argument("--reconstruct", action="store_true", help="least-squares reconstruction of the next layer after pruning")
     p.add_argument("--min-search-interval", type=float, default=0.01, help="stop the search below this cr interval")
@@ -64,7 +65,8 @@ def _config(args: argparse.Namespace, argv: Sequence[str]):
         target=args.target, max_acc_drop=args.max_acc_drop, latency_budget_ms=args.latency_budget_ms,
         model=args.model, weights=args.weights, data=args.data, out=args.out, resume=args.resume,
         seed=args.seed, profiles=tuple(args.profiles), device=args.device, precision=args.precision,
-        calibration=args.calibration, criterion=args.criterion, allocation=args.allocation,
+        calibration=args.calibration, allocation=args.allocation,
+        **({} if args.criterion is None else {"criterion": args.criterion}),
         reconstruct=args.reconstruct, min_search_interval=args.min_search_interval,
         finetune_epochs=args.finetune_epochs, finetune_samples=args.finetune_samples or None,
         probe_finetune_steps=args.probe_finetune_steps, bn_batches=args.bn_batches, batch_size=args.batch_size,

@@ -48,6 +48,9 @@ def test_unknown_target_suggests_the_closest(capsys):
     ([], "no budget given"),
     (["--max-acc-drop", "one"], "invalid float value"),
     (["--max-acc-drop", "1", "--precision", "int4"], "unknown --precision 'int4'"),
+    (["--max-acc-drop", "1", "--criterion", "l3"], "--criterion: unknown criterion 'l3'"),
+    (["--max-acc-drop", "1", "--criterion", "permutation:grp=share"], "has no option 'grp=share'"),
+    (["--max-acc-drop", "1", "--criterion", "l2:group=share"], "criterion 'l2' has no option"),
 ])
 def test_bad_numbers_and_choices(capsys, argv, expected):
     assert expected in _user_error(capsys, ["--target", "x86-cpu", *argv])

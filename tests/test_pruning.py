@@ -227,6 +227,17 @@ def test_share_reduction_ignores_a_members_output_scale(tiny):
         CRITERIA.get("permutation")(model, find_groups(model, batches[0][:1]), batches, group="mean")
 
 
+def test_criterion_spec_carries_options(tiny):
+    model, batches = tiny
+    from edgecompress.pruning.criteria import parse_spec
+    assert parse_spec("permutation:group=share,draws=4") == ("permutation", {"group": "share", "draws": 4})
+    by_spec = PruningPlan.build(model, batches, criterion="permutation:group=share")
+    by_kwarg = PruningPlan.build(model, batches, criterion="permutation", group="share")
+    assert all(torch.equal(by_spec.scores[k], by_kwarg.scores[k]) for k in by_kwarg.scores)
+    with pytest.raises(UserError, match="has no option"):
+        parse_spec("l1:p=3")
+
+
 def test_registries_have_the_required_names():
     assert {"permutation", "l1", "l2", "bn_scale", "taylor", "random"} <= set(CRITERIA.names())
     assert {"cr", "uniform"} <= set(ALLOCATIONS.names())

@@ -71,6 +71,11 @@ class RunConfig:
             yield f"unknown --calibration {self.calibration!r}", f"valid: {', '.join(CALIBRATIONS)}"
         if self.allocation is not None and self.allocation not in ALLOCATIONS:
             yield f"unknown --allocation {self.allocation!r}", f"valid: {', '.join(ALLOCATIONS)}"
+        from edgecompress.pruning.criteria import parse_spec
+        try:
+            parse_spec(self.criterion)
+        except UserError as exc:
+            yield f"--criterion: {exc.cause}", exc.hint
 
     def out_dir(self) -> Path:
         if self.out:

@@ -6,6 +6,7 @@ of criteria compares like with like through the same groups, allocation and phys
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Iterable
 
 import torch
@@ -28,6 +29,23 @@ def _first_input(batches: list) -> torch.Tensor:
 
 
 GROUP_REDUCTIONS = ("sum", "share")
+
+
+def parse_spec(spec: str) -> tuple[str, dict]:
+    """`name` or `name:key=value,key=value` (e.g. `permutation:group=share`) -> (registry name,
+    options); integers are converted. Unknown names and options are user errors."""
+    name, _, rest = spec.partition(":")
+    fn = CRITERIA.get(name)
+    allowed = [p for p in inspect.signature(fn).parameters.values()
+               if p.kind == p.KEYWORD_ONLY and not p.name.startswith("_")]
+    opts = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in {p.name for p in allowed}:
+            raise UserError(f"criterion {name!r} has no option {item!r}",
+                            f"options: {', '.join(f'{p.name}=' for p in allowed) or 'none'}")
+        opts[key] = int(value) if value.lstrip("-").isdigit() else value
+    return name, opts
 
 
 @CRITERIA.register("permutation")

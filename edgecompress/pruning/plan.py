@@ -8,7 +8,7 @@ from torch import nn
 
 from edgecompress.errors import UserError
 from edgecompress.pruning import allocation as alloc
-from edgecompress.pruning.criteria import CRITERIA
+from edgecompress.pruning.criteria import CRITERIA, parse_spec
 from edgecompress.pruning.groups import PrunableGroup, find_groups, prune_copy
 from edgecompress.pruning.importance import is_scorable, iter_inputs
 
@@ -32,7 +32,8 @@ class PruningPlan:
               allocation: str = "cr", ignored: Iterable = (), example_input: torch.Tensor | None = None,
               **criterion_opts) -> "PruningPlan":
         batches = list(batches) if not isinstance(batches, (list, tuple)) else batches
-        score_fn = CRITERIA.get(criterion)
+        name, spec_opts = parse_spec(criterion)   # "name" or "name:key=value,..."
+        score_fn, criterion_opts = CRITERIA.get(name), {**spec_opts, **criterion_opts}
         alloc.ALLOCATIONS.get(allocation)     # fail on a bad name before the expensive part
         example = _example(batches, example_input)
         groups = find_groups(model, example, ignored=ignored)

@@ -22,7 +22,6 @@ from _criteria_search import write_json
 
 SECTION = "Criteria comparison"
 TP_CRITERIA = ("l1", "l2", "bn_scale", "taylor")   # Torch-Pruning's importances, as named in CRITERIA
-OURS = "permutation"
 
 
 def saved_models(out: Path) -> dict[str, Path]:
@@ -94,9 +93,11 @@ def load_rows(out: Path) -> tuple[dict, list[dict], dict]:
     return bases, rows, lat
 
 
-def default_allocation() -> str:
+def product_default() -> tuple[str, str]:
+    """(criterion, allocation) that `compress` uses when the user names none."""
+    from edgecompress.pipeline.config import RunConfig
     from edgecompress.pruning import PruningPlan
-    return inspect.signature(PruningPlan.build).parameters["allocation"].default
+    return RunConfig.criterion, inspect.signature(PruningPlan.build).parameters["allocation"].default
 
 
 def within_budget(r: dict, base: dict, drop: float) -> bool:
@@ -107,12 +108,12 @@ def within_budget(r: dict, base: dict, drop: float) -> bool:
 def goal_check(bases: dict, rows: list[dict], drop: float) -> list[dict]:
     """Per base model: our default vs the fastest Torch-Pruning criterion with uniform allocation,
     and the fastest variant overall (all at the same accuracy budget, measured latency)."""
-    ours_alloc = default_allocation()
+    ours_crit, ours_alloc = product_default()
     out = []
     for name, base in bases.items():
         mine = [r for r in rows if r["model"] == name and r.get("latency_ms") is not None]
         ok = [r for r in mine if within_budget(r, base, drop)]
-        ours = next((r for r in mine if r["criterion"] == OURS and r["allocation"] == ours_alloc), None)
+        ours = next((r for r in mine if r["criterion"] == ours_crit and r["allocation"] == ours_alloc), None)
         tp = [r for r in ok if r["criterion"] in TP_CRITERIA and r["allocation"] == "uniform"]
         best_tp = min(tp, key=lambda r: r["latency_ms"], default=None)
         best = min(ok, key=lambda r: r["latency_ms"], default=None)
@@ -147,10 +148,10 @@ def goal_text(checks: list[dict]) -> str:
 
 def losses_text(bases: dict, rows: list[dict], drop: float) -> str:
     """Every variant that beats our default on measured latency within the budget, by how much."""
-    alloc = default_allocation()
+    crit, alloc = product_default()
     lines = []
     for name, base in bases.items():
-        ours = next((r for r in rows if r["model"] == name and r["criterion"] == OURS and r["allocation"] == alloc
+        ours = next((r for r in rows if r["model"] == name and r["criterion"] == crit and r["allocation"] == alloc
                      and r.get("latency_ms") is not None), None)
         if ours is None:
             continue

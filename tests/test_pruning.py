@@ -238,6 +238,13 @@ def test_criterion_spec_carries_options(tiny):
         parse_spec("l1:p=3")
 
 
+def test_one_default_criterion_for_the_library_and_the_pipeline():
+    import inspect
+    from edgecompress.pipeline.config import RunConfig
+    assert inspect.signature(PruningPlan.build).parameters["criterion"].default == RunConfig.criterion
+    assert RunConfig.criterion in CRITERIA.names()
+
+
 def test_registries_have_the_required_names():
     assert {"permutation", "l1", "l2", "bn_scale", "taylor", "random"} <= set(CRITERIA.names())
     assert {"cr", "uniform"} <= set(ALLOCATIONS.names())

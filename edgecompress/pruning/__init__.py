@@ -1,4 +1,5 @@
-"""Pruning engine: one-pass weight-permutation importance, contribution rates, aligned keep
+"""Pruning engine: channel criteria (one-pass weight-permutation importance, Torch-Pruning's
+magnitude, BN-scale and Taylor, ThiNet, CURL, AutoPruner), contribution rates, aligned keep
 counts and physical pruning through Torch-Pruning's dependency graph."""
 from edgecompress.pruning.allocation import ALLOCATIONS, contribution_rates, keep_counts
 from edgecompress.pruning.criteria import CRITERIA

@@ -21,14 +21,14 @@ class PruningPlan:
     modified) and one example input for tracing copies."""
 
     def __init__(self, model: nn.Module, groups: list[PrunableGroup], scores: dict[str, torch.Tensor], *,
-                 allocation: str, example_input: torch.Tensor, criterion: str = "permutation") -> None:
+                 allocation: str, example_input: torch.Tensor, criterion: str = "l2") -> None:
         self.model, self.groups, self.scores = model, groups, scores
         self.allocation, self.criterion = allocation, criterion
         self.example_input = example_input
         self._allocate = alloc.ALLOCATIONS.get(allocation)
 
     @classmethod
-    def build(cls, model: nn.Module, batches: Iterable, *, criterion: str = "permutation",
+    def build(cls, model: nn.Module, batches: Iterable, *, criterion: str = "l2",
               allocation: str = "cr", ignored: Iterable = (), example_input: torch.Tensor | None = None,
               **criterion_opts) -> "PruningPlan":
         batches = list(batches) if not isinstance(batches, (list, tuple)) else batches
@@ -71,7 +71,7 @@ def _example(batches, example_input: torch.Tensor | None) -> torch.Tensor:
 
 def prune_model(model: nn.Module, cr: float, batches: Iterable, *, multiple: int = 1, min_channels: int = 1,
                 ignored: Iterable = ()) -> nn.Module:
-    """One-shot: permutation importance, cr allocation, physical pruning. Returns a new module."""
+    """One-shot: the default criterion, cr allocation, physical pruning. Returns a new module."""
     alloc.check_knob(cr)
     plan = PruningPlan.build(model, batches, ignored=ignored)
     return plan.prune(cr, multiple=multiple, min_channels=min_channels)

@@ -60,12 +60,6 @@ class DeadlineReached(Exception):
     """The run's deadline passed; the finished probes are checkpointed, a rerun resumes."""
 
 
-def parse_criterion(spec: str) -> tuple[str, dict]:
-    """`name` or `name:key=value,key=value` (e.g. `permutation:at=bn`): registry name and options."""
-    from edgecompress.pruning.criteria import parse_spec
-    return parse_spec(spec)
-
-
 def config_dir(out: Path, model: str, criterion: str, allocation: str) -> Path:
     safe = criterion.replace(":", "+").replace("=", "-").replace(",", "+")
     return out / model / f"{safe}__{allocation}"
@@ -188,11 +182,10 @@ def _compress(folder: Path, teacher: nn.Module, base: dict, criterion: str, allo
     from edgecompress.pipeline.distill import DistillConfig, distill
     from edgecompress.pruning import PruningPlan
     data = data_on(settings)
-    name, opts = parse_criterion(criterion)
     t0 = time.perf_counter()
     plan_batches = train_batches(data.train_x, count=settings.plan_batches, batch_size=settings.batch_size,
                                  seed=settings.seed)
-    plan = PruningPlan.build(teacher, plan_batches, criterion=name, allocation=allocation, **opts)
+    plan = PruningPlan.build(teacher, plan_batches, criterion=criterion, allocation=allocation)   # a spec: name:opts
     t_plan = time.perf_counter()
     prober = Prober(plan, teacher, data, settings)
     searcher, outcome = _search(folder, prober, base, settings)

@@ -30,6 +30,8 @@ def main(argv=None) -> int:
     targets = {r["target"] for r in reports}
     if len(targets) != 1:
         raise SystemExit(f"runs of different targets: {', '.join(sorted(targets))}")
+    if any(not r["model"].startswith("resnet20 (shipped") for r in reports):
+        raise SystemExit("the original timed here is the shipped ResNet-20: give runs of that model")
     target = get_target(load_profile(targets.pop()))
     with tempfile.TemporaryDirectory() as tmp:
         original = to_onnx(pretrained("resnet20")[0].eval(), Path(tmp) / "original.onnx", input_shape=(1, 28, 28))

@@ -34,7 +34,8 @@ def test_replace_section_keeps_other_sections(tmp_path):
 
 
 def test_criterion_specs_and_folders(tmp_path):
-    from _criteria_search import config_dir, parse_criterion
+    from _criteria_search import config_dir
+    from edgecompress.pruning.criteria import parse_spec as parse_criterion
     assert parse_criterion("permutation") == ("permutation", {})
     assert parse_criterion("permutation:at=bn,draws=8") == ("permutation", {"at": "bn", "draws": 8})
     folder = config_dir(tmp_path, "resnet20", "permutation:at=bn", "cr")

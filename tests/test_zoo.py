@@ -16,24 +16,6 @@ def _params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _check_model(name: str, tmp_path, size: int) -> None:
-    torch.manual_seed(0)
-    model = create_model(name).eval()
-    batches = [torch.randn(4, 1, size, size) for _ in range(2)]
-    plan = PruningPlan.build(model, batches, criterion="permutation")   # data-driven: random weights still rank
-    original, n_params = plan.widths(), _params(model)
-    for cr in CRS:
-        pruned = plan.prune(cr, multiple=8).eval()
-        widths = plan.widths(pruned)
-        assert all(w % 8 == 0 or w == original[k] for k, w in widths.items()), (cr, widths)
-        with torch.no_grad():
-            assert pruned(batches[0]).shape == (4, 10)
-        # the test model's 8/16-channel groups cannot shrink at cr 0.9 with multiple 8
-        if not (name == "tiny-resnet" and cr == 0.9):
-            assert _params(pruned) < n_params, cr
-        _round_trip(pruned, batches[0], tmp_path / f"{name}-{cr}")
-
-
 def _round_trip(pruned: torch.nn.Module, x: torch.Tensor, stem) -> None:
     path = stem.with_suffix(".pt")
     torch.save(pruned, path)
@@ -53,7 +35,22 @@ def _params_for(names):
 
 @pytest.mark.parametrize("name", _params_for(MODELS.names()))
 def test_zoo_model_prunes_exports_and_round_trips(name, tmp_path):
-    _check_model(name, tmp_path, 16 if name != "vgg16" else 28)
+    size = 16 if name != "vgg16" else 28
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    batches = [torch.randn(4, 1, size, size) for _ in range(2)]
+    plan = PruningPlan.build(model, batches, criterion="permutation")   # data-driven: random weights still rank
+    original, n_params = plan.widths(), _params(model)
+    for cr in CRS:
+        pruned = plan.prune(cr, multiple=8).eval()
+        widths = plan.widths(pruned)
+        assert all(w % 8 == 0 or w == original[k] for k, w in widths.items()), (cr, widths)
+        with torch.no_grad():
+            assert pruned(batches[0]).shape == (4, 10)
+        # the test model's 8/16-channel groups cannot shrink at cr 0.9 with multiple 8
+        if not (name == "tiny-resnet" and cr == 0.9):
+            assert _params(pruned) < n_params, cr
+        _round_trip(pruned, batches[0], tmp_path / f"{name}-{cr}")
 
 
 def test_every_registered_model_is_covered():

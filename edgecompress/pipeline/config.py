@@ -28,7 +28,7 @@ class RunConfig:
     device: str | None = None                  # ssh://user@host[:port]
     precision: str = "auto"
     calibration: str = "minmax"
-    criterion: str = "l2"                      # measured: docs/benchmarks.md "Criteria comparison"
+    criterion: str = "permutation"             # the seed method, per-layer contribution rates (group=share)
     allocation: str | None = None              # None: the pruning engine's default
     reconstruct: bool = False
     min_search_interval: float = 0.01

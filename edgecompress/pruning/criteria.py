@@ -28,7 +28,8 @@ def _first_input(batches: list) -> torch.Tensor:
     return first[:1]
 
 
-GROUP_REDUCTIONS = ("sum", "share")
+GROUP_REDUCTIONS = ("share", "sum")
+DEFAULT_CRITERION = "permutation"   # with group="share": the thesis' per-layer contribution rates (Eq. 4-3)
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:
@@ -50,13 +51,14 @@ def parse_spec(spec: str) -> tuple[str, dict]:
 
 @CRITERIA.register("permutation")
 def permutation(model: nn.Module, groups: list[PrunableGroup], batches: Iterable, *, mode: str = "expected",
-                at: str | None = None, draws: int = 8, seed: int = 0, group: str = "sum") -> dict[str, torch.Tensor]:
+                at: str | None = None, draws: int = 8, seed: int = 0, group: str = "share") -> dict[str, torch.Tensor]:
     """Weight-permutation importance (one pass), summed over each group's member layers.
 
-    group="sum" adds the members' raw deviations (DESIGN.md). group="share" first divides each
-    member's scores by their total, so every coupled layer weighs the same: a raw deviation is in
-    units of its layer's output scale, which BatchNorm makes arbitrary, and in ResNet-56's first
-    residual group the stem alone carries 71 % of the sum and dictates the group's keep count."""
+    group="share" (default) first divides each member's scores by their total -- the thesis'
+    contribution rate P_i = D_i / sum(D) per layer (Eq. 4-3) -- and then adds them, so every
+    coupled layer weighs the same: a raw deviation is in units of its layer's output scale, which
+    BatchNorm makes arbitrary, and in ResNet-56's first residual group the stem alone carries 71 %
+    of the raw sum and dictates the group's keep count. group="sum" adds the raw deviations."""
     if group not in GROUP_REDUCTIONS:
         raise UserError(f"unknown group reduction {group!r} for the permutation criterion",
                         f"use one of: {', '.join(GROUP_REDUCTIONS)}")

@@ -8,7 +8,7 @@ from torch import nn
 
 from edgecompress.errors import UserError
 from edgecompress.pruning import allocation as alloc
-from edgecompress.pruning.criteria import CRITERIA, parse_spec
+from edgecompress.pruning.criteria import CRITERIA, DEFAULT_CRITERION, parse_spec
 from edgecompress.pruning.groups import PrunableGroup, find_groups, prune_copy
 from edgecompress.pruning.importance import is_scorable, iter_inputs
 
@@ -21,14 +21,14 @@ class PruningPlan:
     modified) and one example input for tracing copies."""
 
     def __init__(self, model: nn.Module, groups: list[PrunableGroup], scores: dict[str, torch.Tensor], *,
-                 allocation: str, example_input: torch.Tensor, criterion: str = "l2") -> None:
+                 allocation: str, example_input: torch.Tensor, criterion: str = DEFAULT_CRITERION) -> None:
         self.model, self.groups, self.scores = model, groups, scores
         self.allocation, self.criterion = allocation, criterion
         self.example_input = example_input
         self._allocate = alloc.ALLOCATIONS.get(allocation)
 
     @classmethod
-    def build(cls, model: nn.Module, batches: Iterable, *, criterion: str = "l2",
+    def build(cls, model: nn.Module, batches: Iterable, *, criterion: str = DEFAULT_CRITERION,
               allocation: str = "cr", ignored: Iterable = (), example_input: torch.Tensor | None = None,
               **criterion_opts) -> "PruningPlan":
         batches = list(batches) if not isinstance(batches, (list, tuple)) else batches

@@ -3,6 +3,9 @@
 Every factory takes keyword-only `in_channels` and `num_classes` and works at 28x28 and 32x32.
 The final classifier is always the attribute `fc` (a `nn.Linear`), so pruning can leave its
 outputs alone.
+
+`resnet18-64` is the exception in scale: an ImageNet-style network (stride-2 stem and max-pool)
+meant for larger inputs; its checkpoint is trained on Fashion-MNIST resized to 64x64.
 """
 from __future__ import annotations
 
@@ -175,6 +178,33 @@ class SmallDenseNet(nn.Module):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
+class ImageNetResNet(nn.Module):
+    """ResNet-18/34 as for ImageNet (He et al. 2016, table 1): 7x7 stride-2 stem and 3x3 stride-2
+    max-pool (output 1/4 of the input), then 4 stages; `widths` narrower than 64..512 to train on a CPU."""
+
+    def __init__(self, blocks: tuple[int, ...], *, in_channels: int, num_classes: int,
+                 widths: tuple[int, ...] = (64, 128, 256, 512)) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        stages, cin = [], widths[0]
+        for i, (w, n) in enumerate(zip(widths, blocks)):
+            # The first block of stages 2..4 down-samples (1x1 projection); the others are identity
+            # blocks that depth pruning can remove whole.
+            stages.append(nn.Sequential(*[BasicBlock(cin if j == 0 else w, w, 2 if (i > 0 and j == 0) else 1)
+                                          for j in range(n)]))
+            cin = w
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
 _VGG = {"vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],
         "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]}
 
@@ -191,6 +221,8 @@ MODELS.add("mobilenetv2", lambda *, in_channels=1, num_classes=10: MobileNetV2(
     in_channels=in_channels, num_classes=num_classes))
 MODELS.add("densenet-small", lambda *, in_channels=1, num_classes=10: SmallDenseNet(
     in_channels=in_channels, num_classes=num_classes))
+MODELS.add("resnet18-64", lambda *, in_channels=1, num_classes=10: ImageNetResNet(
+    (2, 2, 2, 2), in_channels=in_channels, num_classes=num_classes, widths=(32, 64, 128, 256)))
 # Tiny models for fast tests live next to the real ones (STYLE 9).
 MODELS.add("tiny-resnet", lambda *, in_channels=1, num_classes=10: CifarResNet(
     BasicBlock, 1, in_channels=in_channels, num_classes=num_classes, widths=(8, 16, 16)))

@@ -221,7 +221,8 @@ def test_share_reduction_ignores_a_members_output_scale(tiny):
     before, after = (CRITERIA.get("permutation")(m, find_groups(m, batches[0][:1]), batches, group="share")[key]
                      for m in (model, scaled))
     torch.testing.assert_close(after, before, rtol=1e-4, atol=0)
-    raw = [CRITERIA.get("permutation")(m, find_groups(m, batches[0][:1]), batches)[key] for m in (model, scaled)]
+    raw = [CRITERIA.get("permutation")(m, find_groups(m, batches[0][:1]), batches, group="sum")[key]
+           for m in (model, scaled)]
     assert not torch.allclose(raw[0] / raw[0].sum(), raw[1] / raw[1].sum(), rtol=1e-2)
     with pytest.raises(UserError, match="group reduction"):
         CRITERIA.get("permutation")(model, find_groups(model, batches[0][:1]), batches, group="mean")
@@ -280,10 +281,15 @@ def test_plan_bad_input(tiny, batches, needle):
     assert needle in str(err.value)
 
 
-def test_nothing_prunable_model():
+def test_nothing_prunable_model_gets_a_plan_that_keeps_it_whole():
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
-    with pytest.raises(UserError, match="nothing prunable"):
-        PruningPlan.build(model, [torch.randn(2, 1, 4, 4)])
+    x = torch.randn(2, 1, 4, 4)
+    plan = PruningPlan.build(model, [x])
+    assert plan.groups == [] and plan.scores == {}
+    assert plan.unprunable and "classifier" in plan.unprunable[0]["reason"]
+    same = plan.prune(0.0, multiple=8)
+    assert same is not model
+    torch.testing.assert_close(same(x), model(x))
 
 
 def test_recalibrate_bn_restores_statistics():

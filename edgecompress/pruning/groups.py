@@ -3,6 +3,8 @@
 A group is what Torch-Pruning removes together: the root layer's output channels, the BatchNorm
 after it, the consumers' input channels, every other layer tied to it by a residual add or a
 depthwise convolution, and concatenation offsets (DenseNet) mapped by Torch-Pruning itself.
+Channels a group must lose together (grouped convs, Ghost modules, attention heads) are its
+`units` (structure.py).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from torch import nn
 
 from edgecompress.errors import UserError
 from edgecompress.pruning.importance import final_layer, is_scorable
+from edgecompress.pruning.structure import attention_heads, channel_units, sync_attention
 
 
 @dataclass
@@ -27,6 +30,13 @@ class PrunableGroup:
     # member -> (member's own channel index, root channel index) pairs: a member may cover the
     # root's channels at other positions (concatenation offsets), so scores are mapped, not zipped
     index_map: dict[str, list[tuple[int, int]]] = field(default_factory=dict, repr=False)
+    # root channels removed together (structure.py); default: one unit per channel
+    units: list[list[int]] = field(default_factory=list, repr=False)
+    per_unit: int = 1   # fewest channels a member layer keeps per unit (for channel-multiple rounding)
+
+    def __post_init__(self) -> None:
+        if not self.units:
+            self.units = [[i] for i in range(self.width)]
 
 
 def _tp():
@@ -68,21 +78,27 @@ def resolve_ignored(model: nn.Module, ignored: Iterable, example_input: torch.Te
 
 
 def find_groups(model: nn.Module, example_input: torch.Tensor, *, ignored: Iterable = (), graph=None,
-                ) -> list[PrunableGroup]:
-    """Every prunable group, rooted at Conv / Linear layers, the final classifier's outputs kept."""
+                unprunable: list | None = None) -> list[PrunableGroup]:
+    """Every prunable group, rooted at Conv / Linear layers, the final classifier's outputs kept.
+
+    Groups whose Torch-Pruning index map is inconsistent are left out and, when `unprunable` is
+    given, described there as {"layers": [...], "reason": "..."}. May return no group at all."""
     graph = graph or build_graph(model, example_input)
     names = {m: n for n, m in model.named_modules()}
     skip = resolve_ignored(model, ignored, example_input)
+    heads = attention_heads(model)
     roots = [nn.modules.conv._ConvNd, nn.Linear]
-    groups = [_describe(g, graph, names) for g in graph.get_all_groups(ignored_layers=skip, root_module_types=roots)]
-    groups = [g for g in groups if g.members]
-    if not groups:
-        raise UserError("the model has nothing prunable: every Conv / Linear output is the model output "
-                        "or ignored", "prune a model with hidden Conv or Linear layers, or ignore fewer layers")
+    groups = []
+    for tp_group in graph.get_all_groups(ignored_layers=skip, root_module_types=roots):
+        group, reason = _describe(tp_group, graph, names, heads)
+        if reason is not None and unprunable is not None:
+            unprunable.append({"layers": group.members or [group.key], "reason": reason})
+        elif reason is None and group.members:
+            groups.append(group)
     return groups
 
 
-def _describe(group, graph, names: dict) -> PrunableGroup:
+def _describe(group, graph, names: dict, heads: dict) -> tuple[PrunableGroup, str | None]:
     root = group[0].dep.target.module
     index_map: dict[str, list[tuple[int, int]]] = {}
     for item in group:
@@ -90,8 +106,10 @@ def _describe(group, graph, names: dict) -> PrunableGroup:
         if is_scorable(module) and graph.is_out_channel_pruning_fn(item.dep.handler):
             pairs = index_map.setdefault(names[module], [])
             pairs += [(int(i), int(r)) for i, r in zip(item.idxs, item.root_idxs)]
-    width = graph.get_out_channels(root)
-    return PrunableGroup(key=names[root], members=list(index_map), width=int(width), index_map=index_map)
+    width = int(graph.get_out_channels(root))
+    units, per_unit, reason = channel_units(group, graph, names, width, heads)
+    return PrunableGroup(key=names[root], members=list(index_map), width=width, index_map=index_map,
+                         units=units, per_unit=per_unit), reason
 
 
 def group_scores(groups: list[PrunableGroup], layer_scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -134,5 +152,6 @@ def prune_copy(model: nn.Module, example_input: torch.Tensor, removals: dict[str
             continue
         root = modules[key]
         pruner = graph.get_pruner_of_module(root)
-        graph.get_pruning_group(root, pruner.prune_out_channels, idxs=sorted(int(i) for i in idxs)).prune()
+        graph.get_pruning_group(root, pruner.prune_out_channels, idxs=sorted({int(i) for i in idxs})).prune()
+    sync_attention(pruned)
     return pruned

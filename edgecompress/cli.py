@@ -26,9 +26,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _run_parser() -> argparse.ArgumentParser:
+    criteria, allocations, targets = _choices()
     p = _Parser(prog="compress", description="Prune, distill, export and quantize a model for an edge target.",
                 epilog="Subcommands: `compress targets` lists profiles; `compress check RUN_DIR` re-checks latency.")
-    p.add_argument("--target", required=True, help="target profile name (see `compress targets`)")
+    p.add_argument("--target", required=True, help=f"target profile: {targets} (details: `compress targets`)")
     p.add_argument("--max-acc-drop", type=float, help="accuracy budget: absolute points of validation top-1")
     p.add_argument("--latency-budget-ms", type=float, help="latency budget on the target, batch 1, ms")
     p.add_argument("--model", help="zoo name, package.module:factory, or a file saved with torch.save(model)")
@@ -42,8 +43,8 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", help="auto | int8 | fp16 | fp32 (auto: fastest within the budget)")
     p.add_argument("--calibration", default="minmax", help="INT8 calibration: minmax | entropy | percentile")
     p.add_argument("--criterion", help="channel importance criterion: NAME or NAME:OPTION=VALUE,... "
-                   "(e.g. permutation:group=share; default: see README)")
-    p.add_argument("--allocation", help="cr | uniform: how one knob becomes per-layer keep counts")
+                   f"(e.g. permutation:group=share; default: see README); NAME: {criteria}")
+    p.add_argument("--allocation", help=f"how one knob becomes per-layer keep counts: {allocations}")
     p.add_argument("--reconstruct", action="store_true", help="least-squares reconstruction of the next layer after pruning")
     p.add_argument("--min-search-interval", type=float, default=0.01, help="stop the search below this cr interval")
     p.add_argument("--finetune-epochs", type=float, default=1.0, help="distillation epochs after the search")
@@ -56,7 +57,43 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.9, help="weight of the distillation (soft) loss")
     p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (cosine schedule)")
     p.add_argument("--threads", type=int, help="PyTorch threads (default: the CPU cores this process may use)")
+    _data_flags(p)
     return p
+
+
+def _data_flags(p: argparse.ArgumentParser) -> None:
+    from edgecompress.pipeline.preprocess import PRESETS
+    g = p.add_argument_group("the model's preprocessing (declared once; used for evaluation, calibration and latency)")
+    g.add_argument("--preprocess", metavar="PRESET", help=f"{' | '.join(PRESETS)}: imagenet = resize 256, crop 224, "
+                   "ImageNet mean/std; folder-stats = the training folder's own mean/std. Default: the zoo "
+                   "checkpoint's declaration, else fashion-mnist for it, folder-stats for an image folder, "
+                   "none for a function's data. The flags below override the preset's fields")
+    g.add_argument("--input-size", metavar="N|HxW", help="the model's input size (images are resized to it last)")
+    g.add_argument("--resize", type=int, metavar="N", help="resize the shorter side to N pixels (aspect kept)")
+    g.add_argument("--crop", type=int, metavar="N", help="centre crop NxN after --resize")
+    g.add_argument("--mean", metavar="M[,M,M]", help="per-channel mean of images scaled to [0, 1]")
+    g.add_argument("--std", metavar="S[,S,S]", help="per-channel std of images scaled to [0, 1]")
+    g.add_argument("--augment", action="store_true", help="random crop + horizontal flip while distilling")
+    g.add_argument("--data-workers", type=int, metavar="N",
+                   help="processes decoding image files (default: cores - 1, at most 4; 0: none)")
+    g.add_argument("--train-device", default="auto", metavar="DEVICE",
+                   help="auto | cpu | cuda[:N]: where pruning's training work and evaluation run (auto: CUDA when "
+                   "present, mixed precision there); latency is always measured on the target")
+
+
+def _choices() -> tuple[str, str, str]:
+    """The names the registries accept, for --help (never fails: a broken import shows 'see README')."""
+    try:
+        from edgecompress.pruning import ALLOCATIONS, CRITERIA
+        criteria, allocations = ", ".join(CRITERIA.names()), " | ".join(ALLOCATIONS.names())
+    except Exception:  # noqa: BLE001 - help text must not fail
+        criteria = allocations = "see README"
+    try:
+        from edgecompress.profiles import list_profiles
+        targets = ", ".join(list_profiles())
+    except Exception:  # noqa: BLE001
+        targets = "see `compress targets`"
+    return criteria, allocations, targets
 
 
 def _config(args: argparse.Namespace, argv: Sequence[str]):
@@ -71,6 +108,9 @@ def _config(args: argparse.Namespace, argv: Sequence[str]):
         finetune_epochs=args.finetune_epochs, finetune_samples=args.finetune_samples or None,
         probe_finetune_steps=args.probe_finetune_steps, bn_batches=args.bn_batches, batch_size=args.batch_size,
         temperature=args.temperature, alpha=args.alpha, lr=args.lr, threads=args.threads,
+        preprocess=args.preprocess, input_size=args.input_size, resize=args.resize, crop=args.crop,
+        mean=args.mean, std=args.std, augment=args.augment, train_device=args.train_device,
+        data_workers=args.data_workers,
         command=shlex.join(["compress", *argv]))
 
 

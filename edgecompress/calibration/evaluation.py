@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -80,13 +80,27 @@ def layer_sensitivity(fp32_onnx: str | Path, calib_batches: Sequence[np.ndarray]
     return sorted(scores, key=lambda s: -s[1])
 
 
+def stream_accuracy(run: Runner, batches: Iterable) -> float:
+    """Top-1 accuracy in percent of `run` over (images, labels) batches (a DataLoader): nothing held."""
+    correct = seen = 0
+    for x, y in batches:
+        logits = run(np.ascontiguousarray(np.asarray(x), dtype=np.float32))
+        correct += int((logits.argmax(axis=1) == np.asarray(y)).sum())
+        seen += len(y)
+    return 100.0 * correct / max(1, seen)
+
+
 def artifact_evaluator(*, fp32_onnx: str | Path, work_dir: str | Path,
-                       calib_batches: Sequence[np.ndarray], val_images: np.ndarray,
-                       val_labels: np.ndarray, build: Callable[[Path, str, Path], object],
+                       calib_batches: Sequence[np.ndarray], val_images: np.ndarray | None = None,
+                       val_labels: np.ndarray | None = None, build: Callable[[Path, str, Path], object],
                        run: Callable[[object], Runner], measure: Callable[[object], float | None],
                        backend: str = "ort", method: str = "minmax",
-                       symmetric_activations: bool = False):
+                       symmetric_activations: bool = False,
+                       val_batches: Callable[[], Iterable] | None = None):
     """`evaluate(precision, keep_float)` for `PrecisionSelector`, over a target's own calls.
+
+    Validation data: `val_batches()` -> (images, labels) batches, streamed on every evaluation
+    (the pipeline's loader), or the arrays `val_images` / `val_labels` held in memory.
 
     INT8: quantize with `backend` (keeping `keep_float` layers float), then `build(artifact,
     "int8", dir)`; float precisions: `build(fp32_onnx, precision, dir)`. Accuracy is then measured
@@ -109,7 +123,8 @@ def artifact_evaluator(*, fp32_onnx: str | Path, work_dir: str | Path,
             details = {"backend": calibrator.label, "method": method,
                        "symmetric_activations": symmetric_activations}
         built = build(src, precision, out)
-        acc = accuracy(run(built), val_images, val_labels)
+        acc = (stream_accuracy(run(built), val_batches()) if val_batches is not None
+               else accuracy(run(built), val_images, val_labels))
         return acc, measure(built), {**details, "artifact": str(src)}
 
     return evaluate

@@ -18,8 +18,10 @@ DEFAULT_COUNT = 512
 
 
 def calibration_batches(train_dataset, *, count: int = DEFAULT_COUNT, batch_size: int = 32,
-                        seed: int = 0) -> list[np.ndarray]:
-    """`count` images drawn without replacement (seeded) from `train_dataset`, as float32 batches.
+                        seed: int = 0, workers: int = 0) -> list[np.ndarray]:
+    """`count` images drawn without replacement (seeded) from `train_dataset`, as float32 batches,
+    decoded through a DataLoader (`workers` processes for image files). Memory: the `count`
+    images, whatever the size of the split.
 
     Fewer images than asked: all of them are used and a warning says how many.
     """
@@ -34,8 +36,18 @@ def calibration_batches(train_dataset, *, count: int = DEFAULT_COUNT, batch_size
                       f"{available}; using {available}", UserWarning, stacklevel=2)
         count = available
     order = torch.randperm(available, generator=torch.Generator().manual_seed(seed))[:count].tolist()
-    images = np.stack([_image(train_dataset[i]) for i in order]).astype(np.float32, copy=False)
-    return [images[i:i + batch_size] for i in range(0, count, batch_size)]
+    tensors = getattr(train_dataset, "tensors", None)
+    if tensors is not None:  # in memory: index, don't loop
+        images = tensors[0][order].numpy().astype(np.float32, copy=False)
+        return [images[i:i + batch_size] for i in range(0, count, batch_size)]
+    from torch.utils.data import DataLoader, Subset
+    loader = DataLoader(Subset(train_dataset, order), batch_size=batch_size, num_workers=workers,
+                        collate_fn=_stack_images)
+    return list(loader)
+
+
+def _stack_images(items) -> np.ndarray:
+    return np.stack([_image(it) for it in items]).astype(np.float32, copy=False)
 
 
 def _image(item) -> np.ndarray:

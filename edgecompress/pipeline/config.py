@@ -42,6 +42,16 @@ class RunConfig:
     alpha: float = 0.9
     lr: float = 0.01
     threads: int | None = None
+    # the model's preprocessing (pipeline/preprocess.py): a preset, and fields that override it
+    preprocess: str | None = None              # None: the zoo checkpoint's, else the data's default
+    input_size: str | None = None              # N or HxW
+    resize: int | None = None                  # shorter side
+    crop: int | None = None                    # centre crop
+    mean: str | None = None                    # comma-separated, one per channel
+    std: str | None = None
+    augment: bool = False                      # random crop + flip while distilling
+    train_device: str = "auto"                 # auto | cpu | cuda[:N]
+    data_workers: int | None = None            # DataLoader workers for image files (None: cores - 1, at most 4)
     command: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -71,11 +81,26 @@ class RunConfig:
             yield f"unknown --calibration {self.calibration!r}", f"valid: {', '.join(CALIBRATIONS)}"
         if self.allocation is not None and self.allocation not in ALLOCATIONS:
             yield f"unknown --allocation {self.allocation!r}", f"valid: {', '.join(ALLOCATIONS)}"
+        from edgecompress.pipeline.device import HINT, check_spec
+        if check_spec(self.train_device):
+            yield check_spec(self.train_device), HINT
+        if self.data_workers is not None and self.data_workers < 0:
+            yield f"--data-workers {self.data_workers} is negative", "give 0 (read in this process) or more"
+        try:
+            self.declared_preprocess()
+        except UserError as exc:
+            yield exc.cause, exc.hint
         from edgecompress.pruning.criteria import parse_spec
         try:
             parse_spec(self.criterion)
         except UserError as exc:
             yield f"--criterion: {exc.cause}", exc.hint
+
+    def declared_preprocess(self):
+        """The Preprocess the flags declare, or None when none was given."""
+        from edgecompress.pipeline.preprocess import from_flags
+        return from_flags(preset=self.preprocess, input_size=self.input_size, resize=self.resize,
+                          crop=self.crop, mean=self.mean, std=self.std)
 
     def out_dir(self) -> Path:
         if self.out:
@@ -84,5 +109,5 @@ class RunConfig:
 
     def identity(self) -> dict:
         """The fields that decide the result: a resumed run must repeat them exactly."""
-        skip = {"out", "resume", "command", "threads", "extra"}
+        skip = {"out", "resume", "command", "threads", "extra", "data_workers"}
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k not in skip}

@@ -20,6 +20,8 @@ from edgecompress.zoo.data import DataSplits
 
 
 PROBE_CALIBRATION = 64   # training images that calibrate an INT8 probe (its latency, not its accuracy)
+EVAL_BATCH = 250         # images per evaluation batch (PyTorch and engines)
+CHANCE_FACTOR = 1.5      # the original below 1.5x chance accuracy: warn before the search
 
 
 @dataclass
@@ -31,11 +33,16 @@ class Context:
     original: nn.Module
     model_name: str
     target: Any                                   # edgecompress.targets.Target
-    val: tuple[torch.Tensor, torch.Tensor]
-    test: tuple[torch.Tensor, torch.Tensor] | None
+    device: torch.device = torch.device("cpu")    # --train-device: training work and PyTorch evaluation
     notes: list[str] = field(default_factory=list)
     results: dict[str, dict] = field(default_factory=dict)   # stage name -> its recorded data
     dist: Any = None                              # the torchrun coordinator, when launched that way
+
+    def __post_init__(self) -> None:
+        pre = self.data.preprocess
+        self.ui.say(f"preprocessing {pre.describe() if pre else 'as given'}; input "
+                    f"{'x'.join(map(str, self.input_shape))}; training on {self.device}"
+                    + (f"; {self.data.workers} data worker(s)" if self.data.workers else ""))
 
     @property
     def profile(self):
@@ -50,13 +57,69 @@ class Context:
             self.notes.append(text)
             self.ui.note(text)
 
-    def train_batches(self, *, count: int, batch_size: int, seed: int) -> list[torch.Tensor]:
-        """`count` batches of training images drawn without replacement, fixed by `seed`."""
-        n = len(self.data.train)
-        want = min(n, count * batch_size)
-        idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:want]
-        x = _images(self.data.train, idx)
-        return [x[i:i + batch_size] for i in range(0, want, batch_size)]
+    # -- data: everything streams through loaders (pipeline/data.py) --------------------------------
+
+    @property
+    def preprocess(self):
+        return self.data.preprocess
+
+    def split(self, name: str):
+        return {"train": self.data.train, "val": self.data.val, "test": self.data.test}[name]
+
+    def has_split(self, name: str) -> bool:
+        ds = self.split(name)
+        return ds is not None and len(ds) > 0
+
+    def batches(self, split: str = "val", *, batch_size: int = EVAL_BATCH):
+        """(images, labels) batches of a split in order, decoded by the loader's workers."""
+        from edgecompress.pipeline.data import loader
+        return loader(self.split(split), batch_size=batch_size, workers=self.data.workers)
+
+    def accuracy(self, model: nn.Module, split: str = "val") -> float | None:
+        """PyTorch top-1 accuracy in percent on a split, on the training device; None without it."""
+        from edgecompress.pipeline.evaluation import stream_accuracy
+        if not self.has_split(split):
+            return None
+        return stream_accuracy(model, self.batches(split), device=self.device)
+
+    def val_accuracy(self, model: nn.Module) -> float:
+        return self.accuracy(model, "val")
+
+    def engine_accuracy(self, run, split: str = "val", *, batch_size: int = EVAL_BATCH, on_batch=None) -> float | None:
+        """Top-1 accuracy of a built engine (`run`: NCHW float32 -> logits) on a split; None without it."""
+        from edgecompress.pipeline.evaluation import stream_runner_accuracy
+        if not self.has_split(split):
+            return None
+        return stream_runner_accuracy(run, self.batches(split, batch_size=batch_size), on_batch=on_batch)
+
+    def val_images(self, n: int) -> torch.Tensor:
+        """The first `n` validation images (parity checks, sensitivity, latency inputs)."""
+        from edgecompress.pipeline.data import loader
+        from torch.utils.data import Subset
+        ds = self.data.val
+        x, _ = next(iter(loader(Subset(ds, range(min(n, len(ds)))), batch_size=n, workers=0)))
+        return x
+
+    def original_accuracy(self) -> float:
+        """The original's validation accuracy, with a loud warning when it is near chance."""
+        acc = self.val_accuracy(self.original)
+        chance = 100.0 / max(1, self.data.num_classes)
+        if acc < CHANCE_FACTOR * chance:
+            text = (f"the original model's validation accuracy is {acc:.2f} %, near chance ({chance:.1f} % for "
+                    f"{self.data.num_classes} classes): likely causes are the wrong preprocessing (this run: "
+                    f"{self.preprocess.describe() if self.preprocess else 'as given'}; declare the model's own with "
+                    f"--preprocess / --input-size / --resize / --crop / --mean / --std), labels that do not match "
+                    f"the model's classes (class folders are sorted by name), or untrained / wrong weights")
+            self.ui.say("!" * 80 + "\n  WARNING: " + text + "\n" + "!" * 80)
+            self.note(text)
+        return acc
+
+    def train_batches(self, *, count: int, batch_size: int, seed: int):
+        """`count` batches of training images drawn without replacement, fixed by `seed`: a
+        re-iterable `BatchStream` (decoded on each pass, never held), `[:k]` for the first k."""
+        from edgecompress.pipeline.data import BatchStream, seeded_indices
+        idx = seeded_indices(len(self.data.train), count * batch_size, seed)
+        return BatchStream(self.data.train, idx, batch_size=batch_size, workers=self.data.workers)
 
     def search_precision(self) -> str:
         """Precision the search measures probes at: a float one (INT8 would need a calibration per probe).
@@ -100,13 +163,6 @@ class Context:
         """Export `model` to ONNX, build it for the target, measure it: (Latency, BuildResult)."""
         build = self.build_model(model, work, precision=precision)
         return self.target.measure(build), build
-
-
-def _images(ds, idx: torch.Tensor) -> torch.Tensor:
-    tensors = getattr(ds, "tensors", None)
-    if tensors is not None:
-        return tensors[0][idx]
-    return torch.stack([torch.as_tensor(ds[int(i)][0], dtype=torch.float32) for i in idx])
 
 
 def export_onnx(model: nn.Module, dst: Path, *, input_shape: tuple[int, ...]) -> Path:

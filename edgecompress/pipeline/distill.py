@@ -3,8 +3,10 @@
 Loss = α·T²·KL(softmax(teacher/T) ‖ softmax(student/T)) + (1 − α)·cross-entropy(student, label)
 (Hinton et al. 2015; the T² keeps the soft-loss gradients on the scale of the hard loss).
 Under `torchrun` (torch.distributed initialised, world size > 1) the student is wrapped in
-DistributedDataParallel (gloo on CPU) and each rank reads its shard through a DistributedSampler;
-every rank returns the same weights because DDP averages the gradients.
+DistributedDataParallel (gloo on CPU, NCCL on CUDA: pipeline/distributed.py) and each rank reads
+its shard through a DistributedSampler; every rank returns the same weights because DDP averages
+the gradients. Training runs on `device` (mixed precision on CUDA); both models come back to the
+CPU. `augment`: a random shift (pad + crop) and horizontal flip per image, on the device.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ class DistillConfig:
     batch_size: int = 128
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    augment: bool = False        # random crop (pad by 1/14 of the side) + horizontal flip
 
 
 def world() -> tuple[int, int]:
@@ -48,21 +51,38 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
 
 
-def _loader(dataset: Dataset, *, batch_size: int, seed: int, rank: int, world_size: int, epoch: int) -> DataLoader:
+def _loader(dataset: Dataset, *, batch_size: int, seed: int, rank: int, world_size: int, epoch: int,
+            workers: int = 0) -> DataLoader:
+    from edgecompress.pipeline.data import loader
     # A last short batch gives BatchNorm noisy statistics; drop it unless the data is that small.
     full = len(dataset) >= batch_size * world_size
     if world_size > 1:
         from torch.utils.data.distributed import DistributedSampler
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
         sampler.set_epoch(epoch)
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=full)
-    gen = torch.Generator().manual_seed(seed * 1000 + epoch)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=gen, drop_last=full)
+        return loader(dataset, batch_size=batch_size, sampler=sampler, drop_last=full, workers=workers)
+    return loader(dataset, batch_size=batch_size, shuffle=True, seed=seed * 1000 + epoch, drop_last=full,
+                  workers=workers)
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random shift by up to 1/14 of the side (zero padding = the mean after normalisation) and a
+    horizontal flip, per image."""
+    n, _, h, w = x.shape
+    pad = max(1, round(min(h, w) / 14))
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
+    out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    flip = torch.rand(n, generator=gen) < 0.5
+    out[flip.to(out.device)] = out[flip.to(out.device)].flip(-1)
+    return out
 
 
 def distill(student: nn.Module, teacher: nn.Module, dataset: Dataset, *, steps: int,
             config: DistillConfig = DistillConfig(), seed: int = 0, distributed: bool = False,
-            on_step: Callable[[int, float], None] | None = None) -> list[float]:
+            on_step: Callable[[int, float], None] | None = None, device: torch.device | str = "cpu",
+            workers: int = 0) -> list[float]:
     """Train `student` in place for `steps` optimiser steps (per rank); returns the loss per step.
 
     `distributed`: train with DDP across the torchrun ranks (each must call this with the same
@@ -71,27 +91,50 @@ def distill(student: nn.Module, teacher: nn.Module, dataset: Dataset, *, steps: 
     """
     if steps <= 0:
         return []
+    device = torch.device(device)
+    from edgecompress.pipeline.device import on_device
+    with on_device(device, student, teacher):
+        losses = _train(student, teacher, dataset, steps=steps, config=config, seed=seed,
+                        distributed=distributed, on_step=on_step, device=device, workers=workers)
+    student.eval()
+    return losses
+
+
+def _train(student, teacher, dataset, *, steps, config, seed, distributed, on_step, device, workers) -> list[float]:
+    from edgecompress.pipeline.device import autocast, grad_scaler
     rank, world_size = world() if distributed else (0, 1)
     torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed + 7)
     teacher.eval()
     model = student.train()
     if world_size > 1:
-        model = nn.parallel.DistributedDataParallel(student)
+        from edgecompress.pipeline.distributed import training_group
+        model = nn.parallel.DistributedDataParallel(
+            student, device_ids=[device.index] if device.type == "cuda" else None,
+            process_group=training_group(device))
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                           weight_decay=config.weight_decay, nesterov=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    scaler = grad_scaler(device)
     losses: list[float] = []
     epoch = 0
     while len(losses) < steps:
         before = len(losses)
         for x, y in _loader(dataset, batch_size=config.batch_size, seed=seed, rank=rank,
-                            world_size=world_size, epoch=epoch):
-            with torch.no_grad():
-                teacher_logits = teacher(x)
-            loss = kd_loss(model(x), teacher_logits, y, temperature=config.temperature, alpha=config.alpha)
+                            world_size=world_size, epoch=epoch, workers=workers):
+            x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device, non_blocking=True)
+            if config.augment:
+                x = augment(x, gen)
+            with autocast(device):
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
+                student_logits = model(x)
+            loss = kd_loss(student_logits.float(), teacher_logits.float(), y,
+                           temperature=config.temperature, alpha=config.alpha)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             losses.append(loss.item())
             if on_step:
@@ -101,5 +144,4 @@ def distill(student: nn.Module, teacher: nn.Module, dataset: Dataset, *, steps: 
         if len(losses) == before:
             raise ValueError("distillation data set yields no batch")
         epoch += 1
-    student.eval()
     return losses

@@ -6,6 +6,9 @@ The search, export and build are single-process work (they measure latency, whic
 processes on the same cores would disturb), so ranks > 0 wait for one message from rank 0: either
 the student to distill (then they train it with DDP on their shard and exit) or "nothing to do".
 Only rank 0 opens the run directory; the others never write.
+
+Messages go over gloo (CPU objects, a generous timeout); with `--train-device cuda` the DDP
+gradients go over a second group on NCCL (`training_group`), each rank on its LOCAL_RANK GPU.
 """
 from __future__ import annotations
 
@@ -21,6 +24,20 @@ WAIT = datetime.timedelta(hours=12)
 
 def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+_GROUPS: dict = {}
+
+
+def training_group(device: torch.device):
+    """The process group DDP averages gradients over: NCCL for CUDA tensors, else the default
+    (gloo). Collective: every rank calls it, in the same order (the first distill of each)."""
+    if device.type != "cuda":
+        return None
+    if "nccl" not in _GROUPS:
+        import torch.distributed as dist
+        _GROUPS["nccl"] = dist.new_group(backend="nccl")
+    return _GROUPS["nccl"]
 
 
 class Coordinator:
@@ -57,16 +74,18 @@ class Coordinator:
 
 def worker(config, coordinator: Coordinator) -> int:
     """Ranks > 0: resolve the same data and teacher, receive the student, train, exit."""
-    from edgecompress.pipeline.data import resolve_data
+    from edgecompress.pipeline.device import resolve_device
     from edgecompress.pipeline.distill import distill
-    from edgecompress.pipeline.models import resolve_model
+    from edgecompress.pipeline.data import resolve_inputs
     from edgecompress.pipeline.stage_train import finetune_plan
-    data = resolve_data(config.data)
-    teacher = resolve_model(config.model, weights=config.weights, data=data).model.eval()
+    device = resolve_device(config.train_device)
+    data, loaded, _ = resolve_inputs(config)
+    teacher = loaded.model.eval()
     message = coordinator.wait()
     if message["cmd"] == "finetune":
         student = torch.load(io.BytesIO(message["student"]), map_location="cpu", weights_only=False)
         dataset, steps, settings = finetune_plan(config, data.train, coordinator.world_size)
-        distill(student, teacher, dataset, steps=steps, config=settings, seed=config.seed, distributed=True)
+        distill(student, teacher, dataset, steps=steps, config=settings, seed=config.seed, distributed=True,
+                device=device, workers=data.workers)
     coordinator.dist.destroy_process_group()
     return 0

@@ -31,7 +31,37 @@ def runner_accuracy(run: Callable[[np.ndarray], np.ndarray], x: torch.Tensor, y:
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
+def stream_accuracy(model: nn.Module, batches: Iterable, *, device: torch.device | str = "cpu") -> float:
+    """Top-1 accuracy in percent of a PyTorch model over (images, labels) batches (a DataLoader),
+    run on `device` (mixed precision on CUDA); the model is back on the CPU afterwards."""
+    from edgecompress.pipeline.device import autocast, on_device
+    device = torch.device(device)
+    model.eval()
+    correct = seen = 0
+    with on_device(device, model), autocast(device):
+        for x, y in batches:
+            pred = model(x.to(device, non_blocking=True)).argmax(1).cpu()
+            correct += int((pred == torch.as_tensor(y)).sum())
+            seen += len(y)
+    return 100.0 * correct / max(1, seen)
+
+
+def stream_runner_accuracy(run: Callable[[np.ndarray], np.ndarray], batches: Iterable, *,
+                           on_batch: Callable[[int], None] | None = None) -> float:
+    """Top-1 accuracy in percent of a built engine over (images, labels) batches."""
+    correct = seen = 0
+    for x, y in batches:
+        logits = np.asarray(run(np.ascontiguousarray(torch.as_tensor(x).numpy(), dtype=np.float32)))
+        correct += int((logits.argmax(1) == torch.as_tensor(y).numpy()).sum())
+        seen += len(y)
+        if on_batch:
+            on_batch(seen)
+    return 100.0 * correct / max(1, seen)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor], *,
+                   device: torch.device | str = "cpu") -> nn.Module:
     """Re-estimate every BatchNorm's running mean/var on training batches (cumulative average).
 
     Pruning removes channels that fed the next layers, so the stored statistics no longer describe
@@ -44,9 +74,12 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Modu
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # None = cumulative moving average over all batches seen
+    from edgecompress.pipeline.device import autocast, on_device
+    device = torch.device(device)
     model.train()
-    for x in batches:
-        model(x)
+    with on_device(device, model), autocast(device):
+        for x in batches:
+            model(x.to(device, non_blocking=True))
     for m, mom in zip(bns, saved):
         m.momentum = mom
     return model.eval()

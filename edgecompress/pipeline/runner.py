@@ -63,19 +63,18 @@ def _run(config: RunConfig, coordinator) -> int:
 
 def _resolve(config: RunConfig, ui: UI) -> dict:
     """Everything that can be wrong with the user's inputs is found here, before any work."""
-    from edgecompress.pipeline.data import as_tensors, resolve_data
-    from edgecompress.pipeline.models import resolve_model
+    from edgecompress.pipeline.data import resolve_inputs
+    from edgecompress.pipeline.device import resolve_device
     from edgecompress.profiles import load_profile
     from edgecompress.targets import get_target
     profile = load_profile(config.target, extra_dirs=config.profiles)
     target = get_target(profile, device=config.device)
-    data = resolve_data(config.data)
-    loaded = resolve_model(config.model, weights=config.weights, data=data)
-    for note in loaded.notes:
+    device = resolve_device(config.train_device)
+    data, loaded, notes = resolve_inputs(config)
+    for note in loaded.notes + notes:
         ui.note(note)
-    test = as_tensors(data.test) if data.test is not None and len(data.test) else None
     return {"data": data, "original": loaded.model.eval(), "model_name": loaded.name, "target": target,
-            "val": as_tensors(data.val), "test": test}
+            "device": device, "notes": notes}
 
 
 def _inputs(config: RunConfig) -> dict:

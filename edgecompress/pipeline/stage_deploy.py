@@ -21,7 +21,7 @@ class ExportStage:
         from edgecompress.exporters import ONNX_TOLERANCE, onnx_parity
         model = load_module(ctx.rundir.artifact("finetune", "pruned_model"))
         onnx_path = export_onnx(model, out / "model.onnx", input_shape=ctx.input_shape)
-        images = ctx.val[0][:ctx.config.parity_images]
+        images = ctx.val_images(ctx.config.parity_images)
         diff = onnx_parity(model, onnx_path, images)
         ctx.ui.say(f"  parity on {len(images)} validation images: max |PyTorch - ONNX Runtime| = {diff:.2e}")
         if not diff <= ONNX_TOLERANCE:
@@ -68,7 +68,7 @@ def budget_accuracy(ctx: Context) -> float:
 def _calibration(ctx: Context) -> list[np.ndarray]:
     from edgecompress.calibration import calibration_batches
     return calibration_batches(ctx.data.train, count=min(CALIBRATION_IMAGES, len(ctx.data.train)),
-                               seed=ctx.config.seed)
+                               seed=ctx.config.seed, workers=ctx.data.workers)
 
 
 def _backend(runtime: str) -> str:
@@ -87,7 +87,7 @@ def _evaluator(ctx: Context, work: Path):
     runtime, target = ctx.profile.runtime, ctx.target
     return artifact_evaluator(
         fp32_onnx=ctx.rundir.artifact("export", "onnx"), work_dir=work, calib_batches=_calibration(ctx),
-        val_images=ctx.val[0].numpy().astype(np.float32), val_labels=ctx.val[1].numpy(),
+        val_batches=lambda: ctx.batches("val"),
         build=lambda src, precision, d: target.build(src, d, precision=precision),
         run=target.runner, measure=lambda b: target.measure(b).median_ms,
         backend=_backend(runtime), method=ctx.config.calibration,
@@ -96,7 +96,7 @@ def _evaluator(ctx: Context, work: Path):
 
 def _sensitivity(ctx: Context):
     from edgecompress.calibration import layer_sensitivity
-    probe = ctx.val[0][:SENSITIVITY_IMAGES].numpy().astype(np.float32)
+    probe = ctx.val_images(SENSITIVITY_IMAGES).numpy().astype(np.float32)
     return layer_sensitivity(ctx.rundir.artifact("export", "onnx"), _calibration(ctx), [probe],
                              method=ctx.config.calibration)
 

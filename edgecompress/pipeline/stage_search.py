@@ -12,7 +12,7 @@ from torch import nn
 from edgecompress.errors import UserError
 from edgecompress.pipeline.context import Context
 from edgecompress.pipeline.distill import DistillConfig, distill
-from edgecompress.pipeline.evaluation import accuracy, macs_and_params, recalibrate_bn
+from edgecompress.pipeline.evaluation import macs_and_params, recalibrate_bn
 from edgecompress.pipeline.rundir import write_json
 from edgecompress.pipeline.search import Budget, ProbeResult, Searcher, SearchOutcome
 from edgecompress.pipeline.stages import StageOutput
@@ -35,8 +35,8 @@ class BaselineStage:
 
     def run(self, ctx: Context, out: Path) -> StageOutput:
         model = ctx.original
-        acc = accuracy(model, *ctx.val)
-        test_acc = accuracy(model, *ctx.test) if ctx.test else None
+        acc = ctx.original_accuracy()
+        test_acc = ctx.accuracy(model, "test")
         macs, params = macs_and_params(model, ctx.input_shape)
         precision = ctx.search_precision()
         latency, _ = ctx.measure_model(model, out / "work", precision=precision)
@@ -103,14 +103,14 @@ class Prober:
         cfg = self.ctx.config
         model, key = self._pruned(cr)
         first = self.by_widths[key].cr if key in self.by_widths else cr   # whose seed made this model
-        recalibrate_bn(model, self.bn_batches)
+        recalibrate_bn(model, self.bn_batches, device=self.ctx.device)
         if cfg.reconstruct:   # after BN recalibration: measured better than before it (docs/benchmarks.md)
             from edgecompress.pruning.reconstruct import reconstruct
             reconstruct(model, self.ctx.original, self.recon_batches, seed=cfg.seed)
         if cfg.probe_finetune_steps:
             distill(model, self.ctx.original, self.ctx.data.train, steps=cfg.probe_finetune_steps,
                     config=DistillConfig(temperature=cfg.temperature, alpha=cfg.alpha, lr=cfg.lr,
-                                         batch_size=cfg.batch_size), seed=probe_seed(cfg.seed, first))
+                                         batch_size=cfg.batch_size, augment=cfg.augment), seed=probe_seed(cfg.seed, first), device=self.ctx.device, workers=self.ctx.data.workers)
         self.models = {cr: model.eval()}  # keep only the latest: the chosen one is rebuilt if needed
         return model
 
@@ -119,7 +119,7 @@ class Prober:
         if key in self.by_widths:
             return replace(self.by_widths[key], cr=cr, accepted=False)
         model = self.model_for(cr)
-        acc = accuracy(model, *self.ctx.val)
+        acc = self.ctx.val_accuracy(model)
         if key not in self.latency_cache:
             self.latency_cache[key] = self._latency(model)
         macs, params = macs_and_params(model, self.ctx.input_shape)

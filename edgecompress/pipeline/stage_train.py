@@ -13,7 +13,6 @@ from torch.utils.data import Dataset, Subset
 
 from edgecompress.pipeline.context import Context, load_module
 from edgecompress.pipeline.distill import DistillConfig, distill, steps_for
-from edgecompress.pipeline.evaluation import accuracy
 from edgecompress.pipeline.stages import StageOutput
 
 
@@ -25,7 +24,7 @@ def finetune_plan(config, train: Dataset, world_size: int) -> tuple[Dataset, int
         idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed + 2))
         dataset = Subset(train, idx[:config.finetune_samples].tolist())
     settings = DistillConfig(temperature=config.temperature, alpha=config.alpha, lr=config.lr,
-                             batch_size=config.batch_size)
+                             batch_size=config.batch_size, augment=config.augment)
     steps = steps_for(config.finetune_epochs, dataset_len=len(dataset), batch_size=settings.batch_size,
                       world_size=world_size)
     return dataset, steps, settings
@@ -37,7 +36,7 @@ class FinetuneStage:
     def run(self, ctx: Context, out: Path) -> StageOutput:
         cfg = ctx.config
         student = load_module(ctx.rundir.artifact("prune", "searched_model"))
-        before = accuracy(student, *ctx.val)
+        before = ctx.val_accuracy(student)
         world_size = ctx.dist.world_size if ctx.dist else 1
         dataset, steps, settings = finetune_plan(cfg, ctx.data.train, world_size)
         ctx.ui.say(f"  {steps} steps x {settings.batch_size} images x {world_size} process(es), "
@@ -46,8 +45,8 @@ class FinetuneStage:
             ctx.dist.start_finetune(student)
         with ctx.ui.progress("distilling", steps) as bar:
             losses = distill(student, ctx.original, dataset, steps=steps, config=settings, seed=cfg.seed,
-                             distributed=ctx.dist is not None, on_step=lambda i, loss: bar.update(i, info=f"loss {loss:.3f}"))
-        after = accuracy(student, *ctx.val)
+                             distributed=ctx.dist is not None, device=ctx.device, workers=ctx.data.workers, on_step=lambda i, loss: bar.update(i, info=f"loss {loss:.3f}"))
+        after = ctx.val_accuracy(student)
         kept = "finetuned"
         if after < before:
             ctx.note(f"fine-tuning lowered validation accuracy ({before:.2f} -> {after:.2f} %); "

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from edgecompress.pipeline.context import Context, load_module
-from edgecompress.pipeline.evaluation import macs_and_params, runner_accuracy
+from edgecompress.pipeline.evaluation import macs_and_params
 from edgecompress.pipeline.rundir import write_json
 from edgecompress.pipeline.stage_deploy import build_result
 from edgecompress.pipeline.stages import StageOutput
@@ -25,11 +25,11 @@ class VerifyStage:
         start = time.perf_counter()
         build = build_result(ctx)
         run = ctx.target.runner(build)
-        with ctx.ui.progress("validation on the engine", len(ctx.val[0])) as bar:
-            val_acc = runner_accuracy(run, *ctx.val, batch_size=EVAL_BATCH, on_batch=bar.update)
-        test_acc = runner_accuracy(run, *ctx.test, batch_size=EVAL_BATCH) if ctx.test else None
+        with ctx.ui.progress("validation on the engine", len(ctx.data.val)) as bar:
+            val_acc = ctx.engine_accuracy(run, "val", batch_size=EVAL_BATCH, on_batch=bar.update)
+        test_acc = ctx.engine_accuracy(run, "test", batch_size=EVAL_BATCH)
         latency, pair = side_by_side(ctx, build, out / "original")
-        samples = ctx.val[0][:EVAL_BATCH].numpy()
+        samples = ctx.val_images(EVAL_BATCH).numpy()
         from edgecompress.report.baseline import write_latency_baseline, write_regression_test
         write_latency_baseline(out, target=ctx.target, build=build, latency=latency, precision=build.precision,
                                inputs=samples, run_dir=ctx.rundir.path)
@@ -111,6 +111,7 @@ def assemble_report(ctx: Context, *, result: dict, extra: dict, verify_seconds: 
         "built_here": r["build"]["built_here"], "model": ctx.model_name, "data": ctx.data.name,
         "seed": cfg.seed, "search": {k: r["prune"][k] for k in ("moved_from", "allocation", "criterion", "probes_restored")},
         "finetune": r["finetune"], "result_details": extra,
+        "preprocess": ctx.preprocess.record() if ctx.preprocess else None, "train_device": str(ctx.device),
     }
 
 

@@ -10,6 +10,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset, TensorDataset
@@ -33,6 +34,8 @@ class DataSplits:
     num_classes: int
     input_shape: tuple[int, ...]  # C, H, W
     name: str
+    preprocess: Any = None        # the pipeline's Preprocess these images went through
+    workers: int = 0              # DataLoader worker processes (0: items are in memory)
 
 
 def _open(root: Path, stem: str):
@@ -73,7 +76,10 @@ def split_indices(n: int, val_size: int, seed: int = SPLIT_SEED) -> tuple[torch.
     return perm[val_size:], perm[:val_size]
 
 
-def fashion_mnist(root: str | os.PathLike | None = None) -> DataSplits:
+def fashion_mnist(root: str | os.PathLike | None = None, *, preprocess=None) -> DataSplits:
+    """`preprocess` None or the Fashion-MNIST statistics at 28x28: normalised float tensors in
+    memory (TensorDataset). Any other declaration (a zoo checkpoint's resize to 64, say): the
+    uint8 images stay in memory and each item is preprocessed when read."""
     root = Path(root) if root else DEBIAN_DIR
     if not root.is_dir():
         raise UserError(f"Fashion-MNIST directory {root} does not exist",
@@ -83,8 +89,33 @@ def fashion_mnist(root: str | os.PathLike | None = None) -> DataSplits:
     if len(x) != len(y) or len(tx) != len(ty):
         raise UserError(f"image and label counts differ in {root}", "re-download the data set")
     train_idx, val_idx = split_indices(len(x), VAL_SIZE)
-    x, tx = normalise(x).unsqueeze(1), normalise(tx).unsqueeze(1)
-    return DataSplits(train=TensorDataset(x[train_idx], y[train_idx]),
-                      val=TensorDataset(x[val_idx], y[val_idx]),
-                      test=TensorDataset(tx, ty), num_classes=10, input_shape=(1, 28, 28),
-                      name="fashion-mnist")
+    from edgecompress.pipeline.preprocess import PRESETS
+    pre = preprocess or PRESETS["fashion-mnist"]
+    if pre.stats_from_folder:
+        raise UserError("--preprocess folder-stats measures an image folder, not fashion-mnist",
+                        "use --preprocess fashion-mnist (its own statistics) or give --mean/--std")
+    if not pre.geometry() and pre.mean == (MEAN,) and pre.std == (STD,):
+        x, tx = normalise(x).unsqueeze(1), normalise(tx).unsqueeze(1)
+        return DataSplits(train=TensorDataset(x[train_idx], y[train_idx]),
+                          val=TensorDataset(x[val_idx], y[val_idx]),
+                          test=TensorDataset(tx, ty), num_classes=10, input_shape=(1, 28, 28),
+                          name="fashion-mnist", preprocess=pre)
+    x, tx = x.unsqueeze(1), tx.unsqueeze(1)
+    sets = [U8Images(x[train_idx], y[train_idx], pre), U8Images(x[val_idx], y[val_idx], pre), U8Images(tx, ty, pre)]
+    return DataSplits(train=sets[0], val=sets[1], test=sets[2], num_classes=10,
+                      input_shape=tuple(sets[1][0][0].shape), name="fashion-mnist", preprocess=pre)
+
+
+class U8Images(Dataset):
+    """uint8 N×C×H×W images in memory, scaled to [0, 1] and preprocessed per item."""
+
+    in_memory = True
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, pre) -> None:
+        self.images, self.targets, self.pre = images, labels, pre
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.pre.tensor(self.images[i].float() / 255.0), self.targets[i]

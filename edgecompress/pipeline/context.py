@@ -136,26 +136,27 @@ class Context:
                         "add fp32 or fp16 to the profile's precisions")
 
     def probe_precision(self) -> str:
-        """Precision the search times probes at. With a latency budget and `--precision auto|int8`
-        on a target that offers INT8: INT8 (what will most likely ship; the budget is on the
-        shipped engine, and an FP32 timing would reject models INT8 brings under it). Otherwise
-        the float precision of `search_precision` (INT8 costs a calibration per probe)."""
-        if "int8" in self.profile.precisions and (
-                self.config.precision == "int8" or (self.config.precision == "auto" and self.config.latency_budget_ms)):
+        """Precision the search times probes at: the one that will ship. With `--precision
+        auto|int8` on a target that offers INT8, INT8 (pruning that pays in FP32 can buy nothing
+        on top of INT8, and INT8 kernels block channels differently); otherwise the float
+        precision of `search_precision`. Costs a 64-image calibration per probe (seconds)."""
+        if "int8" in self.profile.precisions and self.config.precision in ("auto", "int8"):
             return "int8"
         return self.search_precision()
 
-    def build_model(self, model: nn.Module, work: Path, *, precision: str):
+    def build_model(self, model: nn.Module, work: Path, *, precision: str, calibration: list | None = None):
         """Export `model` to ONNX in a fresh `work` folder and build it for the target: BuildResult.
-        INT8: quantized first (QDQ, the runtime's symmetric convention) on PROBE_CALIBRATION
-        training images; enough for a latency, the shipped INT8 is calibrated in `calibrate`."""
+        INT8: quantized first (QDQ, the runtime's symmetric convention) on `calibration` batches
+        (default PROBE_CALIBRATION training images: enough for a latency; the shipped INT8 and the
+        unpruned engine it is compared with are calibrated on the calibrate stage's images)."""
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         onnx_path = export_onnx(model, work / "model.onnx", input_shape=self.input_shape)
         if precision == "int8":
             from edgecompress.calibration import SYMMETRIC_ACTIVATIONS, quantize_int8
-            batches = [b.numpy() for b in self.train_batches(count=1, batch_size=PROBE_CALIBRATION, seed=self.config.seed)]
-            onnx_path = quantize_int8(onnx_path, work / "model_int8.onnx", batches,
+            batches = calibration or [b.numpy() for b in self.train_batches(count=1, batch_size=PROBE_CALIBRATION,
+                                                                             seed=self.config.seed)]
+            onnx_path = quantize_int8(onnx_path, work / "model_int8.onnx", batches, method=self.config.calibration,
                                       symmetric_activations=SYMMETRIC_ACTIVATIONS.get(self.profile.runtime, False))
         return self.target.build(onnx_path, work, precision=precision)
 

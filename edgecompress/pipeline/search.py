@@ -21,6 +21,8 @@ class ProbeResult:
     params: int = 0
     widths: list[int] | None = None  # per-layer out-channels; equal widths -> equal latency
     accepted: bool = False
+    mode: str = "width"             # what the knob removes: "width", "depth", "width+depth"; "unpruned"
+    blocks_removed: list[str] | None = None   # residual blocks replaced by identity (depth)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ProbeResult":

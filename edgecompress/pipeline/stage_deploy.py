@@ -8,7 +8,7 @@ import numpy as np
 
 from edgecompress.errors import UserError
 from edgecompress.pipeline.context import Context, export_onnx, load_module
-from edgecompress.pipeline.stages import StageOutput
+from edgecompress.pipeline.stage import StageOutput
 
 CALIBRATION_IMAGES = 512
 SENSITIVITY_IMAGES = 256

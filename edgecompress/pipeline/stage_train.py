@@ -13,7 +13,7 @@ from torch.utils.data import Dataset, Subset
 
 from edgecompress.pipeline.context import Context, load_module
 from edgecompress.pipeline.distill import DistillConfig, distill, steps_for
-from edgecompress.pipeline.stages import StageOutput
+from edgecompress.pipeline.stage import StageOutput
 
 
 def finetune_plan(config, train: Dataset, world_size: int) -> tuple[Dataset, int, DistillConfig]:
@@ -35,6 +35,12 @@ class FinetuneStage:
 
     def run(self, ctx: Context, out: Path) -> StageOutput:
         cfg = ctx.config
+        if ctx.results["prune"].get("unpruned"):   # the original ships: nothing to distil into it
+            ctx.ui.say("  the unpruned model ships: no fine-tuning")
+            torch.save(ctx.original, out / "model_pruned.pt")
+            acc = ctx.results["baseline"]["accuracy"]
+            return StageOutput(files={"pruned_model": "model_pruned.pt"}, data={
+                "accuracy_before": acc, "accuracy_after": acc, "kept": "unpruned", "steps": 0, "world_size": 1})
         student = load_module(ctx.rundir.artifact("prune", "searched_model"))
         before = ctx.val_accuracy(student)
         world_size = ctx.dist.world_size if ctx.dist else 1

@@ -10,10 +10,9 @@ from edgecompress.pipeline.context import Context, load_module
 from edgecompress.pipeline.evaluation import macs_and_params
 from edgecompress.pipeline.rundir import write_json
 from edgecompress.pipeline.stage_deploy import build_result
-from edgecompress.pipeline.stages import StageOutput
+from edgecompress.pipeline.stage import StageOutput
 
 EVAL_BATCH = 250
-ROUNDS = 3   # alternating timing rounds of the original and the engine in verify
 VERIFY_FILES = {"report": "report.json", "report_html": "report.html", "latency_baseline": "latency_baseline.json",
                 "latency_samples": "latency_baseline.npz", "regression_test": "test_latency_regression.py"}
 
@@ -28,7 +27,10 @@ class VerifyStage:
         with ctx.ui.progress("validation on the engine", len(ctx.data.val)) as bar:
             val_acc = ctx.engine_accuracy(run, "val", batch_size=EVAL_BATCH, on_batch=bar.update)
         test_acc = ctx.engine_accuracy(run, "test", batch_size=EVAL_BATCH)
-        latency, pair = side_by_side(ctx, build, out / "original")
+        unpruned_build = None if ctx.results["prune"].get("unpruned") else _unpruned_build(ctx, build, out / "unpruned")
+        latency, pair = side_by_side(ctx, build, out / "original", unpruned=unpruned_build)
+        unpruned = _unpruned_record(ctx, build, unpruned_build, pair, latency, val_acc, test_acc)
+        shutil.rmtree(out / "unpruned", ignore_errors=True)
         samples = ctx.val_images(EVAL_BATCH).numpy()
         from edgecompress.report.baseline import write_latency_baseline, write_regression_test
         write_latency_baseline(out, target=ctx.target, build=build, latency=latency, precision=build.precision,
@@ -43,17 +45,18 @@ class VerifyStage:
                  "latency_iterations": latency.iterations, "latency_device": latency.device,
                  "latency_runtime": latency.runtime, "side_by_side": pair}
         seconds = time.perf_counter() - start
-        report = assemble_report(ctx, result=result, extra=extra, verify_seconds=seconds)
+        report = assemble_report(ctx, result=result, extra=extra, verify_seconds=seconds, unpruned=unpruned)
         write_json(out / "report.json", report)
         from edgecompress.report import write_report_html
         write_report_html(out)
         return StageOutput(files=dict(VERIFY_FILES), data={"result": result, **extra})
 
 
-def side_by_side(ctx: Context, build, work: Path):
+def side_by_side(ctx: Context, build, work: Path, *, unpruned=None):
     """(the engine's Latency, the side-by-side record or None). Measured: the original (at the
-    baseline precision) and the engine timed in alternation, ROUNDS rounds; the engine's latency in
-    the report is the baseline stage's figure times the median per-round ratio, i.e. on the same
+    baseline precision), the unpruned model at the shipped precision (when something was pruned)
+    and the engine timed in alternation, the profile's `rounds`; the engine's latency in the
+    report is the baseline stage's figure times the median per-round ratio, i.e. on the same
     scale as the baseline and every probe, so the speedup and the budget check do not depend on
     how fast the machine happened to be when each was timed (the same original measured 0.45 and
     0.65 ms minutes apart on the 2-core development VM). The raw timings are kept in the record.
@@ -61,12 +64,43 @@ def side_by_side(ctx: Context, build, work: Path):
     if ctx.results["baseline"]["latency_method"] != "measured":
         return ctx.target.measure(build), None
     from edgecompress.targets.base import measure_alternating, median_ratio, middle
+    rounds = ctx.profile.benchmark.rounds
     original = ctx.build_model(ctx.original, work, precision=ctx.results["baseline"]["precision"])
-    per = measure_alternating(ctx.target.measure, [original, build], ROUNDS)
+    builds = [original, build] + ([unpruned] if unpruned is not None else [])
+    per = measure_alternating(ctx.target.measure, builds, rounds)
     shutil.rmtree(work, ignore_errors=True)
-    ratio = median_ratio(per[1], per[0])
-    return middle(per[1]), {"ratio": ratio, "rounds": ROUNDS, "original_ms": [t.median_ms for t in per[0]],
-                            "engine_ms": [t.median_ms for t in per[1]]}
+    record = {"ratio": median_ratio(per[1], per[0]), "rounds": rounds, "original_ms": [t.median_ms for t in per[0]],
+              "engine_ms": [t.median_ms for t in per[1]]}
+    if unpruned is not None:
+        record.update(unpruned_ms=[t.median_ms for t in per[2]], pruning_speedup=1 / median_ratio(per[1], per[2]),
+                      unpruned_ratio=median_ratio(per[2], per[0]))
+    return middle(per[1]), record
+
+
+def _unpruned_build(ctx: Context, build, work: Path):
+    """The original built at the shipped precision with the shipped engine's calibration images."""
+    from edgecompress.pipeline.stage_deploy import _calibration
+    calibration = _calibration(ctx) if build.precision == "int8" else None
+    return ctx.build_model(ctx.original, work, precision=build.precision, calibration=calibration)
+
+
+def _unpruned_record(ctx: Context, build, unpruned_build, pair: dict | None, latency, val_acc, test_acc) -> dict:
+    """report.json's `unpruned`: the original at the shipped precision, same calibration and
+    runtime, its accuracy on the built artifact and its latency timed with the engine."""
+    base = ctx.results["baseline"]
+    if unpruned_build is None:   # the unpruned model is what ships
+        ms = latency.median_ms if pair is None else base["latency_ms"] * pair["ratio"]
+        return {"precision": build.precision, "accuracy": val_acc, "test_accuracy": test_acc, "latency_ms": ms,
+                "latency_method": latency.method, "shipped": True, "speedup": 1.0}
+    run = ctx.target.runner(unpruned_build)
+    acc, test = ctx.engine_accuracy(run, "val", batch_size=EVAL_BATCH), ctx.engine_accuracy(run, "test", batch_size=EVAL_BATCH)
+    if pair is None:
+        est = ctx.target.measure(unpruned_build)
+        ms, method, speedup = est.median_ms, est.method, est.median_ms / latency.median_ms
+    else:
+        ms, method, speedup = base["latency_ms"] * pair["unpruned_ratio"], "measured", pair["pruning_speedup"]
+    return {"precision": build.precision, "accuracy": acc, "test_accuracy": test, "latency_ms": ms,
+            "latency_method": method, "shipped": False, "speedup": speedup}
 
 
 def _budget(ctx: Context, result: dict) -> dict:
@@ -90,7 +124,7 @@ def _probe(p: dict | None) -> dict | None:
     return None if p is None else {k: p[k] for k in keys}
 
 
-def assemble_report(ctx: Context, *, result: dict, extra: dict, verify_seconds: float) -> dict:
+def assemble_report(ctx: Context, *, result: dict, extra: dict, verify_seconds: float, unpruned: dict) -> dict:
     cfg, r = ctx.config, ctx.results
     base = {k: r["baseline"][k] for k in ("accuracy", "test_accuracy", "latency_ms", "latency_method", "flops", "params")}
     timings = {name: rec["seconds"] for name, rec in ctx.rundir.manifest["stages"].items()}
@@ -101,6 +135,11 @@ def assemble_report(ctx: Context, *, result: dict, extra: dict, verify_seconds: 
         "schema": 1, "target": ctx.profile.name, "precision": r["calibrate"]["precision"],
         "max_acc_drop": cfg.max_acc_drop, "latency_budget_ms": cfg.latency_budget_ms,
         "baseline": base, "result": result,
+        "unpruned": {k: unpruned[k] for k in ("precision", "accuracy", "test_accuracy", "latency_ms", "latency_method",
+                                              "shipped")},
+        "pruning_speedup": unpruned["speedup"],
+        "pruning": {k: r["prune"].get(k) for k in ("mode", "unpruned", "blocks_removed", "blocks", "unprunable",
+                                                    "compared", "probe_precision")},
         "probes": [_probe(p) for p in r["prune"]["probes"]],
         "artifacts": artifacts, "timings_s": timings,
         # extra keys (DESIGN allows them): what the report page and `compress check` read
@@ -126,4 +165,15 @@ def summary(report: dict, run_dir: Path) -> str:
     budget = "" if report["budget"]["met"] else "  BUDGET MISSED: " + ", ".join(
         f"{k} by {v:.3f}" for k, v in report["budget"]["missed"].items())
     return (f"accuracy {b['accuracy']:.2f} % -> {res['accuracy']:.2f} % (val), latency {b['latency_ms']:.3f} -> "
-            f"{res['latency_ms']:.3f} ms ({method}, {speed:.2f}x), {report['precision']}, {where}{budget}")
+            f"{res['latency_ms']:.3f} ms ({method}, {speed:.2f}x), {report['precision']}, {pruning_phrase(report)}, "
+            f"{where}{budget}")
+
+
+def pruning_phrase(report: dict) -> str:
+    """What pruning bought on top of quantizing the unpruned model the same way."""
+    unpruned = report.get("unpruned")
+    if not unpruned:
+        return "pruning: n/a"
+    if unpruned.get("shipped"):
+        return f"pruning: does not pay here, the unpruned model ships at {report['precision']}"
+    return f"pruning: {report['pruning_speedup']:.2f}x on top of {report['precision']}"

@@ -34,6 +34,9 @@ class Benchmark(_Frozen):
     hint: Literal["latency", "throughput"] = "latency"
     pin_threads: Optional[bool] = None       # OpenVINO ENABLE_CPU_PINNING; None: the runtime's default
     tolerance: float = Field(0.15, gt=0, lt=10)  # regression test: fail above (1 + tolerance) x baseline
+    # alternating rounds whenever two measured latencies are compared (probe vs original, step
+    # moves, verify); the final choice between candidates extends them up to 3x until separated
+    rounds: int = Field(3, ge=1)
 
 
 class Device(_Frozen):

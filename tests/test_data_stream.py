@@ -14,7 +14,7 @@ from edgecompress.pipeline import data as data_mod
 from edgecompress.pipeline.config import RunConfig
 from edgecompress.pipeline.context import Context
 from edgecompress.pipeline.data import ImageFolderDataset, describe, resolve_data, resolve_inputs
-from edgecompress.pipeline.preprocess import Preprocess, from_flags
+from edgecompress.pipeline.preprocess import from_flags
 from edgecompress.pipeline.ui import UI
 from edgecompress.zoo.data import DEBIAN_DIR
 

@@ -45,7 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sweep", type=int, default=10, help="probes in part B's cr sweep")
     p.add_argument("--threads", type=int, default=None, help="INFERENCE_NUM_THREADS (default: OpenVINO's)")
     p.add_argument("--rounds", type=int, default=None, help="alternating timing rounds (default 5; quick 1)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
+                   help="int8: QDQ from ONNX Runtime's quantizer (64 training images), as the search's probes")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     p.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     return p.parse_args(argv)
@@ -77,7 +78,12 @@ def macs(onnx_path: Path, profile) -> float:
 def build(model, name: str, work: Path, target, precision: str) -> tuple[dict, object]:
     """Export and build one model; its static figures and the estimate (timing comes later)."""
     onnx_path = to_onnx(model, work / f"{name}.onnx", input_shape=(1, 28, 28))
-    built = target.build(onnx_path, work / name, precision=precision)
+    source = onnx_path
+    if precision == "int8":   # INT8 kernels (VNNI) block channels differently from FP32: measure, don't assume
+        from edgecompress.calibration import SYMMETRIC_ACTIVATIONS, quantize_int8
+        source = quantize_int8(onnx_path, work / f"{name}_int8.onnx", [b.numpy() for b in calibration(2)],
+                               symmetric_activations=SYMMETRIC_ACTIVATIONS.get("openvino", False))
+    built = target.build(source, work / name, precision=precision)
     est = get_target(target.profile, device="estimate").measure(built)
     channels = sum(int(m.weight.shape[0]) for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     return {"name": name, "conv_channels": channels, "macs_m": round(macs(onnx_path, target.profile) / 1e6, 3),

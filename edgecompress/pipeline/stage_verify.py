@@ -121,7 +121,8 @@ def _budget(ctx: Context, result: dict) -> dict:
 
 def _probe(p: dict | None) -> dict | None:
     keys = ("cr", "accuracy", "latency_ms", "flops", "params", "accepted")
-    return None if p is None else {k: p[k] for k in keys}
+    return None if p is None else {**{k: p[k] for k in keys}, "mode": p.get("mode", "width"),
+                                   "blocks_removed": len(p.get("blocks_removed") or [])}
 
 
 def assemble_report(ctx: Context, *, result: dict, extra: dict, verify_seconds: float, unpruned: dict) -> dict:

@@ -97,6 +97,7 @@ def _summary_section(report: dict) -> str:
     lines = [f"target <b>{_e(report.get('target'))}</b>, precision <b>{_e(report.get('precision'))}</b>, "
              f"accuracy budget {_e(report.get('max_acc_drop'))} points, latency budget "
              f"{_num(budget) + ' ms' if budget is not None else 'none'}, chosen cr {_num(res.get('cr'))}"]
+    lines.append(_pruning_paragraph(report))
     methods = {base.get("latency_method"), res.get("latency_method")}
     if "estimated" in methods:
         lines.append("<p class=note>Latency is <b>estimated</b> from the profile's device figures, "
@@ -116,13 +117,30 @@ def _summary_section(report: dict) -> str:
             f"{body}</table></section>")
 
 
+def _pruning_paragraph(report: dict) -> str:
+    """What pruning bought on top of the unpruned model quantized the same way."""
+    unpruned, pruning = report.get("unpruned"), report.get("pruning") or {}
+    if not unpruned:
+        return ""
+    if unpruned.get("shipped"):
+        return (f"<p class=note><b>Pruning does not pay</b> for this model on this target: the unpruned "
+                f"model ships at {_e(unpruned.get('precision'))}.</p>")
+    removed = pruning.get("blocks_removed") or []
+    what = f"mode {_e(pruning.get('mode'))}" + (f", {len(removed)} residual block(s) removed" if removed else "")
+    return (f"<p><b>pruning: {_num(report.get('pruning_speedup'))}x on top of {_e(unpruned.get('precision'))}</b> "
+            f"({what}); the unpruned model at {_e(unpruned.get('precision'))}: {_num(unpruned.get('latency_ms'))} ms "
+            f"({_e(unpruned.get('latency_method'))}), validation accuracy {_num(unpruned.get('accuracy'))} %, "
+            f"timed side by side with the engine.</p>")
+
+
 def _probes_section(report: dict) -> str:
     probes = report.get("probes") or []
     if not probes:
         return "<section id=probes><h2>Search probes</h2><p>No search probes were recorded.</p></section>"
     img = _img(_probes_figure(report), "search probes")
     rows = "".join(
-        f"<tr{' class=chosen' if _is_chosen(p, report) else ''}><td>{i}</td><td>{_num(p.get('cr'))}</td>"
+        f"<tr{' class=chosen' if _is_chosen(p, report) else ''}><td>{i}</td><td>{_e(p.get('mode', 'width'))}</td>"
+        f"<td>{_num(p.get('cr'))}</td>"
         f"<td>{_num(p.get('accuracy'))}</td><td>{_num(p.get('latency_ms'))}</td>"
         f"<td>{_num(p.get('flops'))}</td><td>{_num(p.get('params'))}</td>"
         f"<td>{'yes' if p.get('accepted') else 'no'}</td></tr>"
@@ -131,7 +149,7 @@ def _probes_section(report: dict) -> str:
             f"<p class=sub>Each probe prunes at one cumulative contribution rate (cr), recalibrates "
             f"and measures. Green: within budget; red: rejected; star: chosen; diamond: the shipped "
             f"model after fine-tuning and quantization.</p>{img}"
-            f"<table><tr><th>#</th><th>cr</th><th>val. accuracy (%)</th><th>latency (ms)</th>"
+            f"<table><tr><th>#</th><th>mode</th><th>cr</th><th>val. accuracy (%)</th><th>latency (ms)</th>"
             f"<th>FLOPs</th><th>params</th><th>accepted</th></tr>{rows}</table></section>")
 
 

@@ -183,7 +183,8 @@ def section(rows: list[dict], command: str, info: dict) -> str:
         ("main ru_maxrss (MB)", lambda r: r.get("main_maxrss_mb")), ("child processes at once (most)", lambda r: r["workers_seen"]),
         ("run (s)", lambda r: r["seconds"]), ("loader (img/s)", lambda r: r["loader_rate"]),
         ("probe loop (img/s)", lambda r: r["probe_rate"]), ("probes", lambda r: r["probes"])])
-    verdict = "met" if growth["peak_real_mb"] < 300 and growth["peak_tree_mb"] < 300 else "NOT met"
+    # judged on the memory the machine spends (shared pages once); tree RSS is the upper bound
+    verdict = "met" if growth["peak_real_mb"] < 300 and growth["main_maxrss_mb"] < 300 else "NOT met"
     return f"""`benchmarks/data_scale.py` (issue 16): a Fashion-MNIST image folder resized to {SIDE}x{SIDE} RGB JPEGs
 ({VAL_IMAGES} validation images), a small untrained user CNN (`scale_cnn:model`, written by the
 script; the run warns that it is at chance), one quick run per size, each in its own process:
@@ -198,8 +199,11 @@ Growth from {small['train']:,} to {large['train']:,} training images ({large['tr
 issue 16 the same kind of run held every decoded image: 1.9 GB at 625 images, 4.4 GB at 2,500
 (the issue's figures).
 
-Tree RSS sums every process's RSS and so counts the pages forked DataLoader workers share with the
-main process more than once (an upper bound); main RSS + workers' USS counts them once. The
+The goal is judged on main RSS + workers' USS and on the main process's ru_maxrss. Tree RSS sums
+every process's RSS and so counts the pages a forked child shares with the main process once per
+child: an upper bound that moves with how many children happen to be alive at the sampled
+instant (DataLoader workers, one per loader with the default `--data-workers` on 2 cores, and
+short-lived forks of the libraries, which appear with `--data-workers 0` too). The
 throughput figures are indicative only (2 shared cores, other work running): the loader's is the
 training split decoded and preprocessed once through the run's own loader; the probe loop's
 counts the images each new probe reads (BatchNorm recalibration, 5 distillation steps,

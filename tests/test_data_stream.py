@@ -258,3 +258,9 @@ def test_compress_on_an_image_folder_records_the_preprocessing(tmp_path):
                                     "mean": [0.3], "std": [0.3]}
     assert report["train_device"] == "cpu"
     assert any("near chance" in n for n in report["notes"])   # the factory's untrained weights
+
+
+def test_three_channel_declaration_makes_grayscale_files_rgb(tmp_path):
+    root = _folder(tmp_path, mode="L", size=(300, 260))
+    data = resolve_data(f"imagefolder:{root}", preprocess=from_flags(preset="imagenet"), workers=0)
+    assert data.input_shape == (3, 224, 224) and data.preprocess.name == "imagenet"

@@ -269,6 +269,8 @@ def image_folder(root: Path, *, preprocess: Preprocess | None = None, workers: i
     files, classes = _folder_files(root)
     mode, first_size = _image_format(files["train"][0][0])
     pre = preprocess or PRESETS[FOLDER_STATS]
+    if pre.mean is not None and len(pre.mean) == 3:
+        mode = "RGB"  # a three-channel declaration (ImageNet's): grayscale files become RGB
     if pre.out_size is None and not pre.resize:
         # images of other sizes are resized to one: the declared size, else the first image's
         pre = replace(pre, size=(first_size[1], first_size[0]))

@@ -112,3 +112,29 @@ def test_the_score_is_the_output_deviation_of_the_zeroed_branch():
 def test_a_model_without_residual_blocks_has_none():
     model = create_model("vgg11").eval()
     assert find_blocks(model, [torch.randn(2, 1, 28, 28)]) == []
+
+
+class ReachesIntoABlock(nn.Module):
+    """The parent reads a block's own layer in its forward: replacing that block breaks the model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.a, self.b = BasicBlock(8, 8, 1), BasicBlock(8, 8, 1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.b(self.a(torch.relu(self.stem(x))))
+        x = x * self.a.bn2.weight.view(1, -1, 1, 1).sigmoid()
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_block_whose_removal_breaks_the_model_stays_and_says_why():
+    from edgecompress.pruning.depth import safe_blocks
+    model = ReachesIntoABlock().eval()
+    x = torch.randn(2, 1, 8, 8)
+    blocks = find_blocks(model, [x])
+    assert {b.name for b in blocks} == {"a", "b"}
+    kept, failed = safe_blocks(model, blocks, x)
+    assert [b.name for b in kept] == ["b"]
+    assert failed[0]["layers"] == ["a"] and "AttributeError" in failed[0]["reason"]

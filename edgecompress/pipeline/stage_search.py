@@ -327,11 +327,15 @@ def build_plan(ctx: Context):
 
 
 def find_blocks(ctx: Context) -> list:
-    """The original's removable residual blocks, scored on the first DEPTH_BATCHES importance batches."""
-    from edgecompress.pruning.depth import find_blocks as find
+    """The original's removable residual blocks, scored on the first DEPTH_BATCHES importance
+    batches; a block whose removal breaks the forward stays (noted, never fatal)."""
+    from edgecompress.pruning.depth import find_blocks as find, safe_blocks
     cfg = ctx.config
-    batches = ctx.train_batches(count=PLAN_BATCHES, batch_size=PLAN_BATCH_SIZE, seed=cfg.seed)
-    return find(ctx.original, list(batches[:DEPTH_BATCHES]))
+    batches = list(ctx.train_batches(count=PLAN_BATCHES, batch_size=PLAN_BATCH_SIZE, seed=cfg.seed)[:DEPTH_BATCHES])
+    blocks, failed = safe_blocks(ctx.original, find(ctx.original, batches), batches[0][:2])
+    for item in failed:
+        ctx.note(f"block kept: {', '.join(item['layers'])} -- {item['reason']}")
+    return blocks
 
 
 def _check_outcome(outcome: SearchOutcome, budget: Budget, probes: list[ProbeResult]) -> None:

@@ -145,6 +145,32 @@ def _shapes_in_order(model: nn.Module, names: list[str], example: torch.Tensor) 
     return shapes, executed
 
 
+@torch.no_grad()
+def safe_blocks(model: nn.Module, blocks: list[Block], example: torch.Tensor) -> tuple[list[Block], list[dict]]:
+    """The blocks whose removal keeps the model running with the same output shape (all removed at
+    once first: one trial when nothing fails), and the others as `{"layers", "reason"}` items."""
+    was_training = model.training
+    model.eval()
+    try:
+        want = model(example).shape
+
+        def works(names: list[str]) -> str | None:
+            try:
+                got = remove_blocks(model, names).eval()(example).shape
+            except Exception as exc:   # noqa: BLE001 - any failure keeps the block
+                return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''}"
+            return None if got == want else f"output shape {tuple(got)} instead of {tuple(want)}"
+        if works([b.name for b in blocks]) is None:
+            return blocks, []
+        kept, failed = [], []
+        for b in blocks:
+            why = works([b.name])
+            (failed.append({"layers": [b.name], "reason": f"removing the block fails: {why}"}) if why else kept.append(b))
+        return kept, failed
+    finally:
+        model.train(was_training)
+
+
 def keep_blocks(blocks: list[Block], knob: float) -> set[str]:
     """Per stage, the fewest highest-rate blocks whose contribution rates sum to >= `knob`."""
     knob = check_knob(knob)

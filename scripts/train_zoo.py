@@ -94,8 +94,9 @@ def main() -> None:
             loss.backward()
             opt.step()
             sched.step()
-        print(f"epoch {epoch + 1}/{args.epochs} loss {loss.item():.3f} val {accuracy(model, vx, vy, size=args.resize):.2f}% "
-              f"({time.time() - start:.0f}s)", flush=True)
+        val = accuracy(model, vx, vy, size=args.resize)
+        print(f"epoch {epoch + 1}/{args.epochs} loss {loss.item():.3f} val {val:.2f}% ({time.time() - start:.0f}s)",
+              flush=True)
     val_acc, test_acc = accuracy(model, vx, vy, size=args.resize), accuracy(model, tx, ty, size=args.resize)
     out = args.out or CHECKPOINTS / f"{args.model}_fashion-mnist.pt"
     out.parent.mkdir(parents=True, exist_ok=True)

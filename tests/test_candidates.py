@@ -84,6 +84,7 @@ def test_no_pruned_model_kept_the_accuracy():
 def test_nothing_prunable_ships_the_unpruned_model():
     outcome, mode, _, ctx, _ = _choose([1.0], {}, Budget(min_accuracy=94.0))
     assert mode == UNPRUNED and outcome.met
+    assert any("nothing in this model can be pruned" in n for n in ctx.notes)
 
 
 @pytest.mark.slow

@@ -291,14 +291,14 @@ class PruneStage:
         accurate); otherwise the fastest accepted candidate, timed side by side, when it beats the
         unpruned engine by more than PAYS; else the unpruned model, said plainly."""
         met = {m: o for m, o in outcomes.items() if o.met}
+        if not outcomes:
+            return _unpruned_outcome(ctx, unpruned, budget, "nothing in this model can be pruned"), UNPRUNED, []
         if unpruned.accepted and (budget.max_latency_ms is not None or not met):
             return _unpruned_outcome(ctx, unpruned, budget, "it meets the budget and nothing is more accurate"
                                      if budget.max_latency_ms is not None else "no pruned model kept the accuracy"), \
                 UNPRUNED, []
         if not met:   # nothing meets every budget: the width search's report of what is missed
-            fallback = outcomes.get("width") or next(iter(outcomes.values()), None)
-            if fallback is None:
-                return _unpruned_outcome(ctx, unpruned, budget, "nothing in this model can be pruned"), UNPRUNED, []
+            fallback = outcomes.get("width") or next(iter(outcomes.values()))
             return fallback, fallback.chosen.mode, []
         if budget.min_accuracy is None:   # latency budget alone: the most accurate that meets it
             mode = max(met, key=lambda m: (met[m].chosen.accuracy, -met[m].chosen.latency_ms))

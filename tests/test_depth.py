@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from edgecompress.pruning.depth import (find_blocks, identity_residual, keep_blocks, remove_blocks,
-                                        removable_blocks, stage_rates)
+                                        removable_blocks, block_rates)
 from edgecompress.zoo import create_model
 from edgecompress.zoo.models import BasicBlock, InvertedResidual
 
@@ -64,10 +64,15 @@ def test_resnet20_blocks_are_grouped_by_stage_and_downsampling_blocks_stay():
     blocks = find_blocks(model, [torch.randn(8, 1, 28, 28)])
     assert [b.stage for b in blocks] == [0, 0, 0, 1, 1, 2, 2]
     assert all(b.score > 0 for b in blocks)
-    rates = stage_rates(blocks)
-    for stage in (0, 1, 2):
-        assert sum(r for n, r in rates.items() if n in {b.name for b in blocks if b.stage == stage}) == \
-            pytest.approx(1.0)
+    assert sum(block_rates(blocks).values()) == pytest.approx(1.0)
+
+
+def test_a_stage_with_one_removable_block_can_lose_it():
+    """Rates over the whole model: the only removable block of a stage goes when it matters least."""
+    from edgecompress.pruning.depth import Block
+    blocks = [Block("s0.a", 0, 5.0), Block("s0.b", 0, 4.0), Block("s1.a", 1, 0.5), Block("s2.a", 2, 0.5)]
+    assert keep_blocks(blocks, 0.9) == {"s0.a", "s0.b"}
+    assert keep_blocks(blocks, 0.95) == {"s0.a", "s0.b", "s1.a"}
 
 
 def test_keep_blocks_is_monotone_and_spans_everything_to_nothing():

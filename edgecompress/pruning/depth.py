@@ -8,10 +8,10 @@ ResNet block after the stem's ReLU). So a removable block is replaced by `nn.Ide
 keeps every shape, ONNX export and the other blocks' channel groups intact.
 
 A block's score is the seed's zero replacement at block granularity (find_blocks: the deviation
-it causes, taken at the network output); scores become contribution rates within a stage (blocks
-whose outputs have the same shape and follow each other), and one knob keeps, per stage, the
-fewest highest-rate blocks whose rates sum to >= the knob -- the same rule as channels
-(allocation.cr_count).
+it causes, taken at the network output); scores become contribution rates over all removable
+blocks, and one knob keeps the fewest highest-rate blocks whose rates sum to >= the knob -- the
+same rule as channels (allocation.cr_count). Blocks are also grouped into stages (same output
+shape, consecutive) for reports.
 """
 from __future__ import annotations
 
@@ -172,15 +172,17 @@ def safe_blocks(model: nn.Module, blocks: list[Block], example: torch.Tensor) ->
 
 
 def keep_blocks(blocks: list[Block], knob: float) -> set[str]:
-    """Per stage, the fewest highest-rate blocks whose contribution rates sum to >= `knob`."""
+    """The fewest highest-rate blocks whose contribution rates sum to >= `knob`, rates taken over
+    all the model's removable blocks (not per stage): the score is a deviation of the network's
+    output, one unit for every block, and per-stage rates can never remove a stage's only
+    removable block (ResNet-18: three of its five) nor prefer a cheap block of one stage over a
+    costly one of another (ResNet-20's search removed layer3.2 at 94.68 -> 91.60 % while two
+    blocks of stages 1-2 with a tenth of its output deviation stayed)."""
     knob = check_knob(knob)
-    kept: set[str] = set()
-    for stage in sorted({b.stage for b in blocks}):
-        members = [b for b in blocks if b.stage == stage]
-        scores = torch.tensor([b.score for b in members], dtype=torch.float64)
-        count = cr_count(scores, knob)
-        kept |= {members[i].name for i in order(scores)[:count].tolist()}
-    return kept
+    if not blocks:
+        return set()
+    scores = torch.tensor([b.score for b in blocks], dtype=torch.float64)
+    return {blocks[i].name for i in order(scores)[:cr_count(scores, knob)].tolist()}
 
 
 def remove_blocks(model: nn.Module, names: Iterable[str], *, copy_model: bool = True) -> nn.Module:
@@ -193,11 +195,7 @@ def remove_blocks(model: nn.Module, names: Iterable[str], *, copy_model: bool = 
     return out
 
 
-def stage_rates(blocks: list[Block]) -> dict[str, float]:
-    """Each block's contribution rate within its stage (for reports)."""
-    rates: dict[str, float] = {}
-    for stage in {b.stage for b in blocks}:
-        members = [b for b in blocks if b.stage == stage]
-        r = contribution_rates(torch.tensor([b.score for b in members], dtype=torch.float64))
-        rates.update({b.name: float(x) for b, x in zip(members, r)})
-    return rates
+def block_rates(blocks: list[Block]) -> dict[str, float]:
+    """Each block's contribution rate among all removable blocks (for reports)."""
+    rates = contribution_rates(torch.tensor([b.score for b in blocks], dtype=torch.float64))
+    return {b.name: float(r) for b, r in zip(blocks, rates)}

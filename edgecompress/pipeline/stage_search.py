@@ -255,7 +255,8 @@ class PruneStage:
         model = prober.model_for(chosen_mode, outcome.chosen.cr)
         torch.save(model, out / "model_searched.pt")
         return StageOutput(files={"searched_model": "model_searched.pt"},
-                           data={**_outcome_data(outcome, probes, budget, plan, model),
+                           data={**_outcome_data(outcome, probes, budget, plan, model,
+                                                 restored=sum(s.restored for s, _ in searches.values())),
                                  "mode": chosen_mode, "unpruned": chosen_mode == UNPRUNED,
                                  "blocks": [asdict(b) for b in blocks], "blocks_removed": outcome.chosen.blocks_removed or [],
                                  "unprunable": list(getattr(plan, "unprunable", [])), "compared": compared,
@@ -280,7 +281,7 @@ class PruneStage:
                        f"{len(p.blocks_removed or [])} blocks removed  {'accepted' if p.accepted else 'rejected'}")
         searcher.on_probe = checkpoint
         if searcher.restored:
-            ctx.ui.say(f"  {mode}: {searcher.restored} probe(s) restored from {SEARCH_STATE}")
+            ctx.ui.say(f"  resuming the search: {searcher.restored} probe(s) restored from {SEARCH_STATE} ({mode})")
         return searcher, searcher.run()
 
     @staticmethod
@@ -361,13 +362,14 @@ def _outcome_notes(outcome: SearchOutcome, budget: Budget) -> list[str]:
     return notes
 
 
-def _outcome_data(outcome: SearchOutcome, probes: list[ProbeResult], budget: Budget, plan, model: nn.Module) -> dict:
+def _outcome_data(outcome: SearchOutcome, probes: list[ProbeResult], budget: Budget, plan, model: nn.Module, *,
+                  restored: int) -> dict:
     before, after = widths_of(plan.model), widths_of(model)
     return {"cr": outcome.chosen.cr, "chosen": asdict(outcome.chosen), "met": outcome.met,
             "missed": outcome.missed, "moved_from": outcome.moved_from, "notes": outcome.notes,
             "alternative": asdict(outcome.alternative) if outcome.alternative else None,
             "budget": asdict(budget), "probes": [asdict(p) for p in probes],
-            "probes_restored": 0, "allocation": plan.allocation, "criterion": plan.criterion,
+            "probes_restored": restored, "allocation": plan.allocation, "criterion": plan.criterion,
             "layers": [{"name": n, "before": before[n], "after": after.get(n, 0)} for n in before]}
 
 

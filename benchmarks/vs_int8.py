@@ -82,7 +82,8 @@ def time_phase(out: Path, rounds: int) -> list[dict]:
             fp32 = target.build(onnx, tmp / "fp32", precision="fp32")
             ir = _plain_int8(model, data, onnx, tmp / "plain_int8.xml")
             plain = BuildResult(engine=ir, onnx=onnx, precision="int8", runtime=target.runtime)
-            shipped = BuildResult(engine=run / rep["engine"], onnx=run / rep["engine"], precision=rep["precision"],
+            shipped_onnx = run / ("model_int8.onnx" if rep["precision"] == "int8" else "model.onnx")
+            shipped = BuildResult(engine=run / rep["engine"], onnx=shipped_onnx, precision=rep["precision"],
                                   runtime=target.runtime)
             builds = {"original fp32": fp32, "unpruned int8 (NNCF)": plain, "shipped": shipped}
             acc = {k: (_accuracy(target.runner(b), data.val), _accuracy(target.runner(b), data.test))

@@ -229,7 +229,7 @@ class PruneStage:
     def run(self, ctx: Context, out: Path) -> StageOutput:
         cfg, base = ctx.config, ctx.results["baseline"]
         plan, blocks = build_plan(ctx), find_blocks(ctx)
-        for item in getattr(plan, "unprunable", []):
+        for item in plan.unprunable:
             ctx.note(f"left at full width: {', '.join(item['layers'])} -- {item['reason']}")
         modes = [m for m in MODES if ("width" not in m or plan.groups) and ("depth" not in m or blocks)]
         ctx.ui.say(f"  {len(plan.groups)} channel groups, {len(blocks)} removable residual blocks; "
@@ -259,7 +259,7 @@ class PruneStage:
                                                  restored=sum(s.restored for s, _ in searches.values())),
                                  "mode": chosen_mode, "unpruned": chosen_mode == UNPRUNED,
                                  "blocks": [asdict(b) for b in blocks], "blocks_removed": outcome.chosen.blocks_removed or [],
-                                 "unprunable": list(getattr(plan, "unprunable", [])), "compared": compared,
+                                 "unprunable": list(plan.unprunable), "compared": compared,
                                  "probe_precision": prober.precision})
 
     def _search(self, ctx: Context, mode: str, prober: Prober, budget: Budget, state: dict,

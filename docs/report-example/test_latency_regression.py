@@ -3,7 +3,7 @@
     pytest path/to/this/run          # or: compress check path/to/this/run  (a table, exit 1 on regression)
 
 Target x86-cpu, precision int8, runtime openvino 2026.4.1, threads runtime default.
-Baseline: median 0.3700 ms (measured) on AMD EPYC (local).
+Baseline: median 0.2647 ms (measured) on Intel(R) Xeon(R) Processor (local).
 The latency test fails when the median measured here exceeds baseline x (1 + 0.15)
 (tolerance 15 %, from the profile's benchmark.tolerance). It re-measures up to 3 times and keeps
 the best median before calling a slowdown a regression, so a noisy neighbour does not fail it.

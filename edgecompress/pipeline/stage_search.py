@@ -197,13 +197,13 @@ class Prober:
         are not separated (their per-round ratios overlap). Estimated: the estimates' ratios."""
         if not self.measured:
             return [p.latency_ms / candidates[0].latency_ms for p in candidates]
-        from edgecompress.targets.base import measure_alternating
+        from edgecompress.targets.base import measure_alternating, median_ratio
         builds = [self._build(p, self.work / f"final{i}") for i, p in enumerate(candidates)]
-        rounds, per = self.rounds, None
+        rounds = self.rounds
         while True:
             per = measure_alternating(self.ctx.target.measure, builds, rounds)
             ratios = [[t.median_ms / r.median_ms for t, r in zip(ts, per[0])] for ts in per]
-            medians = [sorted(r)[len(r) // 2] for r in ratios]
+            medians = [median_ratio(ts, per[0]) for ts in per]
             ranked = sorted(range(len(candidates)), key=medians.__getitem__)
             first, second = ranked[0], ranked[1] if len(ranked) > 1 else ranked[0]
             separated = first == second or max(ratios[first]) < min(ratios[second])

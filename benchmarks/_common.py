@@ -20,7 +20,7 @@ DOCS = REPO / "docs" / "benchmarks.md"
 
 @dataclass
 class Tensors:
-    """Fashion-MNIST splits as in-memory tensors (the splits of edgecompress.zoo.data)."""
+    """Fashion-MNIST splits as in-memory tensors (the splits of edgecompress.zoo.fashion_mnist)."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
@@ -36,7 +36,7 @@ class Tensors:
 def load_tensors(root: str | None = None, *, train: int | None = None, val: int | None = None,
                  test: int | None = None) -> Tensors:
     """`fashion_mnist(root)` as tensors; `train/val/test` keep the first N of a split (quick runs)."""
-    from edgecompress.zoo.data import fashion_mnist
+    from edgecompress.inputs.data import fashion_mnist
     d = fashion_mnist(root)
     parts = []
     for ds, n in ((d.train, train), (d.val, val), (d.test, test)):
@@ -82,7 +82,7 @@ def macs_params(model: nn.Module, input_shape=(1, 28, 28)) -> tuple[int, int]:
     """MACs of one image and parameters, counted on a CPU copy (the counter feeds CPU zeros)."""
     import copy
 
-    from edgecompress.pipeline.evaluation import macs_and_params
+    from edgecompress.training.evaluation import macs_and_params
     return macs_and_params(copy.deepcopy(model).cpu(), tuple(input_shape))
 
 

@@ -84,8 +84,8 @@ def data_on(settings: Settings) -> Tensors:
 
 
 def accuracy_on(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    from edgecompress.pipeline.evaluation import accuracy
-    return accuracy(model, x, y)
+    from edgecompress.training.evaluation import model_accuracy, tensor_batches
+    return model_accuracy(model, tensor_batches(x, y))
 
 
 class Prober:
@@ -101,8 +101,8 @@ class Prober:
     def model_for(self, knob: float) -> nn.Module:
         """The probe's model; rebuilt with the same seeds when it is not in memory (resumed run)."""
         if knob not in self.models:
-            from edgecompress.pipeline.distill import DistillConfig, distill
-            from edgecompress.pipeline.stage_search import probe_seed
+            from edgecompress.training.distill import DistillConfig, distill
+            from edgecompress.pipeline.stages.prune import probe_seed
             from edgecompress.pruning import recalibrate_bn
             model = self.plan.prune(knob, multiple=self.s.multiple, min_channels=self.s.min_channels)
             recalibrate_bn(model, self.bn_batches)
@@ -112,7 +112,7 @@ class Prober:
         return self.models[knob]
 
     def evaluate(self, knob: float):
-        from edgecompress.pipeline.search import ProbeResult
+        from edgecompress.pruning.search import ProbeResult
         if self.s.deadline is not None and time.time() > self.s.deadline:
             raise DeadlineReached()
         model = self.model_for(knob)
@@ -168,7 +168,7 @@ def run_config(out: str, model_name: str, criterion: str, allocation: str, setti
 
 
 def _search(folder: Path, prober: Prober, base: dict, settings: Settings):
-    from edgecompress.pipeline.search import Budget, Searcher
+    from edgecompress.pruning.search import Budget, Searcher
     state_file = folder / "state.json"
     state = json.loads(state_file.read_text()) if state_file.is_file() else None
     searcher = Searcher(prober.evaluate, budget=Budget(min_accuracy=base["val_accuracy"] - settings.max_acc_drop),
@@ -179,7 +179,7 @@ def _search(folder: Path, prober: Prober, base: dict, settings: Settings):
 
 def _compress(folder: Path, teacher: nn.Module, base: dict, criterion: str, allocation: str,
               settings: Settings) -> dict:
-    from edgecompress.pipeline.distill import DistillConfig, distill
+    from edgecompress.training.distill import DistillConfig, distill
     from edgecompress.pruning import PruningPlan
     data = data_on(settings)
     t0 = time.perf_counter()

@@ -32,7 +32,7 @@ from edgecompress.pruning import PruningPlan
 from edgecompress.targets import get_target, layer_costs
 from edgecompress.targets.base import host_cpu, measure_alternating, middle
 from edgecompress.zoo import pretrained
-from edgecompress.zoo.data import fashion_mnist
+from edgecompress.inputs.data import fashion_mnist
 
 MULTIPLES = (1, 4, 8, 16)
 

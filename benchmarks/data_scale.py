@@ -59,7 +59,7 @@ def model():
 def build_folder(root: Path, train: int) -> Path:
     """DIR/{train,val}/<class>/*.jpg from the first `train` training and 200 validation images."""
     from PIL import Image
-    from edgecompress.zoo.data import DEBIAN_DIR, FILES, read_idx, split_indices
+    from edgecompress.zoo.fashion_mnist import DEBIAN_DIR, FILES, read_idx, split_indices
     x, y = read_idx(DEBIAN_DIR, FILES["train_x"]), read_idx(DEBIAN_DIR, FILES["train_y"])
     train_idx, val_idx = split_indices(len(x), 5000)
     for split, idx in (("train", train_idx[:train]), ("val", val_idx[:VAL_IMAGES])):
@@ -119,8 +119,9 @@ def _kind(p) -> str:
 
 def loader_rate(folder: Path, workers: int) -> float:
     """Images/s through the run's own loader (decode + preprocess), the whole training split once."""
-    from edgecompress.pipeline.data import loader, resolve_data
-    from edgecompress.pipeline.preprocess import from_flags
+    from edgecompress.inputs.data import resolve_data
+    from edgecompress.inputs.loaders import loader
+    from edgecompress.inputs.preprocess import from_flags
     data = resolve_data(f"imagefolder:{folder}", workers=workers,
                         preprocess=from_flags(preset=None, input_size="224", mean="0.286", std="0.353"))
     start, n = time.perf_counter(), 0
@@ -159,7 +160,7 @@ def main() -> None:
                 argv += ["--data-workers", str(args.workers)]
             res = run_sampled(argv, work, env)
             rate, probes = probe_rate(work / f"run{n}", VAL_IMAGES)
-            from edgecompress.pipeline.data import default_workers
+            from edgecompress.inputs.loaders import default_workers
             res.update(train=n, probe_rate=rate, probes=probes,
                        loader_rate=loader_rate(folder, default_workers() if args.workers is None else args.workers))
             print(f"{n} images: tree {res['peak_tree_mb']:.0f} MB, main+workers USS {res['peak_real_mb']:.0f} MB, "

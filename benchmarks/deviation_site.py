@@ -24,17 +24,13 @@ from _common import (DOCS, base_model, describe_machine, load_tensors, machine, 
                      md_table, replace_section, train_batches)
 
 from edgecompress.pruning import PruningPlan, recalibrate_bn  # noqa: E402
+from edgecompress.training.evaluation import model_accuracy, tensor_batches  # noqa: E402
 
 SITES = ("conv", "bn")
 
 
-def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> float:
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, len(x), batch):
-            correct += (model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum().item()
-    return 100.0 * correct / len(x)
+def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    return model_accuracy(model, tensor_batches(x, y))
 
 
 def largest_cr_within(plan: PruningPlan, target_macs: float, *, multiple: int, steps: int) -> tuple[float, int]:

@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgecompress.pipeline.context import load_module
 from edgecompress.profiles import load_profile
 from edgecompress.targets import BuildResult, get_target
-from edgecompress.zoo.data import fashion_mnist
+from edgecompress.inputs.data import fashion_mnist
 
 
 def main(argv=None) -> int:
@@ -33,7 +32,7 @@ def main(argv=None) -> int:
                    help="build the run's FP32 model.onnx for the target (in a temporary folder) and compare that")
     args = p.parse_args(argv)
     report = json.loads((args.run / "report.json").read_text())
-    model = load_module(args.run / "model_pruned.pt").eval()
+    model = torch.load(args.run / "model_pruned.pt", map_location="cpu", weights_only=False).eval()
     target = get_target(load_profile(report["target"]), device="estimate")
     tmp = tempfile.TemporaryDirectory()
     if args.fp32:

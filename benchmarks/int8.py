@@ -22,12 +22,13 @@ import time
 import warnings
 from pathlib import Path
 
-from edgecompress.calibration import (accuracy, calibration_batches, dataset_arrays, openvino_runner,
+from edgecompress.targets.engines import engine_accuracy
+from edgecompress.calibration import (array_batches, calibration_batches, dataset_arrays, openvino_runner,
                                       ort_runner, quantize_int8)
 from edgecompress.exporters import onnx_parity, to_onnx
 from edgecompress.targets import BuildResult, get_target
 from edgecompress.zoo import CHECKPOINTS, pretrained
-from edgecompress.zoo.data import fashion_mnist
+from edgecompress.inputs.data import fashion_mnist
 
 MODELS = ("resnet20", "resnet56")
 
@@ -106,7 +107,7 @@ def measure_model(name: str, args, tgts, splits) -> list[dict]:
                 built = build(target, path, kind, fp32, work / f"{runtime}_{label.replace('/', '_')}")
                 run = openvino_runner(built.engine) if runtime == "openvino" else ort_runner(built.engine)
                 row = {"model": name, "runtime": runtime, "artifact": label,
-                       "accuracy": round(accuracy(run, images, labels), 2), "latency_ms": None,
+                       "accuracy": round(engine_accuracy(run, array_batches(images, labels)), 2), "latency_ms": None,
                        "int8_layers": int8_layers(built.engine) if runtime == "openvino" else None}
                 if not args.skip_latency:
                     row["latency_ms"] = round(target.measure(built).median_ms, 4)

@@ -29,7 +29,7 @@ QUICK_COMPRESS = ["--precision", "fp32", "--finetune-epochs", "0.05", "--finetun
 
 
 def _data(val_images: int, calib_images: int, seed: int = 0):
-    from edgecompress.zoo.data import fashion_mnist
+    from edgecompress.inputs.data import fashion_mnist
     d = fashion_mnist()
     idx = torch.randperm(len(d.train), generator=torch.Generator().manual_seed(seed))[:calib_images]
     x = torch.stack([d.train[int(i)][0] for i in idx])
@@ -45,7 +45,7 @@ def reconstruct_effect(*, model_name: str = "resnet20", knobs=(0.8, 0.9, 0.95), 
     """Validation accuracy with and without least-squares reconstruction, per knob."""
     import copy
 
-    from edgecompress.pipeline.evaluation import accuracy, recalibrate_bn
+    from edgecompress.training.evaluation import model_accuracy, recalibrate_bn, tensor_batches
     from edgecompress.pruning import PruningPlan
     from edgecompress.pruning.reconstruct import reconstruct
     from edgecompress.zoo import pretrained
@@ -54,7 +54,7 @@ def reconstruct_effect(*, model_name: str = "resnet20", knobs=(0.8, 0.9, 0.95), 
     original, _ = pretrained(model_name)
     opts = {} if allocation is None else {"allocation": allocation}
     plan = PruningPlan.build(original, calib[:4], criterion=criterion, **opts)
-    rows = [{"knob": 1.0, "variant": "unpruned", "accuracy": accuracy(original, vx, vy)}]
+    rows = [{"knob": 1.0, "variant": "unpruned", "accuracy": model_accuracy(original, tensor_batches(vx, vy))}]
     for knob in knobs:
         base = plan.prune(knob)
         recon = copy.deepcopy(base)
@@ -68,7 +68,7 @@ def reconstruct_effect(*, model_name: str = "resnet20", knobs=(0.8, 0.9, 0.95), 
                     "reconstruct": copy.deepcopy(recon), "reconstruct+bn": recalibrate_bn(recon, calib),
                     "bn+reconstruct": bn_first}
         for name, model in variants.items():
-            rows.append({"knob": knob, "variant": name, "accuracy": accuracy(model, vx, vy),
+            rows.append({"knob": knob, "variant": name, "accuracy": model_accuracy(model, tensor_batches(vx, vy)),
                          "params": sum(p.numel() for p in model.parameters()),
                          "fit_error_reduction": round(gain, 4) if "reconstruct" in name else None,
                          "reconstruct_s": round(t, 2) if "reconstruct" in name else None})

@@ -75,8 +75,8 @@ def setup(args) -> Bench:
 
 
 def accuracy(b: Bench, model: nn.Module) -> float:
-    from edgecompress.pipeline.evaluation import accuracy as acc
-    return acc(model, b.val_x, b.val_y)
+    from edgecompress.training.evaluation import model_accuracy, tensor_batches
+    return model_accuracy(model, tensor_batches(b.val_x, b.val_y))
 
 
 def plan_for(b: Bench, *, allocation: str, batches=None, **opts):
@@ -145,7 +145,7 @@ def replacements(b: Bench) -> dict:
 def random_images(b: Bench, kind: str) -> list[torch.Tensor]:
     """Random images shaped like the calibration batches: pixel noise through the data's
     normalisation (`uniform`), or standard normal in the normalised space (`gaussian`)."""
-    from edgecompress.zoo.data import normalise
+    from edgecompress.zoo.fashion_mnist import normalise
     gen = torch.Generator().manual_seed(7)
     if kind == "uniform":
         return [normalise(torch.randint(0, 256, x.shape, generator=gen, dtype=torch.uint8)) for x in b.calib]
@@ -174,7 +174,7 @@ def allocation(b: Bench, **opts) -> list[dict]:
 
 def search_cost(b: Bench) -> list[dict]:
     """Probes of the pipeline's Searcher (1-point budget, no fine-tuning) vs the seed's 7."""
-    from edgecompress.pipeline.search import Budget, ProbeResult, Searcher
+    from edgecompress.pruning.search import Budget, ProbeResult, Searcher
     rows = []
     for alloc in ("cr", "uniform"):
         plan = plan_for(b, allocation=alloc)

@@ -51,7 +51,7 @@ def _plain_int8(model, data, onnx_path: Path, dst: Path) -> Path:
 def _accuracy(run, split) -> float | None:
     if split is None:
         return None
-    from edgecompress.pipeline.data import loader
+    from edgecompress.inputs.loaders import loader
     correct = total = 0
     for x, y in loader(split, batch_size=250, workers=0):
         logits = np.asarray(run(x.numpy().astype(np.float32)))
@@ -63,7 +63,7 @@ def _accuracy(run, split) -> float | None:
 def time_phase(out: Path, rounds: int) -> list[dict]:
     from edgecompress.exporters import to_onnx
     from edgecompress.pipeline.config import RunConfig
-    from edgecompress.pipeline.data import resolve_inputs
+    from edgecompress.inputs.resolve import resolve_inputs
     from edgecompress.profiles import load_profile
     from edgecompress.targets import BuildResult, get_target
     from edgecompress.targets.base import measure_alternating, median_ratio, middle

@@ -62,7 +62,7 @@ def _run_parser() -> argparse.ArgumentParser:
 
 
 def _data_flags(p: argparse.ArgumentParser) -> None:
-    from edgecompress.pipeline.preprocess import PRESETS
+    from edgecompress.inputs.preprocess import PRESETS
     g = p.add_argument_group("the model's preprocessing (declared once; used for evaluation, calibration and latency)")
     g.add_argument("--preprocess", metavar="PRESET", help=f"{' | '.join(PRESETS)}: imagenet = resize 256, crop 224, "
                    "ImageNet mean/std; folder-stats = the training folder's own mean/std. Default: the zoo "

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from edgecompress.zoo.data import MEAN, STD, fashion_mnist
+from edgecompress.inputs.data import fashion_mnist
+from edgecompress.zoo.fashion_mnist import MEAN, STD
 from edgecompress.zoo.models import create_model
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "edgecompress" / "zoo" / "checkpoints"

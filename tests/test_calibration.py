@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from edgecompress.calibration import (CALIBRATORS, PrecisionSelector, accuracy, artifact_evaluator,
+from edgecompress.targets.engines import engine_accuracy
+from edgecompress.calibration import (CALIBRATORS, PrecisionSelector, array_batches, artifact_evaluator,
                                       calibration_batches, choose_precision, layer_sensitivity,
                                       openvino_runner, ort_runner, quantize_int8)
 from edgecompress.calibration.ort_qdq import quantizable_layers
@@ -275,7 +276,7 @@ def test_outlier_model_keeps_layers_float_and_meets_budget(tmp_path):
     assert sel.chosen.backend == "ort-qdq"
     # The chosen QDQ artifact also holds in OpenVINO (the x86 target's runtime).
     pytest.importorskip("openvino")
-    assert accuracy(openvino_runner(sel.chosen.details["artifact"]), val, labels) >= 90.0
+    assert engine_accuracy(openvino_runner(sel.chosen.details["artifact"]), array_batches(val, labels)) >= 90.0
 
 
 def test_import_needs_no_heavy_backend():

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from edgecompress.pipeline.search import Budget, ProbeResult, SearchOutcome
-from edgecompress.pipeline.stage_search import UNPRUNED, PruneStage
+from edgecompress.pruning.search import Budget, ProbeResult, SearchOutcome
+from edgecompress.pipeline.stages.prune import UNPRUNED, PruneStage
 
 
 class FakeProber:

@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from edgecompress.errors import UserError
-from edgecompress.pipeline.data import as_tensors, resolve_data
-from edgecompress.pipeline.models import resolve_model
-from edgecompress.zoo.data import DEBIAN_DIR
+from edgecompress.inputs.data import resolve_data
+from edgecompress.inputs.loaders import as_tensors
+from edgecompress.inputs.models import resolve_model
+from edgecompress.zoo.fashion_mnist import DEBIAN_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))

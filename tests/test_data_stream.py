@@ -10,13 +10,16 @@ from torch import nn
 
 from edgecompress.cli import main
 from edgecompress.errors import UserError
-from edgecompress.pipeline import data as data_mod
+from edgecompress.inputs import models as models_mod
 from edgecompress.pipeline.config import RunConfig
 from edgecompress.pipeline.context import Context
-from edgecompress.pipeline.data import ImageFolderDataset, describe, resolve_data, resolve_inputs
-from edgecompress.pipeline.preprocess import from_flags
+from edgecompress.pipeline.measure import accuracy, original_accuracy, run_accuracy
+from edgecompress.inputs.data import describe, resolve_data
+from edgecompress.inputs.imagefolder import ImageFolderDataset
+from edgecompress.inputs.resolve import resolve_inputs
+from edgecompress.inputs.preprocess import from_flags
 from edgecompress.pipeline.ui import UI
-from edgecompress.zoo.data import DEBIAN_DIR
+from edgecompress.zoo.fashion_mnist import DEBIAN_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -63,7 +66,7 @@ def _config(**kw) -> RunConfig:
 
 def _ctx(data, model, **kw) -> Context:
     return Context(config=_config(**kw), rundir=None, ui=UI(quiet=True), data=data, original=model,
-                   model_name="m", target=None)
+                   model_name="m", target=None, builder=None)
 
 
 class Recorder(nn.Module):
@@ -93,15 +96,15 @@ def test_declared_preprocessing_reaches_the_model_identically_in_evaluation_and_
     want_train = [_expected(p) for p in sorted((root / "train").glob("*/*.png"))]
     model = Recorder()
     ctx = _ctx(data, model)
-    ctx.val_accuracy(model)                                  # PyTorch evaluation (a worker decodes)
+    accuracy(ctx, model)                                  # PyTorch evaluation (a worker decodes)
     assert _rows(model.seen) == _rows([torch.stack(want_val)])
     engine_inputs = []
-    ctx.engine_accuracy(lambda x: (engine_inputs.append(x.copy()), np.zeros((len(x), 2), np.float32))[1])
+    run_accuracy(ctx, lambda x: (engine_inputs.append(x.copy()), np.zeros((len(x), 2), np.float32))[1])
     assert _rows(engine_inputs) == _rows([torch.stack(want_val)])         # the built engine's evaluation
     calib = calibration_batches(data.train, count=len(data.train), batch_size=4, workers=1)
     assert _rows(calib) == _rows([torch.stack(want_train)])               # INT8 calibration
-    assert _rows(list(ctx.train_batches(count=2, batch_size=3, seed=0))) == _rows([torch.stack(want_train)])  # BN / importance
-    assert torch.equal(ctx.val_images(2), torch.stack(want_val[:2]))  # parity / latency inputs
+    assert _rows(list(ctx.data.train_batches(count=2, batch_size=3, seed=0))) == _rows([torch.stack(want_train)])  # BN / importance
+    assert torch.equal(ctx.data.images(2), torch.stack(want_val[:2]))  # parity / latency inputs
     recorded = pre.record()
     assert recorded["resize"] == 12 and recorded["crop"] == 10 and recorded["mean"] == list(MEAN)
 
@@ -119,15 +122,15 @@ def test_streamed_folder_is_never_materialised(tmp_path, monkeypatch):
     def no_whole_split(ds, *, limit=None):
         assert limit is not None and limit <= 2, "a whole split was materialised"
         return real_as_tensors(ds, limit=limit)
-    real_as_tensors = data_mod.as_tensors
-    monkeypatch.setattr(data_mod, "as_tensors", no_whole_split)
+    real_as_tensors = models_mod.as_tensors
+    monkeypatch.setattr(models_mod, "as_tensors", no_whole_split)
     cfg = _config(data=f"imagefolder:{root}", model="tests.tiny_specs:model", input_size="12",
                   preprocess="none", data_workers=0)
     data, loaded, _ = resolve_inputs(cfg)                    # model check reads 2 images, labels none
     assert calls["n"] <= 3 and len(data.train) == 40
     ctx = _ctx(data, loaded.model)
     calls["n"] = 0
-    stream = ctx.train_batches(count=2, batch_size=4, seed=0)
+    stream = ctx.data.train_batches(count=2, batch_size=4, seed=0)
     assert len(stream) == 2 and len(stream[:1]) == 1
     for _ in range(2):                                        # re-iterable: decoded again, not held
         assert [tuple(b.shape) for b in stream] == [(4, 1, 12, 12)] * 2
@@ -157,8 +160,9 @@ def test_chance_level_original_gets_a_loud_warning_and_a_note(capsys):
     class Constant(nn.Module):
         def forward(self, x):
             return torch.zeros(len(x), 4) + torch.tensor([1.0, 0, 0, 0])
-    ctx = Context(config=_config(), rundir=None, ui=UI(), data=data, original=Constant(), model_name="m", target=None)
-    acc = ctx.original_accuracy()
+    ctx = Context(config=_config(), rundir=None, ui=UI(), data=data, original=Constant(), model_name="m", target=None,
+                  builder=None)
+    acc = original_accuracy(ctx)
     assert acc < 1.5 * 25
     assert any("near chance" in n and "preprocessing" in n and "weights" in n for n in ctx.notes)
     assert "WARNING" in capsys.readouterr().err
@@ -169,7 +173,7 @@ def test_trained_original_gets_no_warning(tmp_path):
     model = tiny_specs.model()
     model.load_state_dict(torch.load(tmp_path / "w.pt"))
     ctx = _ctx(resolve_data("tests.tiny_specs:data"), model)
-    assert ctx.original_accuracy() > 1.5 * 25 and not ctx.notes
+    assert original_accuracy(ctx) > 1.5 * 25 and not ctx.notes
 
 
 @pytest.mark.parametrize("flags, expected", [
@@ -194,7 +198,7 @@ def test_cuda_requested_without_cuda_is_the_users_error(capsys, tmp_path):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "no CUDA device" in err[0] and len(err) == 2
-    from edgecompress.pipeline.device import resolve_device
+    from edgecompress.training.device import resolve_device
     assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu").type == "cpu"
 
 
@@ -210,7 +214,7 @@ def test_folder_stats_is_measured_on_the_training_images(tmp_path):
 
 def test_zoo_checkpoint_declares_its_preprocessing(tmp_path, monkeypatch):
     from edgecompress import zoo
-    from edgecompress.pipeline.data import declared_preprocess
+    from edgecompress.inputs.resolve import declared_preprocess
     assert declared_preprocess(_config()) is None            # the shipped ResNet-20 declares none: 28x28 as today
     torch.save({"state_dict": {}, "preprocess": {"resize": 64, "crop": None, "mean": [0.2860], "std": [0.3530]}},
                tmp_path / "resnet20_fashion-mnist.pt")
@@ -224,7 +228,7 @@ def test_zoo_checkpoint_declares_its_preprocessing(tmp_path, monkeypatch):
 @pytest.mark.skipif(not DEBIAN_DIR.is_dir(), reason="dataset-fashion-mnist is not installed")
 def test_fashion_mnist_resized_like_the_zoo_training_script():
     import torch.nn.functional as F
-    from edgecompress.pipeline.preprocess import from_record
+    from edgecompress.inputs.preprocess import from_record
     pre = from_record({"resize": 64, "crop": None, "mean": [0.2860], "std": [0.3530]}, name="checkpoint:x")
     big, small = resolve_data("fashion-mnist", preprocess=pre), resolve_data("fashion-mnist")
     assert big.input_shape == (1, 64, 64) and small.input_shape == (1, 28, 28)

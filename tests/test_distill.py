@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgecompress.pipeline.distill import DistillConfig, distill, kd_loss, steps_for
+from edgecompress.training.distill import DistillConfig, distill, kd_loss, steps_for
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))

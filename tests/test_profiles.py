@@ -20,7 +20,6 @@ def test_all_required_profiles_are_shipped():
 def test_shipped_profile_is_valid_and_sourced(name):
     p = load_profile(name)
     assert p.name == name
-    assert p.default_precision == "auto" or p.default_precision in p.precisions
     assert all(p.device.peak_tops[prec] > 0 for prec in p.precisions)
     assert p.batch == 1 and 0 < p.benchmark.tolerance < 1
     # every device figure carries its published source in a comment
@@ -67,11 +66,11 @@ def test_unknown_key_and_wrong_type_are_all_reported(tmp_path):
 
 
 def test_bad_latency_source_and_precision_mismatch(tmp_path):
-    _write(tmp_path, "bad2", latency="telnet://x", default_precision="fp16", precisions=["fp32"])
+    _write(tmp_path, "bad2", latency="telnet://x", precisions=["fp32"])
     with pytest.raises(UserError, match="latency"):
         load_profile("bad2", extra_dirs=[tmp_path])
-    _write(tmp_path, "bad3", default_precision="fp16", precisions=["fp32"])
-    with pytest.raises(UserError, match="default_precision"):
+    _write(tmp_path, "bad3", precisions=["fp32", "int8"], **{"device.peak_tops": {"fp32": 1.0}})  # no int8 figure
+    with pytest.raises(UserError, match="peak_tops"):
         load_profile("bad3", extra_dirs=[tmp_path])
 
 

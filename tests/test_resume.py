@@ -68,7 +68,7 @@ def _wait_for(predicate, proc, timeout=300):
 
 def _probes_saved(run: Path) -> int:
     try:
-        modes = json.loads((run / "search_state.json").read_text())["modes"]   # one search per mode
+        modes = json.loads((run / ".checkpoints" / "prune.json").read_text())["modes"]   # one search per mode
         return sum(len(m["probes"]) for m in modes.values())
     except (OSError, ValueError, KeyError):
         return 0

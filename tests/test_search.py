@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from edgecompress.pipeline.search import Budget, ProbeResult, Searcher
+from edgecompress.pruning.search import Budget, ProbeResult, Searcher
 
 BASE = 95.0
 

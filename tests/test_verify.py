@@ -28,5 +28,5 @@ def test_latencies_are_timed_side_by_side_with_the_original(tmp_path, monkeypatc
     assert not (tmp_path / "run" / "original").exists()   # the original's timing build is not left behind
     recorded = json.loads((tmp_path / "run" / "latency_baseline.json").read_text())
     assert recorded["median_ms"] in pair["engine_ms"]   # the regression test compares raw timings
-    probes = json.loads((tmp_path / "run" / "search_state.json").read_text())["latency_cache"].values()
+    probes = json.loads((tmp_path / "run" / ".checkpoints" / "prune.json").read_text())["latency_cache"].values()
     assert probes and all(p["method"] == "measured" and p["ratio_to_original"] > 0 for p in probes)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgecompress.zoo import CHECKPOINTS, create_model, pretrained
-from edgecompress.zoo.data import DEBIAN_DIR, FILES, MEAN, STD, VAL_SIZE, normalise, read_idx, split_indices
+from edgecompress.zoo.fashion_mnist import DEBIAN_DIR, FILES, MEAN, STD, VAL_SIZE, normalise, read_idx, split_indices
 
 NAME = "resnet18-64"
 PREPROCESS = {"resize": 64, "crop": None, "mean": [MEAN], "std": [STD]}

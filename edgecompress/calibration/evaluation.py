@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from edgecompress.calibration.ort_qdq import quantizable_layers, quantize_ort
+from edgecompress.targets.engines import engine_accuracy
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -45,15 +46,6 @@ def dataset_arrays(dataset, *, limit: int | None = None) -> tuple[np.ndarray, np
     return images, np.asarray([int(y) for _, y in items], dtype=np.int64)
 
 
-def accuracy(run: Runner, images: np.ndarray, labels: np.ndarray, *, batch_size: int = 250) -> float:
-    """Top-1 accuracy in percent of `run` over the arrays."""
-    correct = 0
-    for i in range(0, len(images), batch_size):
-        logits = run(images[i:i + batch_size])
-        correct += int((logits.argmax(axis=1) == labels[i:i + batch_size]).sum())
-    return 100.0 * correct / max(1, len(images))
-
-
 def layer_sensitivity(fp32_onnx: str | Path, calib_batches: Sequence[np.ndarray],
                       probe_inputs: Sequence[np.ndarray], *, method: str = "minmax",
                       symmetric_activations: bool = False,
@@ -79,15 +71,6 @@ def layer_sensitivity(fp32_onnx: str | Path, calib_batches: Sequence[np.ndarray]
             scores.append((layer, error))
     return sorted(scores, key=lambda s: -s[1])
 
-
-def stream_accuracy(run: Runner, batches: Iterable) -> float:
-    """Top-1 accuracy in percent of `run` over (images, labels) batches (a DataLoader): nothing held."""
-    correct = seen = 0
-    for x, y in batches:
-        logits = run(np.ascontiguousarray(np.asarray(x), dtype=np.float32))
-        correct += int((logits.argmax(axis=1) == np.asarray(y)).sum())
-        seen += len(y)
-    return 100.0 * correct / max(1, seen)
 
 
 def artifact_evaluator(*, fp32_onnx: str | Path, work_dir: str | Path,
@@ -123,8 +106,14 @@ def artifact_evaluator(*, fp32_onnx: str | Path, work_dir: str | Path,
             details = {"backend": calibrator.label, "method": method,
                        "symmetric_activations": symmetric_activations}
         built = build(src, precision, out)
-        acc = (stream_accuracy(run(built), val_batches()) if val_batches is not None
-               else accuracy(run(built), val_images, val_labels))
+        batches = val_batches() if val_batches is not None else array_batches(val_images, val_labels)
+        acc = engine_accuracy(run(built), batches)
         return acc, measure(built), {**details, "artifact": str(src)}
 
     return evaluate
+
+
+def array_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int = 250):
+    """(images, labels) batches of arrays held in memory."""
+    for i in range(0, len(images), batch_size):
+        yield images[i:i + batch_size], labels[i:i + batch_size]

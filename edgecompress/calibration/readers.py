@@ -27,7 +27,7 @@ def calibration_batches(train_dataset, *, count: int = DEFAULT_COUNT, batch_size
     """
     if count < 1 or batch_size < 1:
         raise UserError(f"calibration count and batch size must be positive (got {count}, {batch_size})",
-                        "e.g. --calibration-images 512")
+                        "ask for at least one image in batches of at least one")
     available = len(train_dataset)
     if available == 0:
         raise UserError("the training split is empty: no calibration images", "check --data")

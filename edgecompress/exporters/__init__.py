@@ -10,7 +10,7 @@ from edgecompress.exporters.openvino import OPENVINO_INT8_REL_TOLERANCE, OPENVIN
 from edgecompress.exporters.ort_mobile import ORT_TOLERANCE, onnx_to_ort
 from edgecompress.exporters.tensorrt import (TENSORRT_TOLERANCE, onnx_to_tensorrt,
                                              tensorrt_has_precision_flags, write_trtexec_script)
-from edgecompress.exporters._util import is_qdq
+from edgecompress.exporters.common import is_qdq
 from edgecompress.registry import Registry
 
 # name -> converter, for tools that pick an exporter by name (one registry per extension point).

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from edgecompress.errors import InternalError
-from edgecompress.exporters._util import existing, need
+from edgecompress.exporters.common import existing, need
 
 # Max abs difference of logits allowed between PyTorch and ONNX Runtime (FP32 both sides; the
 # residual comes from BN folding and different summation order).

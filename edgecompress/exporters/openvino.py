@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgecompress.exporters._util import existing, need
+from edgecompress.exporters.common import existing, need
 
 # Max abs logit difference vs PyTorch for the IR run on CPU at FP32 inference precision.
 # FP16-compressed weights: ~1e-3 relative weight error, logits of order 10 -> 2e-2.

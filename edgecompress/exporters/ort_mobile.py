@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from edgecompress.errors import InternalError
-from edgecompress.exporters._util import existing, need
+from edgecompress.exporters.common import existing, need
 
 # Max abs logit difference vs PyTorch when the .ort runs on ONNX Runtime's CPU provider (FP32).
 ORT_TOLERANCE = 1e-4

@@ -16,7 +16,7 @@ import shlex
 from pathlib import Path
 
 from edgecompress.errors import InternalError, UserError
-from edgecompress.exporters._util import existing, is_qdq, need
+from edgecompress.exporters.common import existing, is_qdq, need
 
 # Max abs logit difference vs PyTorch, per engine precision (checked in tests/test_tensorrt.py
 # when TensorRT and a GPU are present). FP32 on Ampere uses TF32 tensor cores by default.

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edgecompress.errors import UserError
@@ -42,7 +42,7 @@ class RunConfig:
     alpha: float = 0.9
     lr: float = 0.01
     threads: int | None = None
-    # the model's preprocessing (pipeline/preprocess.py): a preset, and fields that override it
+    # the model's preprocessing (inputs/preprocess.py): a preset, and fields that override it
     preprocess: str | None = None              # None: the zoo checkpoint's, else the data's default
     input_size: str | None = None              # N or HxW
     resize: int | None = None                  # shorter side
@@ -53,7 +53,6 @@ class RunConfig:
     train_device: str = "auto"                 # auto | cpu | cuda[:N]
     data_workers: int | None = None            # DataLoader workers for image files (None: cores - 1, at most 4)
     command: str = ""
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         problems = list(self._problems())
@@ -81,7 +80,7 @@ class RunConfig:
             yield f"unknown --calibration {self.calibration!r}", f"valid: {', '.join(CALIBRATIONS)}"
         if self.allocation is not None and self.allocation not in ALLOCATIONS:
             yield f"unknown --allocation {self.allocation!r}", f"valid: {', '.join(ALLOCATIONS)}"
-        from edgecompress.pipeline.device import HINT, check_spec
+        from edgecompress.training.device import HINT, check_spec
         if check_spec(self.train_device):
             yield check_spec(self.train_device), HINT
         if self.data_workers is not None and self.data_workers < 0:
@@ -98,9 +97,13 @@ class RunConfig:
 
     def declared_preprocess(self):
         """The Preprocess the flags declare, or None when none was given."""
-        from edgecompress.pipeline.preprocess import from_flags
+        from edgecompress.inputs.preprocess import from_flags
         return from_flags(preset=self.preprocess, input_size=self.input_size, resize=self.resize,
                           crop=self.crop, mean=self.mean, std=self.std)
+
+    def accuracy_floor(self, baseline_accuracy: float) -> float | None:
+        """The validation accuracy what ships must keep (`--max-acc-drop` below the original), or None."""
+        return None if self.max_acc_drop is None else baseline_accuracy - self.max_acc_drop
 
     def out_dir(self) -> Path:
         if self.out:
@@ -109,5 +112,5 @@ class RunConfig:
 
     def identity(self) -> dict:
         """The fields that decide the result: a resumed run must repeat them exactly."""
-        skip = {"out", "resume", "command", "threads", "extra", "data_workers"}
+        skip = {"out", "resume", "command", "threads", "data_workers"}
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k not in skip}

@@ -21,10 +21,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import torch
+from torch import nn
+
 from edgecompress import __version__
 from edgecompress.errors import UserError
 
 MANIFEST = "manifest.json"
+CHECKPOINTS = ".checkpoints"   # work in progress a stage resumes from (the search state)
 LOCK = ".lock"
 SCHEMA = 1
 
@@ -269,6 +273,23 @@ class RunDir:
 
     def artifact(self, stage: str, name: str) -> Path:
         return self.path / self.manifest["stages"][stage]["artifacts"][name]["path"]
+
+    def load_model(self, stage: str, name: str) -> nn.Module:
+        """A whole PyTorch module a finished stage saved (torch.save(model)), in eval mode."""
+        return torch.load(self.artifact(stage, name), map_location="cpu", weights_only=False).eval()
+
+    # -- checkpoints: a stage's work in progress, beside the manifest's finished stages ----------
+    def checkpoint_path(self, name: str) -> Path:
+        return self.path / CHECKPOINTS / f"{name}.json"
+
+    def save_checkpoint(self, name: str, state: dict) -> None:
+        path = self.checkpoint_path(name)
+        path.parent.mkdir(exist_ok=True)
+        write_json(path, state)
+
+    def load_checkpoint(self, name: str) -> dict | None:
+        path = self.checkpoint_path(name)
+        return json.loads(path.read_text()) if path.is_file() else None
 
     def artifacts(self) -> dict[str, str]:
         """Every artifact of every finished stage: name -> path relative to the run directory."""

@@ -12,23 +12,30 @@ from pathlib import Path
 import torch
 
 from edgecompress.errors import EdgeCompressError, UserError
+from edgecompress.inputs import resolve_inputs
+from edgecompress.inputs.loaders import usable_cores
+from edgecompress.pipeline.builder import Builder
 from edgecompress.pipeline.config import RunConfig
 from edgecompress.pipeline.context import Context
 from edgecompress.pipeline.rundir import RunDir, check_writable, sha256_file
 from edgecompress.pipeline.stages import all_stages
+from edgecompress.pipeline.stages.finetune import worker
 from edgecompress.pipeline.ui import UI, summary_line
+from edgecompress.profiles import load_profile
+from edgecompress.report import summary
+from edgecompress.targets import get_target
+from edgecompress.training.device import resolve_device
+from edgecompress.training.distributed import Coordinator, launched_by_torchrun
 
 
 def set_threads(config: RunConfig, world_size: int) -> int:
     """PyTorch threads: --threads, else the cores this process may use, shared among torchrun ranks."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = config.threads or max(1, cores // world_size)
+    threads = config.threads or max(1, usable_cores() // world_size)
     torch.set_num_threads(threads)
     return threads
 
 
 def run(config: RunConfig) -> int:
-    from edgecompress.pipeline.distributed import Coordinator, launched_by_torchrun, worker
     coordinator = Coordinator() if launched_by_torchrun() else None
     world_size = coordinator.world_size if coordinator else 1
     set_threads(config, world_size)
@@ -47,15 +54,23 @@ def _run(config: RunConfig, coordinator) -> int:
     out = config.out_dir()
     check_writable(out)
     ctx_parts = _resolve(config, ui)
+    notes = ctx_parts.pop("notes")
     with RunDir.open(out, resume=config.resume, inputs=_inputs(config)) as rundir:
-        ctx = Context(config=config, rundir=rundir, ui=ui, dist=coordinator, **ctx_parts)
+        builder = Builder(target=ctx_parts["target"], data=ctx_parts["data"], seed=config.seed,
+                          method=config.calibration, work=rundir.path / ".builds")
+        ctx = Context(config=config, rundir=rundir, ui=ui, dist=coordinator, builder=builder, **ctx_parts)
+        pre = ctx.data.preprocess
         ui.say(f"run directory: {rundir.path}  (target {ctx.profile.name}, model {ctx.model_name}, data {ctx.data.name})")
-        for note in ctx_parts["target"].notes:
+        ui.say(f"preprocessing {pre.describe() if pre else 'as given'}; input {'x'.join(map(str, ctx.input_shape))}; "
+               f"training on {ctx.device}" + (f"; {ctx.data.workers} data worker(s)" if ctx.data.workers else ""))
+        for note in [*notes, *ctx.target.notes]:
             ctx.note(note)
-        _run_stages(ctx)
+        try:
+            _run_stages(ctx)
+        finally:
+            builder.close()
         rundir.mark_finished()
         report = json.loads((rundir.path / "report.json").read_text())
-    from edgecompress.pipeline.stage_verify import summary
     ui.say(f"finished in {time.perf_counter() - start:.0f} s (this process)")
     summary_line(summary(report, out))
     return 0
@@ -63,18 +78,12 @@ def _run(config: RunConfig, coordinator) -> int:
 
 def _resolve(config: RunConfig, ui: UI) -> dict:
     """Everything that can be wrong with the user's inputs is found here, before any work."""
-    from edgecompress.pipeline.data import resolve_inputs
-    from edgecompress.pipeline.device import resolve_device
-    from edgecompress.profiles import load_profile
-    from edgecompress.targets import get_target
     profile = load_profile(config.target, extra_dirs=config.profiles)
     target = get_target(profile, device=config.device)
     device = resolve_device(config.train_device)
     data, loaded, notes = resolve_inputs(config)
-    for note in loaded.notes + notes:
-        ui.note(note)
     return {"data": data, "original": loaded.model.eval(), "model_name": loaded.name, "target": target,
-            "device": device, "notes": notes}
+            "device": device, "notes": loaded.notes + notes}
 
 
 def _inputs(config: RunConfig) -> dict:

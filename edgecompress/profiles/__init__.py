@@ -62,7 +62,6 @@ class Profile(_Frozen):
     runtime: Literal["openvino", "tensorrt", "ort"]
     engine_format: Literal["openvino-ir", "tensorrt-plan", "onnx", "ort"]
     precisions: list[Precision] = Field(min_length=1)
-    default_precision: Literal["auto", "fp32", "fp16", "int8"] = "auto"
     channel_multiple: int = Field(8, ge=1)
     min_channels: int = Field(8, ge=1)
     input_shape: Optional[list[int]] = None  # [C, H, W]; None: taken from the data
@@ -87,8 +86,6 @@ class Profile(_Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> "Profile":
-        if self.default_precision not in ("auto", *self.precisions):
-            raise ValueError(f"default_precision {self.default_precision!r} not in precisions {self.precisions}")
         missing = [p for p in self.precisions if p not in self.device.peak_tops]
         if missing:
             raise ValueError(f"device.peak_tops lacks {missing} listed in precisions")

@@ -5,7 +5,8 @@ from edgecompress.pruning.allocation import ALLOCATIONS, contribution_rates, kee
 from edgecompress.pruning.criteria import CRITERIA
 from edgecompress.pruning.groups import PrunableGroup, find_groups
 from edgecompress.pruning.importance import channel_importance, per_channel_loop
-from edgecompress.pruning.plan import PruningPlan, prune_model, recalibrate_bn
+from edgecompress.pruning.plan import PruningPlan, prune_model
+from edgecompress.training.evaluation import recalibrate_bn
 
 __all__ = ["ALLOCATIONS", "CRITERIA", "PrunableGroup", "PruningPlan", "channel_importance",
            "contribution_rates", "find_groups", "keep_counts", "per_channel_loop", "prune_model",

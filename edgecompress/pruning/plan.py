@@ -122,27 +122,3 @@ def prune_model(model: nn.Module, cr: float, batches: Iterable, *, multiple: int
     alloc.check_knob(cr)
     plan = PruningPlan.build(model, batches, ignored=ignored)
     return plan.prune(cr, multiple=multiple, min_channels=min_channels)
-
-
-def recalibrate_bn(model: nn.Module, batches: Iterable, *, max_batches: int | None = None) -> nn.Module:
-    """Re-estimate BatchNorm running statistics in place from `batches` (cumulative average):
-    pruning removes channels that fed the next layers, so the old statistics are stale."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None   # None: exact average over all batches seen
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.train()
-    try:
-        with torch.no_grad():
-            for i, x in enumerate(iter_inputs(batches)):
-                if max_batches is not None and i >= max_batches:
-                    break
-                model(x.to(device))
-    finally:
-        for m, momentum in zip(norms, saved):
-            m.momentum = momentum
-        model.train(was_training)
-    return model

@@ -119,3 +119,9 @@ def channel_units(tp_group, graph, names: dict, width: int, heads: dict) -> tupl
     ordered = sorted(units.values(), key=lambda u: u[0])
     per_unit = min((n // len(ordered) for n in per_member.values()), default=1)
     return ordered, max(per_unit, 1), None
+
+
+def widths_of(model: nn.Module) -> dict[str, int]:
+    """Output channels of every conv / linear layer (what latency depends on)."""
+    return {n: int(m.weight.shape[0]) for n, m in model.named_modules()
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))}

@@ -5,6 +5,7 @@
     build = target.build("model.onnx", run_dir, precision="fp32")
     latency = target.measure(build)      # Latency(median_ms, p90_ms, iterations, method, ...)
     predict = target.runner(build)       # np.ndarray -> logits, for accuracy on the artifact
+    timing = time_builds(target, {"fp32": build, "int8": build8}, reference="fp32")   # interleaved ratios
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from edgecompress.targets import estimate as _estimate, openvino as _openvino, o
 from edgecompress.targets import ssh as _ssh, tensorrt as _tensorrt  # noqa: F401 (register)
 from edgecompress.targets.estimate import LayerCost, estimate_latency, layer_costs
 from edgecompress.targets.ssh import SSHProbe
+from edgecompress.targets.timing import Ratio, Timing, compare, decided, time_builds
 
 log = logging.getLogger(__name__)
 
@@ -49,4 +51,4 @@ def get_target(profile: Profile | str, *, device: str | None = None,
 
 
 __all__ = ["get_target", "Target", "BuildResult", "Latency", "PROBES", "RUNTIMES", "SSHProbe",
-           "estimate_latency", "layer_costs", "LayerCost"]
+           "estimate_latency", "layer_costs", "LayerCost", "Ratio", "Timing", "compare", "decided", "time_builds"]

@@ -15,7 +15,7 @@ from typing import Callable, Literal
 
 import numpy as np
 
-from edgecompress.errors import UserError
+from edgecompress.errors import InternalError, UserError
 from edgecompress.profiles import Benchmark, Profile
 from edgecompress.registry import Registry
 
@@ -79,12 +79,17 @@ class Target:
     def runner(self, build: BuildResult) -> Runner:
         raise NotImplementedError
 
+    def caller(self, build: BuildResult) -> Callable[[], object]:
+        """One inference of the built engine on a fixed random input of `input_dims(build.onnx,
+        profile)`, configured as the probe times it: what `timing.compare` interleaves."""
+        raise InternalError(f"the {self.runtime or type(self).__name__} target has no caller")
+
 
 def input_dims(onnx_path: Path | str, profile: Profile) -> tuple[int, ...]:
     """[batch, C, H, W] to time with: the profile's batch, C/H/W from the profile or the ONNX."""
     if profile.input_shape:
         return (profile.batch, *profile.input_shape)
-    from edgecompress.exporters._util import need
+    from edgecompress.exporters.common import need
     onnx = need("onnx", "onnx")
     model = onnx.load(str(onnx_path), load_external_data=False)
     dims = model.graph.input[0].type.tensor_type.shape.dim

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from edgecompress.errors import UserError
 from edgecompress.exporters import compile_openvino, is_qdq, onnx_to_openvino
@@ -29,16 +30,25 @@ class OpenVINOTarget(Target):
         compiled = compile_openvino(build.engine, threads=b.threads, hint=b.hint, pin_threads=b.pin_threads)
         return lambda x: compiled(x)[0]
 
+    def caller(self, build: BuildResult) -> Callable[[], object]:
+        return openvino_call(build, self.profile)
+
+
+def openvino_call(build: BuildResult, profile: Profile) -> Callable[[], object]:
+    """One synchronous inference of the IR on a fixed random input, compiled as the profile says.
+    (The infer request keeps its compiled model alive.)"""
+    bench = profile.benchmark
+    compiled = compile_openvino(build.engine, threads=bench.threads, hint=bench.hint,
+                                pin_threads=bench.pin_threads)
+    request = compiled.create_infer_request()
+    x = random_input(input_dims(build.onnx, profile))
+    return lambda: request.infer({0: x})
+
 
 @PROBES.register("openvino")
 def openvino_probe(profile: Profile) -> Probe:
     """Time synchronous inference of the IR, configured as the profile says."""
     def probe(build: BuildResult) -> Latency:
-        bench = profile.benchmark
-        compiled = compile_openvino(build.engine, threads=bench.threads, hint=bench.hint,
-                                    pin_threads=bench.pin_threads)
-        request = compiled.create_infer_request()
-        x = random_input(input_dims(build.onnx, profile))
-        times = time_calls(lambda: request.infer({0: x}), bench)
+        times = time_calls(openvino_call(build, profile), profile.benchmark)
         return summarize(times, runtime="openvino", device=host_cpu())
     return probe

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from edgecompress.errors import UserError
 from edgecompress.exporters import is_qdq, onnx_to_ort, ort_session
@@ -36,13 +37,21 @@ class OrtTarget(Target):
         name = sess.get_inputs()[0].name
         return lambda x: sess.run(None, {name: x})[0]
 
+    def caller(self, build: BuildResult) -> Callable[[], object]:
+        return ort_call(build, self.profile)
+
+
+def ort_call(build: BuildResult, profile: Profile) -> Callable[[], object]:
+    """One `session.run` on a fixed random input, with the profile's intra-op thread count."""
+    sess = ort_session(build.engine, threads=profile.benchmark.threads)
+    feed = {sess.get_inputs()[0].name: random_input(input_dims(build.onnx, profile))}
+    return lambda: sess.run(None, feed)
+
 
 @PROBES.register("ort")
 def ort_probe(profile: Profile) -> Probe:
     """Time `session.run` on this CPU with the profile's intra-op thread count."""
     def probe(build: BuildResult) -> Latency:
-        sess = ort_session(build.engine, threads=profile.benchmark.threads)
-        feed = {sess.get_inputs()[0].name: random_input(input_dims(build.onnx, profile))}
-        times = time_calls(lambda: sess.run(None, feed), profile.benchmark)
+        times = time_calls(ort_call(build, profile), profile.benchmark)
         return summarize(times, runtime="ort", device=host_cpu())
     return probe

@@ -6,11 +6,12 @@ from __future__ import annotations
 import importlib.util
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from edgecompress.exporters import is_qdq, onnx_to_tensorrt, ort_session, write_trtexec_script
-from edgecompress.exporters._util import need
+from edgecompress.exporters.common import need
 from edgecompress.errors import UserError
 from edgecompress.profiles import Profile
 from edgecompress.targets.base import (PROBES, RUNTIMES, BuildResult, Latency, Probe, Runner, Target,
@@ -106,16 +107,28 @@ class TensorRTTarget(Target):
         name = sess.get_inputs()[0].name
         return lambda x: sess.run(None, {name: x})[0]
 
+    def caller(self, build: BuildResult) -> Callable[[], object]:
+        return tensorrt_call(build, self.profile)
+
+
+def tensorrt_call(build: BuildResult, profile: Profile) -> Callable[[], object]:
+    """`execute_async_v3` + stream sync of a plan built on this GPU, bound to a fixed random input."""
+    if not (build.built_here and build.engine.suffix == ".plan"):
+        raise UserError("no TensorRT engine was built here to time", "use --device ssh://user@host or estimate")
+    engine = TrtEngine(build.engine)
+    buffers = engine.bind(random_input(input_dims(build.onnx, profile)))
+
+    def call() -> object:
+        engine.execute()
+        return buffers    # referenced here so the bound CUDA tensors live as long as the call
+    return call
+
 
 @PROBES.register("tensorrt")
 def tensorrt_probe(profile: Profile) -> Probe:
     """Time `execute_async_v3` + stream sync of a plan built on this GPU."""
     def probe(build: BuildResult) -> Latency:
-        if not (build.built_here and build.engine.suffix == ".plan"):
-            raise UserError("no TensorRT engine was built here to time", "use --device ssh://user@host or estimate")
-        engine = TrtEngine(build.engine)
-        _keep = engine.bind(random_input(input_dims(build.onnx, profile)))
-        times = time_calls(engine.execute, profile.benchmark)
+        times = time_calls(tensorrt_call(build, profile), profile.benchmark)
         import torch
         return summarize(times, runtime="tensorrt", device=f"{torch.cuda.get_device_name()} (local)")
     return probe

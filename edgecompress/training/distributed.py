@@ -1,4 +1,5 @@
-"""torchrun support: rank 0 runs the pipeline; the other ranks join only the fine-tuning.
+"""torchrun support: rank 0 runs the pipeline; the other ranks join only the fine-tuning (a leaf:
+the ranks' work itself is `pipeline/stages/finetune.py`'s `worker`).
 
     torchrun --nproc_per_node=2 -m edgecompress.cli --target x86-cpu --max-acc-drop 1
 
@@ -70,22 +71,3 @@ class Coordinator:
         box = [None]
         self.dist.broadcast_object_list(box, src=0)
         return box[0]
-
-
-def worker(config, coordinator: Coordinator) -> int:
-    """Ranks > 0: resolve the same data and teacher, receive the student, train, exit."""
-    from edgecompress.pipeline.device import resolve_device
-    from edgecompress.pipeline.distill import distill
-    from edgecompress.pipeline.data import resolve_inputs
-    from edgecompress.pipeline.stage_train import finetune_plan
-    device = resolve_device(config.train_device)
-    data, loaded, _ = resolve_inputs(config)
-    teacher = loaded.model.eval()
-    message = coordinator.wait()
-    if message["cmd"] == "finetune":
-        student = torch.load(io.BytesIO(message["student"]), map_location="cpu", weights_only=False)
-        dataset, steps, settings = finetune_plan(config, data.train, coordinator.world_size)
-        distill(student, teacher, dataset, steps=steps, config=settings, seed=config.seed, distributed=True,
-                device=device, workers=data.workers)
-    coordinator.dist.destroy_process_group()
-    return 0

@@ -1,4 +1,4 @@
-"""Stages `baseline` (the original model measured) and `prune` (importance once, then the search)."""
+"""Stage `prune`: importance of channels and blocks once, then the search on the pruning knob per mode."""
 from __future__ import annotations
 
 import json
@@ -10,51 +10,23 @@ import torch
 from torch import nn
 
 from edgecompress.errors import UserError
+from edgecompress.pipeline.builder import ORIGINAL, probe_precision
 from edgecompress.pipeline.context import Context
-from edgecompress.pipeline.distill import DistillConfig, distill
-from edgecompress.pipeline.evaluation import macs_and_params, recalibrate_bn
-from edgecompress.pipeline.rundir import write_json
-from edgecompress.pipeline.search import Budget, ProbeResult, Searcher, SearchOutcome
+from edgecompress.pipeline.measure import accuracy
 from edgecompress.pipeline.stage import StageOutput
-from edgecompress.targets.base import relative_latency
+from edgecompress.pruning import PruningPlan
+from edgecompress.pruning.depth import find_blocks as find, keep_blocks, remove_blocks, safe_blocks
+from edgecompress.pruning.reconstruct import reconstruct
+from edgecompress.pruning.search import Budget, ProbeResult, Searcher, SearchOutcome
+from edgecompress.pruning.structure import widths_of
+from edgecompress.targets.base import measure_alternating, median_ratio, relative_latency
+from edgecompress.training.distill import DistillConfig, distill
+from edgecompress.training.evaluation import macs_and_params, recalibrate_bn
 
-SEARCH_STATE = "search_state.json"
+CHECKPOINT = "prune"   # the search state, checkpointed in the run directory after every probe
 PLAN_BATCHES, PLAN_BATCH_SIZE = 4, 128   # 512 training images for the one importance pass
 DEPTH_BATCHES = 2                        # 256 of them score the blocks (one forward per block)
 SAME_LATENCY_MEASURED = 0.03             # measured latencies within 3 % count as the same step
-
-
-def widths_of(model: nn.Module) -> dict[str, int]:
-    """Output channels of every conv / linear layer (what latency depends on)."""
-    return {n: int(m.weight.shape[0]) for n, m in model.named_modules()
-            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))}
-
-
-class BaselineStage:
-    name, what = "baseline", "the original model: validation/test accuracy, MACs, latency on the target"
-
-    def run(self, ctx: Context, out: Path) -> StageOutput:
-        model = ctx.original
-        acc = ctx.original_accuracy()
-        test_acc = ctx.accuracy(model, "test")
-        macs, params = macs_and_params(model, ctx.input_shape)
-        precision = ctx.search_precision()
-        latency, _ = ctx.measure_model(model, out / "work", precision=precision)
-        ctx.ui.say(f"  original: val {acc:.2f} %, test {_pct(test_acc)}, {macs / 1e6:.1f} M MACs, "
-                   f"{latency.median_ms:.3f} ms ({latency.method}, {precision})")
-        return StageOutput(data={
-            "accuracy": acc, "test_accuracy": test_acc, "flops": macs, "params": params,
-            "latency_ms": latency.median_ms, "latency_p90_ms": _finite(latency.p90_ms),
-            "latency_method": latency.method, "latency_device": latency.device, "precision": precision,
-            "widths": widths_of(model)})
-
-
-def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.2f} %"
-
-
-def _finite(v: float) -> float | None:
-    return None if v != v else v
 
 
 MODES = ("width", "depth", "width+depth")   # what the knob removes; each mode is searched
@@ -78,9 +50,9 @@ class Prober:
         self.ctx, self.plan, self.blocks, self.work = ctx, plan, blocks, work
         self.rounds = prof.benchmark.rounds
         self.rounding = {"multiple": prof.channel_multiple, "min_channels": prof.min_channels}
-        self.bn_batches = ctx.train_batches(count=cfg.bn_batches, batch_size=cfg.batch_size, seed=cfg.seed + 1)
+        self.bn_batches = ctx.data.train_batches(count=cfg.bn_batches, batch_size=cfg.batch_size, seed=cfg.seed + 1)
         self.recon_batches = self.bn_batches[:4]
-        self.precision = ctx.probe_precision()
+        self.precision = probe_precision(ctx.profile, ctx.config.precision)
         self.latency_cache = latency_cache   # structure key -> {"median_ms", "method"}
         self.by_key = {structure_key(p["widths"], p.get("blocks_removed")): ProbeResult.from_dict(p)
                        for p in reversed(probes)}
@@ -94,11 +66,11 @@ class Prober:
         side-by-side ratio of the two precisions. Measured probes are timed against it."""
         if self._reference is None:
             base, root = self.ctx.results["baseline"], self.work.parent
-            ref = self.ctx.build_model(self.ctx.original, root / "reference", precision=self.precision)
+            ref = self.ctx.builder.build(self.ctx.original, precision=self.precision, key=ORIGINAL)
             ms = base["latency_ms"]
             if self.precision != base["precision"]:
                 if self.measured:
-                    at_base = self.ctx.build_model(self.ctx.original, root / "reference-base", precision=base["precision"])
+                    at_base = self.ctx.builder.build(self.ctx.original, precision=base["precision"], key=ORIGINAL)
                     ms *= relative_latency(self.ctx.target.measure, ref, at_base, self.rounds)
                 else:
                     ms = self.ctx.target.measure(ref).median_ms
@@ -117,7 +89,6 @@ class Prober:
         return replace(self.by_key[key], accepted=False)
 
     def _pruned(self, mode: str, knob: float) -> tuple[nn.Module, str, list[str]]:
-        from edgecompress.pruning.depth import keep_blocks, remove_blocks
         model = self.plan.prune(knob if "width" in mode else 1.0, **self.rounding)
         removed = []
         if "depth" in mode and self.blocks:
@@ -137,7 +108,6 @@ class Prober:
         first = self.by_key[key] if key in self.by_key else ProbeResult(cr=knob, accuracy=0, latency_ms=0, mode=mode)
         recalibrate_bn(model, self.bn_batches, device=self.ctx.device)
         if cfg.reconstruct:   # after BN recalibration: measured better than before it (docs/benchmarks.md)
-            from edgecompress.pruning.reconstruct import reconstruct
             reconstruct(model, self.ctx.original, self.recon_batches, seed=cfg.seed)
         if cfg.probe_finetune_steps:
             distill(model, self.ctx.original, self.ctx.data.train, steps=cfg.probe_finetune_steps,
@@ -154,37 +124,38 @@ class Prober:
             return replace(self.by_key[key], cr=knob, mode=mode if self.by_key[key].mode != UNPRUNED else UNPRUNED,
                            accepted=False)
         model = self.model_for(mode, knob)
-        acc = self.ctx.val_accuracy(model)
+        acc = accuracy(self.ctx, model)
         if key not in self.latency_cache:
-            self.latency_cache[key] = self._latency(model)
+            self.latency_cache[key] = self._latency(model, key)
         macs, params = macs_and_params(model, self.ctx.input_shape)
         result = ProbeResult(cr=knob, accuracy=acc, latency_ms=self.latency_cache[key]["median_ms"],
                              flops=macs, params=params, widths=json.loads(key)[0], mode=mode, blocks_removed=removed)
         self.by_key[key] = result
         return result
 
-    def _latency(self, model: nn.Module) -> dict:
+    def _latency(self, model: nn.Module, key: str) -> dict:
         """Estimated: the estimate. Measured: timed side by side with the original at the same
         precision (`rounds` alternating rounds) and put on the baseline stage's scale, so probes
         timed minutes apart compare with each other and with the budget as if timed together."""
         if not self.measured:
-            latency, _ = self.ctx.measure_model(model, self.work, precision=self.precision)
+            latency = self.ctx.target.measure(self.ctx.builder.build(model, precision=self.precision, key=key))
             return {"median_ms": latency.median_ms, "method": latency.method}
-        build = self.ctx.build_model(model, self.work, precision=self.precision)
+        build = self.ctx.builder.build(model, precision=self.precision, key=key)
         ref, ref_ms = self.reference()
         ratio = relative_latency(self.ctx.target.measure, build, ref, self.rounds)
         return {"median_ms": ref_ms * ratio, "method": "measured", "ratio_to_original": ratio}
 
-    def _build(self, p: ProbeResult, work: Path):
+    def _build(self, p: ProbeResult):
         if p.mode == UNPRUNED:
             return self.reference()[0]
-        return self.ctx.build_model(self._pruned(p.mode, p.cr)[0], work, precision=self.precision)
+        model, key, _ = self._pruned(p.mode, p.cr)
+        return self.ctx.builder.build(model, precision=self.precision, key=key)
 
     def same_latency(self, candidate: ProbeResult, chosen: ProbeResult) -> bool:
         """Whether `candidate` is as fast as `chosen` when the two are built again and timed in
         alternation: the median of the per-round ratios within SAME_LATENCY_MEASURED. Structure
         alone decides latency, so the models need no distillation."""
-        builds = [self._build(p, self.work / f"retime{i}") for i, p in enumerate((candidate, chosen))]
+        builds = [self._build(p) for p in (candidate, chosen)]
         ratio = relative_latency(self.ctx.target.measure, *builds, self.rounds)
         same = ratio <= 1 + SAME_LATENCY_MEASURED
         self.ctx.ui.say(f"  re-timed side by side: {candidate.mode} {candidate.cr:.4f} / {chosen.mode} {chosen.cr:.4f} "
@@ -197,8 +168,7 @@ class Prober:
         are not separated (their per-round ratios overlap). Estimated: the estimates' ratios."""
         if not self.measured:
             return [p.latency_ms / candidates[0].latency_ms for p in candidates]
-        from edgecompress.targets.base import measure_alternating, median_ratio
-        builds = [self._build(p, self.work / f"final{i}") for i, p in enumerate(candidates)]
+        builds = [self._build(p) for p in candidates]
         rounds = self.rounds
         while True:
             per = measure_alternating(self.ctx.target.measure, builds, rounds)
@@ -234,18 +204,16 @@ class PruneStage:
         modes = [m for m in MODES if ("width" not in m or plan.groups) and ("depth" not in m or blocks)]
         ctx.ui.say(f"  {len(plan.groups)} channel groups, {len(blocks)} removable residual blocks; "
                    f"search modes: {', '.join(modes) or 'none'}")
-        state_file = ctx.rundir.path / SEARCH_STATE
-        state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+        state = ctx.rundir.load_checkpoint(CHECKPOINT) or {}
         saved = [p for st in state.get("modes", {}).values() for p in st.get("probes", [])]
         prober = Prober(ctx, plan, blocks, work=out / "probe", latency_cache=state.get("latency_cache", {}),
                         probes=saved)
-        budget = Budget(min_accuracy=None if cfg.max_acc_drop is None else base["accuracy"] - cfg.max_acc_drop,
-                        max_latency_ms=cfg.latency_budget_ms)
+        budget = Budget(min_accuracy=cfg.accuracy_floor(base["accuracy"]), max_latency_ms=cfg.latency_budget_ms)
         unpruned = prober.unpruned()
         unpruned.accepted = budget.accepts(unpruned)
         ctx.ui.say(f"  probes are built and timed at {prober.precision}; unpruned at {prober.precision}: "
                    f"{unpruned.latency_ms:.3f} ms")
-        searches = {mode: self._search(ctx, mode, prober, budget, state, state_file) for mode in modes}
+        searches = {mode: self._search(ctx, mode, prober, budget, state) for mode in modes}
         outcome, chosen_mode, compared = self._choose(ctx, prober, {m: o for m, (_, o) in searches.items()},
                                                       budget, unpruned)
         probes = [p for s, _ in searches.values() for p in s.probes]
@@ -263,7 +231,7 @@ class PruneStage:
                                  "probe_precision": prober.precision})
 
     def _search(self, ctx: Context, mode: str, prober: Prober, budget: Budget, state: dict,
-                state_file: Path) -> tuple[Searcher, SearchOutcome]:
+                ) -> tuple[Searcher, SearchOutcome]:
         base = ctx.results["baseline"]
         measured = base["latency_method"] == "measured"
         searcher = Searcher(lambda knob: prober.evaluate(mode, knob), budget=budget,
@@ -274,14 +242,14 @@ class PruneStage:
 
         def checkpoint(s: dict) -> None:
             state.setdefault("modes", {})[mode] = s
-            write_json(state_file, {**state, "latency_cache": prober.latency_cache})
+            ctx.rundir.save_checkpoint(CHECKPOINT, {**state, "latency_cache": prober.latency_cache})
             p = ProbeResult.from_dict(s["probes"][-1])
             ctx.ui.say(f"  {mode:<11} probe {len(s['probes']):2d}: knob {p.cr:.4f}  val {p.accuracy:6.2f} %  "
                        f"{p.latency_ms:8.3f} ms  {p.flops / 1e6:7.1f} M MACs  "
                        f"{len(p.blocks_removed or [])} blocks removed  {'accepted' if p.accepted else 'rejected'}")
         searcher.on_probe = checkpoint
         if searcher.restored:
-            ctx.ui.say(f"  resuming the search: {searcher.restored} probe(s) restored from {SEARCH_STATE} ({mode})")
+            ctx.ui.say(f"  resuming the search: {searcher.restored} probe(s) restored from the checkpoint ({mode})")
         return searcher, searcher.run()
 
     @staticmethod
@@ -320,9 +288,8 @@ class PruneStage:
         return met[modes[best]], modes[best], compared
 
 def build_plan(ctx: Context):
-    from edgecompress.pruning import PruningPlan
     cfg = ctx.config
-    batches = ctx.train_batches(count=PLAN_BATCHES, batch_size=PLAN_BATCH_SIZE, seed=cfg.seed)
+    batches = ctx.data.train_batches(count=PLAN_BATCHES, batch_size=PLAN_BATCH_SIZE, seed=cfg.seed)
     opts = {} if cfg.allocation is None else {"allocation": cfg.allocation}
     return PruningPlan.build(ctx.original, batches, criterion=cfg.criterion, **opts)
 
@@ -330,9 +297,8 @@ def build_plan(ctx: Context):
 def find_blocks(ctx: Context) -> list:
     """The original's removable residual blocks, scored on the first DEPTH_BATCHES importance
     batches; a block whose removal breaks the forward stays (noted, never fatal)."""
-    from edgecompress.pruning.depth import find_blocks as find, safe_blocks
     cfg = ctx.config
-    batches = list(ctx.train_batches(count=PLAN_BATCHES, batch_size=PLAN_BATCH_SIZE, seed=cfg.seed)[:DEPTH_BATCHES])
+    batches = list(ctx.data.train_batches(count=PLAN_BATCHES, batch_size=PLAN_BATCH_SIZE, seed=cfg.seed)[:DEPTH_BATCHES])
     blocks, failed = safe_blocks(ctx.original, find(ctx.original, batches), batches[0][:2])
     for item in failed:
         ctx.note(f"block kept: {', '.join(item['layers'])} -- {item['reason']}")

@@ -16,8 +16,9 @@ from torch import nn
 
 from edgecompress import zoo
 from edgecompress.errors import UserError
-from edgecompress.pipeline.data import _IMPORT_SPEC, import_object
-from edgecompress.zoo.data import DataSplits
+from edgecompress.inputs.loaders import as_tensors
+from edgecompress.inputs.specs import IMPORT_SPEC, import_object
+from edgecompress.inputs.splits import DataSplits
 
 MODEL_HINT = "use a zoo name, package.module:factory with --weights FILE, or a file saved with torch.save(model)"
 
@@ -32,7 +33,7 @@ class LoadedModel:
 def resolve_model(spec: str | None, *, weights: str | None, data: DataSplits) -> LoadedModel:
     if spec is None or spec in zoo.MODELS:
         loaded = _zoo_model(spec or "resnet20", weights=weights, data=data)
-    elif _IMPORT_SPEC.match(spec):
+    elif IMPORT_SPEC.match(spec):
         loaded = _factory_model(spec, weights=weights)
     elif Path(spec).exists():
         loaded = _file_model(Path(spec), weights=weights)
@@ -141,7 +142,6 @@ def check_model(model: nn.Module, *, data: DataSplits, name: str) -> None:
         if p.is_floating_point() and not torch.isfinite(p).all():
             raise UserError(f"the model {name} has NaN or infinite values in {pname}",
                             "give weights from a training run that did not diverge")
-    from edgecompress.pipeline.data import as_tensors
     x, _ = as_tensors(data.val, limit=2)
     model.eval()
     try:

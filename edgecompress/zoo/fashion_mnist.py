@@ -1,4 +1,4 @@
-"""Data for the embedded default: Fashion-MNIST read from its IDX files, split and normalised.
+"""The embedded default's data: Fashion-MNIST read from its IDX files, and its fixed split.
 
 The validation split (5,000 training images, fixed by a seed) holds the accuracy budget; the test
 set is used only for the final report.
@@ -8,12 +8,9 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from torch.utils.data import Dataset, TensorDataset
 
 from edgecompress.errors import UserError
 
@@ -22,20 +19,6 @@ FILES = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-uby
          "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte"}
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training-set pixel statistics
 VAL_SIZE, SPLIT_SEED = 5000, 0
-
-
-@dataclass(frozen=True)
-class DataSplits:
-    """Train (minus validation), validation and optional test datasets of (image, label) pairs."""
-
-    train: Dataset
-    val: Dataset
-    test: Dataset | None
-    num_classes: int
-    input_shape: tuple[int, ...]  # C, H, W
-    name: str
-    preprocess: Any = None        # the pipeline's Preprocess these images went through
-    workers: int = 0              # DataLoader worker processes (0: items are in memory)
 
 
 def _open(root: Path, stem: str):
@@ -76,10 +59,8 @@ def split_indices(n: int, val_size: int, seed: int = SPLIT_SEED) -> tuple[torch.
     return perm[val_size:], perm[:val_size]
 
 
-def fashion_mnist(root: str | os.PathLike | None = None, *, preprocess=None) -> DataSplits:
-    """`preprocess` None or the Fashion-MNIST statistics at 28x28: normalised float tensors in
-    memory (TensorDataset). Any other declaration (a zoo checkpoint's resize to 64, say): the
-    uint8 images stay in memory and each item is preprocessed when read."""
+def read(root: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train images, train labels, test images, test labels): uint8 N×H×W images, int64 labels."""
     root = Path(root) if root else DEBIAN_DIR
     if not root.is_dir():
         raise UserError(f"Fashion-MNIST directory {root} does not exist",
@@ -88,34 +69,4 @@ def fashion_mnist(root: str | os.PathLike | None = None, *, preprocess=None) -> 
     tx, ty = read_idx(root, FILES["test_x"]), read_idx(root, FILES["test_y"]).long()
     if len(x) != len(y) or len(tx) != len(ty):
         raise UserError(f"image and label counts differ in {root}", "re-download the data set")
-    train_idx, val_idx = split_indices(len(x), VAL_SIZE)
-    from edgecompress.pipeline.preprocess import PRESETS
-    pre = preprocess or PRESETS["fashion-mnist"]
-    if pre.stats_from_folder:
-        raise UserError("--preprocess folder-stats measures an image folder, not fashion-mnist",
-                        "use --preprocess fashion-mnist (its own statistics) or give --mean/--std")
-    if not pre.geometry() and pre.mean == (MEAN,) and pre.std == (STD,):
-        x, tx = normalise(x).unsqueeze(1), normalise(tx).unsqueeze(1)
-        return DataSplits(train=TensorDataset(x[train_idx], y[train_idx]),
-                          val=TensorDataset(x[val_idx], y[val_idx]),
-                          test=TensorDataset(tx, ty), num_classes=10, input_shape=(1, 28, 28),
-                          name="fashion-mnist", preprocess=pre)
-    x, tx = x.unsqueeze(1), tx.unsqueeze(1)
-    sets = [U8Images(x[train_idx], y[train_idx], pre), U8Images(x[val_idx], y[val_idx], pre), U8Images(tx, ty, pre)]
-    return DataSplits(train=sets[0], val=sets[1], test=sets[2], num_classes=10,
-                      input_shape=tuple(sets[1][0][0].shape), name="fashion-mnist", preprocess=pre)
-
-
-class U8Images(Dataset):
-    """uint8 N×C×H×W images in memory, scaled to [0, 1] and preprocessed per item."""
-
-    in_memory = True
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, pre) -> None:
-        self.images, self.targets, self.pre = images, labels, pre
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return self.pre.tensor(self.images[i].float() / 255.0), self.targets[i]
+    return x, y, tx, ty

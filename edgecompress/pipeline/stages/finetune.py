@@ -1,19 +1,24 @@
 """Stage `finetune`: knowledge distillation from the original model into the searched one.
 
 Under `torchrun --nproc_per_node=N -m edgecompress.cli ...` rank 0 runs the pipeline and, at this
-stage only, hands the student to the other ranks (see `pipeline/distributed.py`); all ranks train
+stage only, hands the student to the other ranks (`worker` below, over training/distributed.py); all ranks train
 it with DistributedDataParallel on their shard of the data, and rank 0 alone writes the result.
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset, Subset
 
-from edgecompress.pipeline.context import Context, load_module
-from edgecompress.pipeline.distill import DistillConfig, distill, steps_for
+from edgecompress.inputs import resolve_inputs
+from edgecompress.pipeline.context import Context
+from edgecompress.pipeline.measure import accuracy
 from edgecompress.pipeline.stage import StageOutput
+from edgecompress.training.device import resolve_device
+from edgecompress.training.distill import DistillConfig, distill, steps_for
+from edgecompress.training.distributed import Coordinator
 
 
 def finetune_plan(config, train: Dataset, world_size: int) -> tuple[Dataset, int, DistillConfig]:
@@ -41,8 +46,8 @@ class FinetuneStage:
             acc = ctx.results["baseline"]["accuracy"]
             return StageOutput(files={"pruned_model": "model_pruned.pt"}, data={
                 "accuracy_before": acc, "accuracy_after": acc, "kept": "unpruned", "steps": 0, "world_size": 1})
-        student = load_module(ctx.rundir.artifact("prune", "searched_model"))
-        before = ctx.val_accuracy(student)
+        student = ctx.rundir.load_model("prune", "searched_model")
+        before = accuracy(ctx, student)
         world_size = ctx.dist.world_size if ctx.dist else 1
         dataset, steps, settings = finetune_plan(cfg, ctx.data.train, world_size)
         ctx.ui.say(f"  {steps} steps x {settings.batch_size} images x {world_size} process(es), "
@@ -52,12 +57,12 @@ class FinetuneStage:
         with ctx.ui.progress("distilling", steps) as bar:
             losses = distill(student, ctx.original, dataset, steps=steps, config=settings, seed=cfg.seed,
                              distributed=ctx.dist is not None, device=ctx.device, workers=ctx.data.workers, on_step=lambda i, loss: bar.update(i, info=f"loss {loss:.3f}"))
-        after = ctx.val_accuracy(student)
+        after = accuracy(ctx, student)
         kept = "finetuned"
         if after < before:
             ctx.note(f"fine-tuning lowered validation accuracy ({before:.2f} -> {after:.2f} %); "
                      f"the searched model is kept")
-            student, kept = load_module(ctx.rundir.artifact("prune", "searched_model")), "searched"
+            student, kept = ctx.rundir.load_model("prune", "searched_model"), "searched"
         ctx.ui.say(f"  validation accuracy {before:.2f} % -> {after:.2f} %")
         torch.save(student, out / "model_pruned.pt")
         return StageOutput(files={"pruned_model": "model_pruned.pt"}, data={
@@ -66,3 +71,18 @@ class FinetuneStage:
             "temperature": settings.temperature, "alpha": settings.alpha, "lr": settings.lr,
             "batch_size": settings.batch_size, "loss_first": losses[0] if losses else None,
             "loss_last": losses[-1] if losses else None})
+
+
+def worker(config, coordinator: Coordinator) -> int:
+    """Ranks > 0 under torchrun: resolve the same data and teacher, receive the student, train, exit."""
+    device = resolve_device(config.train_device)
+    data, loaded, _ = resolve_inputs(config)
+    teacher = loaded.model.eval()
+    message = coordinator.wait()
+    if message["cmd"] == "finetune":
+        student = torch.load(io.BytesIO(message["student"]), map_location="cpu", weights_only=False)
+        dataset, steps, settings = finetune_plan(config, data.train, coordinator.world_size)
+        distill(student, teacher, dataset, steps=steps, config=settings, seed=config.seed, distributed=True,
+                device=device, workers=data.workers)
+    coordinator.dist.destroy_process_group()
+    return 0

@@ -3,10 +3,12 @@
 Loss = α·T²·KL(softmax(teacher/T) ‖ softmax(student/T)) + (1 − α)·cross-entropy(student, label)
 (Hinton et al. 2015; the T² keeps the soft-loss gradients on the scale of the hard loss).
 Under `torchrun` (torch.distributed initialised, world size > 1) the student is wrapped in
-DistributedDataParallel (gloo on CPU, NCCL on CUDA: pipeline/distributed.py) and each rank reads
+DistributedDataParallel (gloo on CPU, NCCL on CUDA: training/distributed.py) and each rank reads
 its shard through a DistributedSampler; every rank returns the same weights because DDP averages
 the gradients. Training runs on `device` (mixed precision on CUDA); both models come back to the
 CPU. `augment`: a random shift (pad + crop) and horizontal flip per image, on the device.
+Autocast covers the training forward passes only: accuracy and BatchNorm statistics that decide
+what ships are measured in float32 (training/evaluation.py).
 """
 from __future__ import annotations
 
@@ -18,6 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+
+from edgecompress.inputs.loaders import loader
+from edgecompress.training.device import autocast, grad_scaler, on_device
+from edgecompress.training.distributed import training_group
 
 
 @dataclass(frozen=True)
@@ -52,28 +58,31 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
 
 
 def _loader(dataset: Dataset, *, batch_size: int, seed: int, rank: int, world_size: int, epoch: int,
-            workers: int = 0) -> DataLoader:
-    from edgecompress.pipeline.data import loader
+            workers: int = 0, pin_memory: bool = False) -> DataLoader:
     # A last short batch gives BatchNorm noisy statistics; drop it unless the data is that small.
     full = len(dataset) >= batch_size * world_size
     if world_size > 1:
         from torch.utils.data.distributed import DistributedSampler
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
         sampler.set_epoch(epoch)
-        return loader(dataset, batch_size=batch_size, sampler=sampler, drop_last=full, workers=workers)
+        return loader(dataset, batch_size=batch_size, sampler=sampler, drop_last=full, workers=workers,
+                      pin_memory=pin_memory)
     return loader(dataset, batch_size=batch_size, shuffle=True, seed=seed * 1000 + epoch, drop_last=full,
-                  workers=workers)
+                  workers=workers, pin_memory=pin_memory)
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random shift by up to 1/14 of the side (zero padding = the mean after normalisation) and a
-    horizontal flip, per image."""
-    n, _, h, w = x.shape
+    horizontal flip, per image; one gather for the whole batch (on the batch's device)."""
+    n, c, h, w = x.shape
     pad = max(1, round(min(h, w) / 14))
     padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
-    out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]   # n, 1, h, 1
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]   # n, 1, 1, w
+    out = padded[torch.arange(n, device=x.device)[:, None, None, None],
+                 torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
     flip = torch.rand(n, generator=gen) < 0.5
     out[flip.to(out.device)] = out[flip.to(out.device)].flip(-1)
     return out
@@ -92,7 +101,6 @@ def distill(student: nn.Module, teacher: nn.Module, dataset: Dataset, *, steps: 
     if steps <= 0:
         return []
     device = torch.device(device)
-    from edgecompress.pipeline.device import on_device
     with on_device(device, student, teacher):
         losses = _train(student, teacher, dataset, steps=steps, config=config, seed=seed,
                         distributed=distributed, on_step=on_step, device=device, workers=workers)
@@ -101,14 +109,12 @@ def distill(student: nn.Module, teacher: nn.Module, dataset: Dataset, *, steps: 
 
 
 def _train(student, teacher, dataset, *, steps, config, seed, distributed, on_step, device, workers) -> list[float]:
-    from edgecompress.pipeline.device import autocast, grad_scaler
     rank, world_size = world() if distributed else (0, 1)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed + 7)
     teacher.eval()
     model = student.train()
     if world_size > 1:
-        from edgecompress.pipeline.distributed import training_group
         model = nn.parallel.DistributedDataParallel(
             student, device_ids=[device.index] if device.type == "cuda" else None,
             process_group=training_group(device))
@@ -120,8 +126,8 @@ def _train(student, teacher, dataset, *, steps, config, seed, distributed, on_st
     epoch = 0
     while len(losses) < steps:
         before = len(losses)
-        for x, y in _loader(dataset, batch_size=config.batch_size, seed=seed, rank=rank,
-                            world_size=world_size, epoch=epoch, workers=workers):
+        for x, y in _loader(dataset, batch_size=config.batch_size, seed=seed, rank=rank, world_size=world_size,
+                            epoch=epoch, workers=workers, pin_memory=device.type == "cuda"):
             x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device, non_blocking=True)
             if config.augment:
                 x = augment(x, gen)
@@ -132,9 +138,13 @@ def _train(student, teacher, dataset, *, steps, config, seed, distributed, on_st
             loss = kd_loss(student_logits.float(), teacher_logits.float(), y,
                            temperature=config.temperature, alpha=config.alpha)
             opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+            if scaler is None:
+                loss.backward()
+                opt.step()
+            else:   # float16 autocast: scaled gradients
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
             sched.step()
             losses.append(loss.item())
             if on_step:

@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from edgecompress.errors import UserError
+from edgecompress.zoo import fashion_mnist as fmnist
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (fmnist.MEAN,), (fmnist.STD,)
 FOLDER_STATS = "folder-stats"
 
 

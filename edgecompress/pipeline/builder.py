@@ -1,0 +1,176 @@
+"""The one build chain: a PyTorch model -> ONNX -> (INT8 QDQ) -> the target's engine, cached per
+structure and precision for the whole run (the unchanged original is built once per precision).
+
+Also the run's precision policy: which precision probes are built and timed at.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from edgecompress.calibration import SYMMETRIC_ACTIVATIONS, calibration_batches, quantize_int8
+from edgecompress.errors import InternalError, UserError
+from edgecompress.exporters import to_onnx
+from edgecompress.inputs.splits import DataSplits
+from edgecompress.profiles import Profile
+from edgecompress.targets import BuildResult, Target
+
+PROBE_CALIBRATION = 64      # training images that calibrate an INT8 probe (its latency, not its accuracy)
+SHIPPED_CALIBRATION = 512   # training images that calibrate the engine that ships (and the unpruned one)
+ORIGINAL = "original"       # the build key of the user's unchanged model
+
+
+def search_precision(profile: Profile, requested: str) -> str:
+    """The float precision the baseline is timed at (and probes, when INT8 is not allowed): the
+    requested float one, FP16 on TensorRT, else FP32."""
+    prefer = [requested] if requested in ("fp32", "fp16") else []
+    prefer += ["fp16"] if profile.runtime == "tensorrt" else []
+    for p in [*prefer, "fp32", "fp16"]:
+        if p in profile.precisions:
+            return p
+    raise UserError(f"target {profile.name} offers no float precision to search with",
+                    "add fp32 or fp16 to the profile's precisions")
+
+
+def probe_precision(profile: Profile, requested: str) -> str:
+    """The precision probes are built and timed at: the one that will ship. With `--precision
+    auto|int8` on a target that offers INT8, INT8 (pruning that pays in FP32 can buy nothing on
+    top of INT8, and INT8 kernels block channels differently); otherwise `search_precision`."""
+    if "int8" in profile.precisions and requested in ("auto", "int8"):
+        return "int8"
+    return search_precision(profile, requested)
+
+
+class Builder:
+    """`build(model, precision=..., key=...)`: export, quantize (INT8) and build for the target
+    in a folder of its own under `work`; a `key` (the model's structure, "original") caches the
+    result for the run. INT8 calibration: PROBE_CALIBRATION seeded training images (enough for a
+    latency), or `shipped=True` the SHIPPED_CALIBRATION images the engine that ships is
+    calibrated on (same seed, same method)."""
+
+    def __init__(self, *, target: Target, data: DataSplits, seed: int, method: str, work: Path) -> None:
+        self.target, self.data, self.seed, self.method, self.work = target, data, seed, method, Path(work)
+        self._built: dict[tuple, BuildResult] = {}
+        self._calibration: dict[bool, list] = {}
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.data.input_shape)
+
+    def calibration(self, *, shipped: bool = False) -> list:
+        """The INT8 calibration batches (numpy), drawn once per run."""
+        if shipped not in self._calibration:
+            count = min(SHIPPED_CALIBRATION if shipped else PROBE_CALIBRATION, len(self.data.train))
+            # a probe's 64 images in one batch, the shipped engine's 512 in batches of 32
+            self._calibration[shipped] = calibration_batches(self.data.train, count=count, seed=self.seed,
+                                                             batch_size=32 if shipped else count,
+                                                             workers=self.data.workers)
+        return self._calibration[shipped]
+
+    def build(self, model: nn.Module, *, precision: str, key: str | None = None, shipped: bool = False) -> BuildResult:
+        cache_key = (key, precision, shipped)
+        if key is not None and cache_key in self._built:
+            return self._built[cache_key]
+        work = self.work / f"{len(self._built):04d}-{precision}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        onnx_path = export_onnx(model, work / "model.onnx", input_shape=self.input_shape)
+        if precision == "int8":
+            onnx_path = quantize_int8(onnx_path, work / "model_int8.onnx", self.calibration(shipped=shipped),
+                                      method=self.method,
+                                      symmetric_activations=SYMMETRIC_ACTIVATIONS.get(self.target.runtime, False))
+        built = self.target.build(onnx_path, work, precision=precision)
+        self._built[cache_key if key is not None else (str(work),)] = built
+        return built
+
+    def close(self) -> None:
+        """Remove the build folders (scratch: nothing in the run directory points into them)."""
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def export_onnx(model: nn.Module, dst: Path, *, input_shape: tuple[int, ...]) -> Path:
+    """to_onnx with the export failure turned into the user's message naming the operation."""
+    try:
+        with quiet_stdout():
+            return to_onnx(model, dst, input_shape=input_shape)
+    except (UserError, InternalError):
+        raise
+    except OSError:
+        raise  # a full or unwritable disk is not the model's fault: the runner reports it as such
+    except Exception as exc:
+        raise UserError(f"the model cannot be exported to ONNX: {describe_export_failure(model, exc, input_shape)}",
+                        "replace that operation with one ONNX supports (opset 17), or register a symbolic") from exc
+
+
+def describe_export_failure(model: nn.Module, exc: Exception, input_shape: tuple[int, ...]) -> str:
+    """The unsupported operation and, by exporting each leaf module alone, the layer that holds it."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    op = re.search(r"operator '([\w:.]+)'", str(exc)) or re.search(r"(aten::\w+)", str(exc))
+    layer = _failing_layer(model, input_shape)
+    parts = [f"operation {op.group(1)}" if op else text[:200]]
+    if layer:
+        parts.append(f"in layer {layer}")
+    return " ".join(parts)
+
+
+def _failing_layer(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
+    import io
+    import warnings
+    inputs: dict[str, tuple] = {}
+
+    def record(name: str):
+        def hook(mod, args, out) -> None:  # returns None: a returned value would replace the output
+            inputs.setdefault(name, args)
+        return hook
+    hooks = [m.register_forward_hook(record(name)) for name, m in model.named_modules()
+             if name and not list(m.children())]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_shape))
+    except Exception:
+        return None
+    finally:
+        for h in hooks:
+            h.remove()
+    modules = dict(model.named_modules())
+    for name, args in inputs.items():
+        try:
+            with warnings.catch_warnings(), quiet_stdout():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(modules[name], args, io.BytesIO(), dynamo=False, opset_version=17)
+        except Exception:
+            return f"{name} ({type(modules[name]).__name__})"
+    return None
+
+
+@contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """Point file descriptor 1 at /dev/null for a moment.
+
+    When an operator has no ONNX symbolic, torch's TorchScript exporter dumps the whole graph to
+    C++ std::cout ("Torch IR graph at exception: ..."): its setup_onnx_logging tests the function
+    `_jit_is_onnx_log_enabled` for truth instead of calling it, so the ONNX log is always on. The
+    user gets the one-line error naming the operation and the layer instead.
+    """
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no stdout at all: nothing to protect
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)

@@ -1,0 +1,82 @@
+"""report.json assembled from the stages' records, and the one summary line printed at the end."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def budget_record(config, results, result: dict) -> dict:
+    """Whether what ships meets each budget, and by how much it misses one."""
+    cfg, base, prune = config, results["baseline"], results["prune"]
+    out = {"met": True, "missed": {}, "search": {"met": prune["met"], "missed": prune["missed"],
+                                                 "alternative": _probe(prune["alternative"])}}
+    floor = cfg.accuracy_floor(base["accuracy"])
+    if floor is not None:
+        out["accuracy_floor"] = floor
+        if result["accuracy"] < floor - 1e-9:
+            out["missed"]["accuracy_points"] = floor - result["accuracy"]
+    if cfg.latency_budget_ms is not None and result["latency_ms"] > cfg.latency_budget_ms:
+        out["missed"]["latency_ms"] = result["latency_ms"] - cfg.latency_budget_ms
+    out["met"] = not out["missed"]
+    return out
+
+
+def _probe(p: dict | None) -> dict | None:
+    keys = ("cr", "accuracy", "latency_ms", "flops", "params", "accepted")
+    return None if p is None else {**{k: p[k] for k in keys}, "mode": p.get("mode", "width"),
+                                   "blocks_removed": len(p.get("blocks_removed") or [])}
+
+
+def assemble_report(*, config, results, run: dict, result: dict, extra: dict, unpruned: dict) -> dict:
+    """report.json (schema 1, DESIGN.md "Run directory and report"). `run`: facts of the run that
+    no stage records: target, model, data, preprocess, train_device, notes, artifacts, and each
+    stage's seconds (`timings_s`, verify's included)."""
+    cfg, r = config, results
+    base = {k: r["baseline"][k] for k in ("accuracy", "test_accuracy", "latency_ms", "latency_method", "flops", "params")}
+    timings = dict(run["timings_s"])
+    timings["total"] = round(sum(timings.values()), 3)
+    return {
+        "schema": 1, "target": run["target"], "precision": r["calibrate"]["precision"],
+        "max_acc_drop": cfg.max_acc_drop, "latency_budget_ms": cfg.latency_budget_ms,
+        "baseline": base, "result": result,
+        "unpruned": {k: unpruned[k] for k in ("precision", "accuracy", "test_accuracy", "latency_ms", "latency_method",
+                                              "shipped")},
+        "pruning_speedup": unpruned["speedup"],
+        "pruning": {k: r["prune"].get(k) for k in ("mode", "unpruned", "blocks_removed", "blocks", "unprunable",
+                                                    "compared", "probe_precision")},
+        "probes": [_probe(p) for p in r["prune"]["probes"]],
+        "artifacts": run["artifacts"], "timings_s": timings,
+        # extra keys (DESIGN allows them): what the report page and `compress check` read
+        "layers": r["prune"]["layers"], "precisions": r["calibrate"]["precisions"],
+        "command": cfg.command, "parity_max_abs_diff": r["export"]["parity_max_abs_diff"],
+        "notes": list(run["notes"]), "budget": budget_record(cfg, r, result),
+        "baseline_precision": r["baseline"]["precision"], "engine": r["build"]["engine"],
+        "built_here": r["build"]["built_here"], "model": run["model"], "data": run["data"],
+        "seed": cfg.seed, "search": {k: r["prune"][k] for k in ("moved_from", "allocation", "criterion", "probes_restored")},
+        "finetune": r["finetune"], "result_details": extra,
+        "preprocess": run["preprocess"], "train_device": run["train_device"],
+    }
+
+
+def summary(report: dict, run_dir: Path) -> str:
+    """The one line printed at the end."""
+    b, res = report["baseline"], report["result"]
+    speed = b["latency_ms"] / res["latency_ms"] if res["latency_ms"] else float("nan")
+    method = res["latency_method"]
+    engine = run_dir / report["engine"]
+    where = f"engine: {engine}" if report.get("built_here", True) else \
+        f"ONNX for the device: {engine}; build the engine ON THE DEVICE with {run_dir / 'build_engine.sh'}"
+    budget = "" if report["budget"]["met"] else "  BUDGET MISSED: " + ", ".join(
+        f"{k} by {v:.3f}" for k, v in report["budget"]["missed"].items())
+    return (f"accuracy {b['accuracy']:.2f} % -> {res['accuracy']:.2f} % (val), latency {b['latency_ms']:.3f} -> "
+            f"{res['latency_ms']:.3f} ms ({method}, {speed:.2f}x), {report['precision']}, {pruning_phrase(report)}, "
+            f"{where}{budget}")
+
+
+def pruning_phrase(report: dict) -> str:
+    """What pruning bought on top of quantizing the unpruned model the same way."""
+    unpruned = report.get("unpruned")
+    if not unpruned:
+        return "pruning: n/a"
+    if unpruned.get("shipped"):
+        return f"pruning: does not pay here, the unpruned model ships at {report['precision']}"
+    return f"pruning: {report['pruning_speedup']:.2f}x on top of {report['precision']}"

@@ -1,0 +1,228 @@
+"""The one latency timing protocol: engines interleaved in short blocks, judged by paired ratios.
+
+This machine's speed drifts +-40 % within minutes and two 400-run rounds of one engine differ by
++-8 %, so absolute timings taken apart cannot resolve a few percent. What does, in seconds:
+
+    timing = compare({"fp32": run_a, "int8": run_b}, reference="fp32")
+    timing.ratios["int8"]            # Ratio(median=0.62, low=0.61, high=0.63): latency int8 / fp32
+    f"{timing.speedup('int8')}"      # "1.61x [1.59, 1.64]"
+    timing.stopped                   # "precise" | "time cap"
+
+Each block runs every engine `runs_per_block` times back to back, the engines in a fresh seeded
+order, so all engines of a block see the same machine speed and none is always first. The ratio
+engine/reference of one block cancels the drift; the median of those per-block ratios, with its
+95 % interval, is the answer. Sampling stops as soon as the interval is good enough for the
+decision at hand (`until`, or a relative half-width) or at the time cap, and says which.
+
+numpy only: runtimes hand in zero-argument calls (`Target.caller`), tests hand in fake ones.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Literal
+
+import numpy as np
+
+from edgecompress.errors import UserError
+
+if TYPE_CHECKING:
+    from edgecompress.targets.base import BuildResult, Target
+
+Until = Callable[[dict[str, "Ratio"]], bool]
+MIN_BLOCKS = 6           # the fewest blocks with a distribution-free 95 % interval of a median (1 - 2/2^6)
+BLOCK_BUDGET_S = 0.5     # one engine's block: short against the drift, so paired engines share a speed
+# Look at the interval at min_blocks, then each time the block count has grown by a tenth. A look
+# costs nothing, but each one is a chance to stop on an interval that is narrow (or clear of the
+# threshold) by luck; spacing the looks in proportion to n keeps their number logarithmic in n,
+# while stopping at most ~10 % later than a look after every block would.
+CHECK_FRACTION = 10
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """latency(engine) / latency(reference): median of the per-block ratios and its 95 % interval."""
+    median: float
+    low: float
+    high: float
+
+    @property
+    def relative_half_width(self) -> float:
+        """Half the interval's width as a fraction of the median (0.01: +-1 %)."""
+        return (self.high - self.low) / (2 * self.median)
+
+    def excludes(self, value: float) -> bool:
+        return value < self.low or value > self.high
+
+    def inverse(self) -> Ratio:
+        """reference / engine (a speed-up); the interval's ends swap when inverted."""
+        return Ratio(median=1 / self.median, low=1 / self.high, high=1 / self.low)
+
+    def to_dict(self) -> dict:
+        return {"ratio": round(self.median, 4), "low": round(self.low, 4), "high": round(self.high, 4)}
+
+    def describe(self, spec: str = ".2f") -> str:
+        return f"{self.median:{spec}}x [{self.low:{spec}}, {self.high:{spec}}]"
+
+    def __format__(self, spec: str) -> str:
+        return self.describe(spec or ".2f")
+
+    def __str__(self) -> str:
+        return self.describe()
+
+
+@dataclass(frozen=True)
+class Timing:
+    """What `compare` measured, and why it stopped."""
+    reference: str
+    ratios: dict[str, Ratio]       # every engine, the reference included (exactly 1, 1, 1)
+    ms: dict[str, float]           # median over blocks of each engine's mean ms per call
+    blocks: int
+    runs_per_block: int            # lower than asked when calls are slow (BLOCK_BUDGET_S)
+    seconds: float                 # wall time of the whole comparison, warm-up included
+    stopped: Literal["precise", "time cap"]
+
+    def speedup(self, name: str) -> Ratio:
+        """latency(reference) / latency(name)."""
+        return self.ratios[name].inverse()
+
+    def to_dict(self) -> dict:
+        return {"reference": self.reference, "ratios": {k: r.to_dict() for k, r in self.ratios.items()},
+                "ms": {k: round(v, 4) for k, v in self.ms.items()}, "blocks": self.blocks,
+                "runs_per_block": self.runs_per_block, "seconds": round(self.seconds, 3),
+                "stopped": self.stopped}
+
+
+def decided(threshold: float, *, resolution: float = 0.005) -> Until:
+    """An `until` for a yes/no question about a ratio, e.g. decided(0.9): "is each engine's latency
+    below 0.9x the reference's?". True once every interval lies wholly on one side of `threshold`,
+    or is narrower than +-`resolution` (then the engine sits at the threshold as closely as matters,
+    and waiting longer would not decide it). The reference (1, 1, 1) never holds it back."""
+    def until(ratios: dict[str, Ratio]) -> bool:
+        return all(r.excludes(threshold) or r.relative_half_width <= resolution for r in ratios.values())
+    return until
+
+
+def compare(calls: dict[str, Callable[[], object]], *, reference: str, runs_per_block: int = 20,
+            warmup: int = 10, half_width: float = 0.01, min_blocks: int = 20, max_time_s: float = 20.0,
+            until: Until | None = None, seed: int = 0,
+            clock: Callable[[], float] = time.perf_counter) -> Timing:
+    """Time `calls` against `calls[reference]` in interleaved blocks (see the module docstring).
+
+    Stops "precise" when `until(ratios)` holds (if given), else when every ratio's interval is within
+    +-`half_width` of its median; stops "time cap" once `max_time_s` (warm-up included) have passed
+    and at least MIN_BLOCKS blocks are in. Deterministic given `seed` and the calls' timings."""
+    _check_args(calls, reference, runs_per_block, warmup, half_width, min_blocks, max_time_s)
+    start = clock()
+    runs = _fit_runs(runs_per_block, _warm_up(calls, warmup, clock))
+    names, rng = list(calls), np.random.default_rng(seed)
+    rows: list[np.ndarray] = []
+    next_check = min_blocks
+    while True:
+        rows.append(_time_block([calls[n] for n in names], rng.permutation(len(names)), runs, clock))
+        if len(rows) >= next_check:
+            next_check = len(rows) + max(1, len(rows) // CHECK_FRACTION)
+            if _precise(_ratios(rows, names, reference), until, half_width):
+                return _timing(rows, names, reference, runs, clock() - start, "precise")
+        if len(rows) >= MIN_BLOCKS and clock() - start >= max_time_s:
+            return _timing(rows, names, reference, runs, clock() - start, "time cap")
+
+
+def time_builds(target: Target, builds: dict[str, BuildResult], *, reference: str, **kw) -> Timing:
+    """`compare` the engines of `builds` on this machine with `target`'s settings. The warm-up
+    defaults to the profile's (a runtime's first calls compile and allocate)."""
+    if target.latency_source != "local":
+        raise UserError(f"{target.profile.name} latency is {target.latency_source}, not timed on this machine",
+                        "interleaved timing needs engines that run here; use target.measure for the device")
+    kw.setdefault("warmup", target.profile.benchmark.warmup)
+    return compare({name: target.caller(b) for name, b in builds.items()}, reference=reference, **kw)
+
+
+def median_interval(values: np.ndarray) -> tuple[float, float, float]:
+    """(median, low, high): the median and its distribution-free 95 % interval [s[k], s[n-1-k]] of
+    the sorted values. Order statistics rather than a bootstrap: the bootstrap distribution of a
+    median sits on a few order statistics anyway, so its percentile interval is a resampling-noisy
+    copy of this exact one. This needs no rng and no resamples, and its coverage (for independent
+    blocks) is exact at every n, not only asymptotically."""
+    s = np.sort(np.asarray(values, dtype=float))
+    k = _lower_rank(len(s))
+    return float(np.median(s)), float(s[k]), float(s[len(s) - 1 - k])
+
+
+def _lower_rank(n: int) -> int:
+    """Largest k with P(Binomial(n, 1/2) <= k) <= 2.5 %: then [s[k], s[n-1-k]] covers the median
+    with probability >= 95 %. 0 (the whole range, below 95 %) when n < MIN_BLOCKS."""
+    i = np.arange(n)
+    log_pmf = np.concatenate([[0.0], np.cumsum(np.log((n - i) / (i + 1)))]) - n * math.log(2)
+    cdf = np.cumsum(np.exp(log_pmf))
+    return max(int(np.searchsorted(cdf, 0.025, side="right")) - 1, 0)
+
+
+def _check_args(calls, reference, runs_per_block, warmup, half_width, min_blocks, max_time_s) -> None:
+    problems = []
+    if reference not in calls:
+        problems.append(f"reference {reference!r} is not one of the engines ({', '.join(calls) or 'none'})")
+    if runs_per_block < 1 or warmup < 0:
+        problems.append(f"runs_per_block must be >= 1 and warmup >= 0, got {runs_per_block} and {warmup}")
+    if not half_width > 0 or not max_time_s > 0:
+        problems.append(f"half_width and max_time_s must be > 0, got {half_width} and {max_time_s}")
+    if min_blocks < MIN_BLOCKS:
+        problems.append(f"min_blocks must be >= {MIN_BLOCKS} (no 95 % interval of a median below), got {min_blocks}")
+    if problems:
+        raise UserError("; ".join(problems), "fix the timing arguments")
+
+
+def _warm_up(calls: dict[str, Callable[[], object]], warmup: int, clock: Callable[[], float]) -> float:
+    """Run each call `warmup` times; the slowest engine's median warm-up call in seconds (0: none)."""
+    slowest = 0.0
+    for call in calls.values():
+        seconds = []
+        for _ in range(warmup):
+            t0 = clock()
+            call()
+            seconds.append(clock() - t0)
+        if seconds:
+            slowest = max(slowest, float(np.median(seconds)))
+    return slowest
+
+
+def _fit_runs(runs_per_block: int, call_s: float) -> int:
+    """Runs per block, lowered (min 1) so one engine's block stays within BLOCK_BUDGET_S: a block
+    as long as the drift's timescale no longer pairs the engines under one machine speed."""
+    if call_s * runs_per_block <= BLOCK_BUDGET_S:
+        return runs_per_block
+    return max(1, int(BLOCK_BUDGET_S // call_s))
+
+
+def _time_block(calls: list[Callable[[], object]], order: np.ndarray, runs: int,
+                clock: Callable[[], float]) -> np.ndarray:
+    """Mean ms per call of each engine (indexed like `calls`), the engines run in `order`."""
+    ms = np.empty(len(calls))
+    for i in order:
+        call = calls[i]
+        t0 = clock()
+        for _ in range(runs):
+            call()
+        ms[i] = (clock() - t0) * 1e3 / runs
+    return ms
+
+
+def _ratios(rows: list[np.ndarray], names: list[str], reference: str) -> dict[str, Ratio]:
+    blocks = np.stack(rows)
+    paired = blocks / blocks[:, [names.index(reference)]]   # x / x is exactly 1: the reference is (1, 1, 1)
+    return {name: Ratio(*median_interval(paired[:, j])) for j, name in enumerate(names)}
+
+
+def _precise(ratios: dict[str, Ratio], until: Until | None, half_width: float) -> bool:
+    if until is not None:
+        return bool(until(ratios))
+    return all(r.relative_half_width <= half_width for r in ratios.values())
+
+
+def _timing(rows: list[np.ndarray], names: list[str], reference: str, runs: int, seconds: float,
+            stopped: Literal["precise", "time cap"]) -> Timing:
+    ms = np.median(np.stack(rows), axis=0)
+    return Timing(reference=reference, ratios=_ratios(rows, names, reference),
+                  ms={name: float(ms[j]) for j, name in enumerate(names)}, blocks=len(rows),
+                  runs_per_block=runs, seconds=seconds, stopped=stopped)

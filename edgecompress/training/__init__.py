@@ -1,0 +1,1 @@
+"""Training work on `--train-device`: device choice, DDP, distillation, evaluation of PyTorch models."""

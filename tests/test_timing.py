@@ -1,0 +1,201 @@
+"""The timing protocol, driven by a fake clock on a fake machine whose speed drifts +-40 %.
+
+No real timing thresholds: every assertion is about fake time, which is deterministic.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import numpy as np
+import pytest
+
+from edgecompress.errors import UserError
+from edgecompress.targets.timing import (MIN_BLOCKS, Ratio, Timing, compare, decided, median_interval,
+                                         time_builds)
+
+
+class FakeMachine:
+    """A fake clock, and engines whose call advances it by base_ms * speed * lognormal noise.
+    The speed drifts like the development VM's: a slow swing of +-30 % (period `period_s` of fake
+    time) times a random walk of up to +-10 %, so 0.63x .. 1.43x over a run."""
+
+    def __init__(self, seed: int = 0, *, noise: float = 0.1, period_s: float = 2.0) -> None:
+        self.now = 0.0
+        self.walk = 0.0
+        self.noise, self.period_s = noise, period_s
+        self.rng = np.random.default_rng(seed)
+        self.speeds: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def speed(self) -> float:
+        self.walk = float(np.clip(self.walk + self.rng.normal(0.0, 0.003), -0.1, 0.1))
+        return (1 + 0.3 * math.sin(2 * math.pi * self.now / self.period_s)) * math.exp(self.walk)
+
+    def engine(self, base_ms: float):
+        def call() -> None:
+            speed = self.speed()
+            self.speeds.append(speed)
+            self.now += base_ms * 1e-3 * speed * self.rng.lognormal(0.0, self.noise)
+        return call
+
+    def drift(self) -> float:
+        """Fastest / slowest speed seen."""
+        return max(self.speeds) / min(self.speeds)
+
+
+def fake_compare(bases: dict[str, float], *, machine_seed: int = 0, **kw) -> tuple[Timing, FakeMachine]:
+    machine = FakeMachine(machine_seed)
+    calls = {name: machine.engine(ms) for name, ms in bases.items()}
+    kw.setdefault("reference", next(iter(bases)))
+    kw.setdefault("max_time_s", 60.0)
+    return compare(calls, clock=machine.clock, **kw), machine
+
+
+def test_five_percent_apart_is_resolved_despite_drift():
+    timing, machine = fake_compare({"ref": 1.0, "slower": 1.05})
+    assert machine.drift() > 1.8                      # the machine really did swing +-40 %
+    r = timing.ratios["slower"]
+    assert timing.stopped == "precise" and r.relative_half_width <= 0.01
+    assert r.excludes(1.0) and not r.excludes(1.05)
+    assert timing.blocks >= 20 and timing.runs_per_block == 20
+
+
+def test_two_copies_of_one_engine_are_not_told_apart():
+    timing, _ = fake_compare({"a": 2.0, "b": 2.0})
+    assert not timing.ratios["b"].excludes(1.0)
+    assert timing.stopped == "precise"
+
+
+def test_impossible_precision_stops_at_the_time_cap_and_says_so():
+    timing, _ = fake_compare({"a": 1.0, "b": 1.1}, half_width=1e-9, max_time_s=3.0)
+    assert timing.stopped == "time cap" and timing.to_dict()["stopped"] == "time cap"
+    assert timing.seconds >= 3.0 and timing.blocks >= MIN_BLOCKS
+
+
+def test_time_cap_never_cuts_below_the_fewest_blocks_with_an_interval():
+    timing, _ = fake_compare({"a": 100.0, "b": 100.0}, half_width=1e-9, min_blocks=6, max_time_s=0.01)
+    assert timing.stopped == "time cap" and timing.blocks == MIN_BLOCKS
+
+
+def test_until_stops_early_as_precise():
+    timing, _ = fake_compare({"a": 1.0, "b": 1.3}, until=lambda ratios: True, min_blocks=8)
+    assert timing.stopped == "precise" and timing.blocks == 8
+
+
+def test_decided_stops_once_the_threshold_is_excluded():
+    by_width, _ = fake_compare({"ref": 1.0, "fast": 0.8})
+    by_decision, _ = fake_compare({"ref": 1.0, "fast": 0.8}, until=decided(0.9))
+    assert by_decision.stopped == "precise" and by_decision.ratios["fast"].high < 0.9
+    assert by_decision.blocks < by_width.blocks
+
+
+def test_decided_accepts_an_interval_narrower_than_its_resolution():
+    on_the_line = {"ref": Ratio(1, 1, 1), "x": Ratio(0.9, 0.898, 0.902)}
+    assert decided(0.9)(on_the_line) and not decided(0.9, resolution=0.001)(on_the_line)
+    assert not decided(0.9)({"x": Ratio(0.9, 0.85, 0.95)})
+
+
+def test_interval_is_looked_at_from_min_blocks_on_then_every_tenth_more_blocks():
+    blocks_at_look: list[int] = []
+    machine = FakeMachine(0)
+    counter = {"blocks": 0}
+    ref = machine.engine(1.0)
+
+    def counted_ref() -> None:      # 1 warm-up call, then runs_per_block = 2 calls per block
+        counter["blocks"] += 1
+        ref()
+
+    def until(ratios) -> bool:
+        blocks_at_look.append((counter["blocks"] - 1) // 2)
+        return len(blocks_at_look) == 6
+    compare({"ref": counted_ref, "b": machine.engine(1.0)}, reference="ref", runs_per_block=2, warmup=1,
+            min_blocks=20, until=until, clock=machine.clock)
+    assert blocks_at_look == [20, 22, 24, 26, 28, 30]
+
+
+def test_reference_ratio_is_exactly_one():
+    timing, _ = fake_compare({"ref": 1.0, "b": 1.2, "c": 0.7})
+    assert timing.ratios["ref"] == Ratio(1.0, 1.0, 1.0)
+    assert set(timing.ratios) == set(timing.ms) == {"ref", "b", "c"}
+
+
+def test_same_seed_same_result():
+    first, _ = fake_compare({"a": 1.0, "b": 1.05}, seed=3, machine_seed=5)
+    again, _ = fake_compare({"a": 1.0, "b": 1.05}, seed=3, machine_seed=5)
+    other, _ = fake_compare({"a": 1.0, "b": 1.05}, seed=4, machine_seed=5)
+    assert first == again and first.to_dict() == again.to_dict()
+    assert other != first                       # the seed does choose the block orders
+
+
+def test_slow_calls_get_fewer_runs_per_block():
+    slow, _ = fake_compare({"a": 100.0, "b": 100.0}, min_blocks=6, max_time_s=5.0)
+    assert 1 <= slow.runs_per_block <= 5        # 20 x ~100 ms would be a 2 s block
+    very_slow, _ = fake_compare({"a": 2000.0, "b": 2000.0}, min_blocks=6, max_time_s=5.0)
+    assert very_slow.runs_per_block == 1 and very_slow.blocks == MIN_BLOCKS
+
+
+def test_median_interval_is_the_binomial_order_statistics():
+    assert median_interval(np.arange(100.0)) == (49.5, 39.0, 60.0)    # P(Bin(100, .5) <= 39) = 1.8 %
+    assert median_interval(np.arange(6.0)) == (2.5, 0.0, 5.0)         # 6 values: the whole range
+    rng = np.random.default_rng(0)
+    covered = [lo <= 0 <= hi for _, lo, hi in (median_interval(rng.standard_normal(20)) for _ in range(2000))]
+    assert 0.94 < np.mean(covered) < 0.98         # exact coverage for n = 20 is 95.9 %
+
+
+def test_ratio_helpers():
+    r = Ratio(median=0.8, low=0.78, high=0.82)
+    assert r.excludes(1.0) and not r.excludes(0.8)
+    assert r.relative_half_width == pytest.approx(0.025)
+    inv = r.inverse()
+    assert (inv.median, inv.low, inv.high) == pytest.approx((1.25, 1 / 0.82, 1 / 0.78))
+    assert f"{inv}" == "1.25x [1.22, 1.28]" and f"{r:.3f}" == "0.800x [0.780, 0.820]" and str(r) == r.describe()
+    assert Ratio(1 / 3, 0.3, 0.4).to_dict() == {"ratio": 0.3333, "low": 0.3, "high": 0.4}
+
+
+def test_timing_to_dict_and_speedup():
+    timing, _ = fake_compare({"ref": 1.0, "fast": 0.5}, min_blocks=6)
+    d = timing.to_dict()
+    assert d["reference"] == "ref" and set(d["ratios"]) == {"ref", "fast"} and d["stopped"] == "precise"
+    assert timing.speedup("fast") == timing.ratios["fast"].inverse()
+    assert timing.speedup("fast").low > 1.9
+
+
+def test_bad_arguments_are_the_users():
+    with pytest.raises(UserError, match="reference 'x' is not one of the engines \\(a, b\\)"):
+        compare({"a": lambda: None, "b": lambda: None}, reference="x")
+    with pytest.raises(UserError, match="min_blocks must be >= 6"):
+        compare({"a": lambda: None}, reference="a", min_blocks=3)
+
+
+def test_time_builds_refuses_a_target_timed_elsewhere():
+    from edgecompress.targets import get_target
+    with pytest.raises(UserError, match="latency is estimate"):
+        time_builds(get_target("mobile-arm64"), {}, reference="fp32")
+
+
+@pytest.fixture(scope="module")
+def conv_onnx(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1)).eval()
+    path = tmp_path_factory.mktemp("timing") / "model.onnx"
+    torch.onnx.export(net, (torch.randn(1, 3, 16, 16),), str(path), input_names=["input"],
+                      dynamic_axes={"input": {0: "batch"}}, dynamo=False)
+    return path
+
+
+@pytest.mark.parametrize("profile,module", [("x86-cpu-ort", "onnxruntime"), ("x86-cpu", "openvino")])
+def test_local_targets_give_callers_that_compare_can_interleave(tmp_path, conv_onnx, profile, module):
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} is not installed")
+    from edgecompress.targets import get_target
+    target = get_target(profile)
+    build = target.build(conv_onnx, tmp_path, precision="fp32")
+    target.caller(build)()                      # runs without error; what it returns is the runtime's
+    timing = time_builds(target, {"a": build, "b": build}, reference="a", warmup=1, runs_per_block=2,
+                         min_blocks=6, max_time_s=0.2)
+    assert timing.blocks >= MIN_BLOCKS and timing.ratios["a"] == Ratio(1.0, 1.0, 1.0)
+    assert timing.ratios["b"].low <= timing.ratios["b"].high and timing.ms["b"] > 0

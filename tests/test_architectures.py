@@ -25,6 +25,12 @@ def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+# Groups a family legitimately keeps whole (family -> (a layer of the group, a word of the reason)).
+# Every other group of every family is prunable, and every family has prunable groups: none of
+# them is legitimately unprunable as a whole (the models that are: test_unprunable_models_*).
+LEFT_WHOLE = {"csp": ("c2f.cv1.0", "split")}   # C2f's chunk(2) needs both halves equally wide
+
+
 @pytest.fixture(scope="module")
 def plans() -> dict[str, PruningPlan]:
     with warnings.catch_warnings():
@@ -37,12 +43,25 @@ def plans() -> dict[str, PruningPlan]:
 def test_family_prunes_runs_and_exports(plans, family, knob, multiple, tmp_path):
     from edgecompress.exporters.onnx import onnx_parity, to_onnx
     plan = plans[family]
+    assert plan.groups, f"{family}: no prunable group"
     pruned = plan.prune(knob, multiple=multiple).eval()
     assert _params(pruned) < _params(plan.model)
+    before, after = plan.widths(), plan.widths(pruned)
+    assert any(after[k] < before[k] for k in before), (family, knob, after)
     assert pruned(X).shape == (8, A.CLASSES)
     assert all(m.weight.shape[0] > 0 for m in pruned.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
     path = to_onnx(pruned, tmp_path / "m.onnx", input_shape=(1, 12, 12))
     assert onnx_parity(pruned, path, X) < 1e-4
+
+
+@pytest.mark.parametrize("family", list(A.FAMILIES))
+def test_only_the_listed_groups_are_left_whole(plans, family):
+    unprunable = plans[family].unprunable
+    if family not in LEFT_WHOLE:
+        assert unprunable == [], family
+    else:
+        layer, word = LEFT_WHOLE[family]
+        assert len(unprunable) == 1 and layer in unprunable[0]["layers"] and word in unprunable[0]["reason"]
 
 
 def test_grouped_convs_keep_equal_counts_per_group(plans):
@@ -122,16 +141,66 @@ def test_screen_finds_the_failing_group_among_many():
     assert [g.key for g in good] == ["conv2"] and [b["layers"] for b in bad] == [["conv1"]]
 
 
-def test_untraceable_model_is_left_whole_not_an_error():
-    class Dynamic(nn.Module):   # data-dependent control flow Torch-Pruning cannot follow is fine
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv, self.fc = nn.Conv2d(1, 4, 3), nn.Linear(4, 2)
+class DataDependent(nn.Module):
+    """Control flow on the data: Torch-Pruning traces the autograd graph of one forward, so the
+    branch taken is followed like any other op and the conv is prunable."""
 
-        def forward(self, x):
-            return self.fc(self.conv(x).mean((2, 3)))
-    plan = PruningPlan.build(Dynamic(), [X])
-    assert plan.groups or plan.unprunable   # either way: a plan, no exception
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 4, 3), nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if y.mean() > -1e9:   # always taken; fx could not trace this, Torch-Pruning can
+            y = torch.relu(y)
+        return self.fc(y.mean((2, 3)))
+
+
+def test_data_dependent_forward_still_prunes():
+    plan = PruningPlan.build(DataDependent(), [X])
+    assert [g.key for g in plan.groups] == ["conv"] and plan.unprunable == []
+    pruned = plan.prune(0.0)
+    assert pruned.conv.out_channels < 4 and pruned.fc.in_features == pruned.conv.out_channels
+
+
+class Detached(nn.Module):
+    """The conv's output leaves autograd (a NumPy round trip): no graph links it to the classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 4, 3), nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = torch.from_numpy(self.conv(x).detach().numpy().copy())
+        return self.fc(y.mean((2, 3)))
+
+
+class OnlyClassifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(144, 2)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+# Models that legitimately have nothing to prune, and why: each gets an empty plan with a reason
+# (and an unchanged copy from prune), not an exception.
+UNPRUNABLE = {
+    "detached": (Detached, "the graph Torch-Pruning traces does not reach the conv"),
+    "only-classifier": (OnlyClassifier, "the classifier's outputs are the classes"),
+}
+
+
+@pytest.mark.parametrize("name", list(UNPRUNABLE))
+def test_unprunable_models_get_an_empty_plan_that_says_why(name):
+    factory, _why = UNPRUNABLE[name]
+    model = factory().eval()
+    plan = PruningPlan.build(model, [X])
+    assert plan.groups == []
+    assert [u["reason"] for u in plan.unprunable] == [
+        "no Conv or Linear output besides the classifier and the ignored layers"]
+    assert _params(plan.prune(0.0)) == _params(model)
 
 
 # --- end to end: `compress` on each family (quick settings, random weights) ---------------------
@@ -147,5 +216,5 @@ def test_compress_end_to_end(family, tmp_path):
             "--bn-batches", "1", "--batch-size", "64", "--threads", "1"]
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["result"]["params"] <= report["baseline"]["params"]
+    assert report["result"]["params"] < report["baseline"]["params"], report["result"]
     assert all((out / path).exists() for path in report["artifacts"].values())

@@ -29,8 +29,10 @@ def _final_paths(ref: dict, stage: str) -> set[str]:
 
 
 def _poison_staging(run: Path, stage: str) -> list[str]:
-    staged = [p for p in (run / ".staging" / stage).rglob("*") if p.is_file()] \
-        if (run / ".staging" / stage).is_dir() else []
+    """Garbage over what the killed stage left: its staging folder and the run's build cache
+    (the baseline stage writes no file of its own, only builds). A resume must use neither."""
+    staged = [p for folder in (run / ".staging" / stage, run / ".builds") if folder.is_dir()
+              for p in folder.rglob("*") if p.is_file()]
     for p in staged:
         p.write_bytes(GARBAGE)
     return [str(p.relative_to(run)) for p in staged]

@@ -1,5 +1,6 @@
-"""Every zoo model pruned at cr 0.3 / 0.6 / 0.9 with channel multiple 8: it runs, keeps its output
-shape, has aligned widths, fewer parameters, exports to ONNX and round-trips through torch.save."""
+"""Every zoo model pruned at cr 0.3 / 0.6 / 0.9 with channel multiple 8 (tiny-resnet: multiples
+8 / 4 / 2, see SETTINGS): it runs, keeps its output shape, has aligned widths, fewer parameters,
+exports to ONNX and round-trips through torch.save."""
 from __future__ import annotations
 
 import pytest
@@ -9,7 +10,11 @@ from edgecompress.pruning import PruningPlan
 from edgecompress.zoo import MODELS, create_model
 
 BIG = {"vgg16", "vgg11", "resnet20", "resnet56", "mobilenetv2", "resnet29-bottleneck", "densenet-small"}
-CRS = (0.3, 0.6, 0.9)
+# (cr, channel multiple) per model. tiny-resnet's groups are 8 and 16 channels wide: at multiple 8
+# a 16-channel group shrinks only if it keeps <= 8 channels (its contribution rates are nearly flat,
+# so cr 0.6 keeps 9-10 and rounds back to 16); smaller multiples at the higher crs still shrink it.
+SETTINGS = {"tiny-resnet": ((0.3, 8), (0.6, 4), (0.9, 2))}
+DEFAULT = ((0.3, 8), (0.6, 8), (0.9, 8))
 
 
 def _params(model: torch.nn.Module) -> int:
@@ -41,16 +46,13 @@ def test_zoo_model_prunes_exports_and_round_trips(name, tmp_path):
     batches = [torch.randn(4, 1, size, size) for _ in range(2)]
     plan = PruningPlan.build(model, batches, criterion="permutation")   # data-driven: random weights still rank
     original, n_params = plan.widths(), _params(model)
-    for cr in CRS:
-        pruned = plan.prune(cr, multiple=8).eval()
+    for cr, multiple in SETTINGS.get(name, DEFAULT):
+        pruned = plan.prune(cr, multiple=multiple).eval()
         widths = plan.widths(pruned)
-        assert all(w % 8 == 0 or w == original[k] for k, w in widths.items()), (cr, widths)
+        assert all(w % multiple == 0 or w == original[k] for k, w in widths.items()), (cr, widths)
         with torch.no_grad():
             assert pruned(batches[0]).shape == (4, 10)
-        # the test model's 8/16-channel groups shrink only at a low cr with multiple 8 (a 16-channel
-        # group keeping 9+ channels rounds back up to 16; per-layer contribution rates are flatter)
-        if not (name == "tiny-resnet" and cr > 0.3):
-            assert _params(pruned) < n_params, cr
+        assert _params(pruned) < n_params, (cr, multiple, widths)
         _round_trip(pruned, batches[0], tmp_path / f"{name}-{cr}")
 
 

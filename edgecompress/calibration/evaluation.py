@@ -108,7 +108,7 @@ def artifact_evaluator(*, fp32_onnx: str | Path, work_dir: str | Path,
         built = build(src, precision, out)
         batches = val_batches() if val_batches is not None else array_batches(val_images, val_labels)
         acc = engine_accuracy(run(built), batches)
-        return acc, measure(built), {**details, "artifact": str(src)}
+        return acc, measure(built), {**details, "artifact": str(src), "built": built}
 
     return evaluate
 

@@ -62,9 +62,10 @@ def quantize_nncf(src_onnx: str | Path, dst_xml: str | Path, batches: Sequence[n
     if method not in METHODS:
         raise UserError(f"calibration method {method!r} is not available with NNCF",
                         f"valid with NNCF: {', '.join(METHODS)}")
-    # PERFORMANCE: symmetric weights and activations; MIXED: asymmetric activations.
-    preset = nncf.QuantizationPreset.PERFORMANCE if symmetric_activations else nncf.QuantizationPreset.MIXED
-    with _quiet_nncf_info():
+    # PERFORMANCE: symmetric weights and activations, where a runtime needs them; otherwise NNCF's
+    # own default for the model (what a user calling nncf.quantize gets).
+    preset = nncf.QuantizationPreset.PERFORMANCE if symmetric_activations else None
+    with quiet_nncf_info():
         quantized = nncf.quantize(ov.convert_model(str(src_onnx)), nncf_dataset(batches), preset=preset,
                                   subset_size=len(batches), ignored_scope=ignored_scope(keep_float),
                                   advanced_parameters=_advanced(nncf, method))
@@ -75,7 +76,7 @@ def quantize_nncf(src_onnx: str | Path, dst_xml: str | Path, batches: Sequence[n
 
 
 @contextmanager
-def _quiet_nncf_info():
+def quiet_nncf_info():
     """NNCF logs every ignored node and quantizer decision at INFO to stdout; keep its warnings."""
     log = logging.getLogger("nncf")
     level = log.level

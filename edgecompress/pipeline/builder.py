@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from edgecompress.calibration import SYMMETRIC_ACTIVATIONS, calibration_batches, quantize_int8
+from edgecompress.calibration.plain import PLAIN_IMAGES, plain_int8
 from edgecompress.errors import InternalError, UserError
 from edgecompress.exporters import to_onnx
 from edgecompress.inputs.splits import DataSplits
@@ -26,6 +27,7 @@ from edgecompress.targets import BuildResult, Target
 PROBE_CALIBRATION = 64      # training images that calibrate an INT8 probe (its latency, not its accuracy)
 SHIPPED_CALIBRATION = 512   # training images that calibrate the engine that ships (and the unpruned one)
 ORIGINAL = "original"       # the build key of the user's unchanged model
+PLAIN = "plain-int8"        # the original quantized by the target's own tool at its defaults
 
 
 def search_precision(profile: Profile, requested: str) -> str:
@@ -91,6 +93,25 @@ class Builder:
         built = self.target.build(onnx_path, work, precision=precision)
         self._built[cache_key if key is not None else (str(work),)] = built
         return built
+
+    def plain(self, model: nn.Module) -> BuildResult:
+        """`model` quantized by the target's own tool with its defaults (calibration/plain.py) on
+        PLAIN_IMAGES seeded training images, one per item as its examples feed them; cached."""
+        cache_key = (PLAIN,)
+        if cache_key not in self._built:
+            work = self.work / f"{len(self._built):04d}-plain"
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            onnx_path = export_onnx(model, work / "model.onnx", input_shape=self.input_shape)
+            images = calibration_batches(self.data.train, count=min(PLAIN_IMAGES, len(self.data.train)),
+                                         seed=self.seed, batch_size=1, workers=self.data.workers)
+            artifact = plain_int8(self.target.runtime, onnx_path, work / "plain", images)
+            self._built[cache_key] = self.target.build(artifact, work, precision="int8")
+        return self._built[cache_key]
+
+    def yardstick(self, model: nn.Module, name: str) -> BuildResult:
+        """The engine a baseline named: PLAIN, or the original at a float precision."""
+        return self.plain(model) if name == PLAIN else self.build(model, precision=name, key=ORIGINAL)
 
     def close(self) -> None:
         """Remove the build folders (scratch: nothing in the run directory points into them)."""

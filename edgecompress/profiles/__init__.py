@@ -34,9 +34,10 @@ class Benchmark(_Frozen):
     hint: Literal["latency", "throughput"] = "latency"
     pin_threads: Optional[bool] = None       # OpenVINO ENABLE_CPU_PINNING; None: the runtime's default
     tolerance: float = Field(0.15, gt=0, lt=10)  # regression test: fail above (1 + tolerance) x baseline
-    # alternating rounds whenever two measured latencies are compared (probe vs original, step
-    # moves, verify); the final choice between candidates extends them up to 3x until separated
-    rounds: int = Field(3, ge=1)
+    # the timing protocol's caps (targets/timing.py): one side-by-side comparison (baseline engines,
+    # the final pruned-vs-unpruned decision, verify, check), and the whole latency table
+    compare_time_s: float = Field(20.0, gt=0)
+    table_time_s: float = Field(60.0, gt=0)
 
 
 class Device(_Frozen):
@@ -63,6 +64,8 @@ class Profile(_Frozen):
     engine_format: Literal["openvino-ir", "tensorrt-plan", "onnx", "ort"]
     precisions: list[Precision] = Field(min_length=1)
     channel_multiple: int = Field(8, ge=1)
+    # per precision, where its kernels block channels differently (INT8 VNNI kernels: by 16)
+    channel_multiples: dict[Precision, int] = Field(default_factory=dict)
     min_channels: int = Field(8, ge=1)
     input_shape: Optional[list[int]] = None  # [C, H, W]; None: taken from the data
     batch: int = Field(1, ge=1)

@@ -84,7 +84,33 @@ class PruningPlan:
         alloc.check_knob(knob, name="knob")
         if not self.groups:
             return copy.deepcopy(self.model)
-        keep = self.keep_indices(knob, multiple=multiple, min_channels=min_channels)
+        return self._prune_to(self.keep_indices(knob, multiple=multiple, min_channels=min_channels))
+
+    def unit_steps(self, *, multiple: int = 1, min_channels: int = 1) -> dict[str, list[int]]:
+        """Per group, the unit counts its width may take, widest first: every count the keep
+        counts round to (a multiple of the group's step, at least its minimum), the full width first."""
+        alloc.check_rounding(multiple, min_channels)
+        out = {}
+        for g in self.groups:
+            n, step = len(g.units), multiple // math.gcd(multiple, g.per_unit)
+            least = math.ceil(min_channels / g.per_unit)
+            out[g.key] = sorted({alloc.round_keep(k, n, multiple=step, min_channels=least) for k in range(n + 1)},
+                                reverse=True)
+        return out
+
+    def prune_units(self, counts: dict[str, int]) -> nn.Module:
+        """A new model keeping the `counts[key]` most important units of the named groups (the
+        others whole): the width steps of the latency table and of the cost-ordered search."""
+        keep = {}
+        for g in self.groups:
+            if g.key not in counts:
+                continue
+            score = torch.stack([self.scores[g.key][u].sum() for u in g.units])
+            kept = alloc.keep_indices({g.key: score}, {g.key: counts[g.key]})[g.key]
+            keep[g.key] = sorted(i for u in kept for i in g.units[u])
+        return self._prune_to(keep)
+
+    def _prune_to(self, keep: dict[str, list[int]]) -> nn.Module:
         widths = {g.key: g.width for g in self.groups}
         removals = {k: sorted(set(range(widths[k])) - set(idx)) for k, idx in keep.items()}
         return prune_copy(self.model, self.example_input, removals)

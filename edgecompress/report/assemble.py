@@ -38,11 +38,13 @@ def assemble_report(*, config, results, run: dict, result: dict, extra: dict, un
         "schema": 1, "target": run["target"], "precision": r["calibrate"]["precision"],
         "max_acc_drop": cfg.max_acc_drop, "latency_budget_ms": cfg.latency_budget_ms,
         "baseline": base, "result": result,
-        "unpruned": {k: unpruned[k] for k in ("precision", "accuracy", "test_accuracy", "latency_ms", "latency_method",
-                                              "shipped")},
-        "pruning_speedup": unpruned["speedup"],
+        "unpruned": {k: unpruned[k] for k in ("tool", "precision", "accuracy", "test_accuracy", "latency_ms",
+                                              "latency_method", "shipped")},
+        "pruning_speedup": unpruned["speedup"],   # {ratio, low, high}: the yardstick's latency / the engine's
         "pruning": {k: r["prune"].get(k) for k in ("mode", "unpruned", "blocks_removed", "blocks", "unprunable",
-                                                    "compared", "probe_precision")},
+                                                    "decision", "probe_precision", "channel_multiple",
+                                                    "latency_table", "table_timing", "removal_order")},
+        "yardstick": r["baseline"]["engines"],
         "probes": [_probe(p) for p in r["prune"]["probes"]],
         "artifacts": run["artifacts"], "timings_s": timings,
         # extra keys (DESIGN allows them): what the report page and `compress check` read
@@ -60,7 +62,6 @@ def assemble_report(*, config, results, run: dict, result: dict, extra: dict, un
 def summary(report: dict, run_dir: Path) -> str:
     """The one line printed at the end."""
     b, res = report["baseline"], report["result"]
-    speed = b["latency_ms"] / res["latency_ms"] if res["latency_ms"] else float("nan")
     method = res["latency_method"]
     engine = run_dir / report["engine"]
     where = f"engine: {engine}" if report.get("built_here", True) else \
@@ -68,15 +69,25 @@ def summary(report: dict, run_dir: Path) -> str:
     budget = "" if report["budget"]["met"] else "  BUDGET MISSED: " + ", ".join(
         f"{k} by {v:.3f}" for k, v in report["budget"]["missed"].items())
     return (f"accuracy {b['accuracy']:.2f} % -> {res['accuracy']:.2f} % (val), latency {b['latency_ms']:.3f} -> "
-            f"{res['latency_ms']:.3f} ms ({method}, {speed:.2f}x), {report['precision']}, {pruning_phrase(report)}, "
+            f"{res['latency_ms']:.3f} ms ({method}, {ratio_text(res['speedup'])}), {report['precision']}, "
+            f"{pruning_phrase(report)}, "
             f"{where}{budget}")
 
 
 def pruning_phrase(report: dict) -> str:
-    """What pruning bought on top of quantizing the unpruned model the same way."""
-    unpruned = report.get("unpruned")
-    if not unpruned:
+    """What the engine buys over the user's best plain engine of the unpruned model (the
+    yardstick), with the 95 % interval of the side-by-side ratio."""
+    unpruned, gain = report.get("unpruned"), report.get("pruning_speedup")
+    if not unpruned or not isinstance(gain, dict):
         return "pruning: n/a"
+    over = f"{ratio_text(gain)} over plain {unpruned['precision']} ({unpruned.get('tool', '?')})"
     if unpruned.get("shipped"):
-        return f"pruning: does not pay here, the unpruned model ships at {report['precision']}"
-    return f"pruning: {report['pruning_speedup']:.2f}x on top of {report['precision']}"
+        return f"pruning: did not measurably pay, the unpruned model ships at {report['precision']}: {over}"
+    return f"pruning: {over}"
+
+
+def ratio_text(r: dict) -> str:
+    """{"ratio", "low", "high"} -> "1.27x [1.24, 1.30]" (a point for estimates)."""
+    if r["low"] == r["high"]:
+        return f"{r['ratio']:.2f}x"
+    return f"{r['ratio']:.2f}x [{r['low']:.2f}, {r['high']:.2f}]"

@@ -39,7 +39,7 @@ _RUNTIME_PACKAGES = {"openvino": "openvino", "ort": "onnxruntime", "onnxruntime"
 
 def write_latency_baseline(out_dir: str | Path, *, target: Any, build: Any, latency: Any,
                            precision: str, inputs: np.ndarray, outputs: np.ndarray | None = None,
-                           run_dir: str | Path | None = None) -> Path:
+                           run_dir: str | Path | None = None, reference: dict | None = None) -> Path:
     """Write latency_baseline.json (+ .npz with the stored input/output pairs) into `out_dir`.
 
     `target`, `build`, `latency`: the `Target`, its `BuildResult` and the `Latency` the verify stage
@@ -77,6 +77,9 @@ def write_latency_baseline(out_dir: str | Path, *, target: Any, build: Any, late
         "build": encode_paths(_as_dict(build), run_dir),
         "profile": profile.model_dump(mode="json"),
         "samples": {"file": SAMPLES_FILE, "count": len(samples)},
+        # the reference engine stored with the run and the engine's speed-up over it, timed side by
+        # side in the protocol: what a check judges (a ratio holds on a loaded machine, a time does not)
+        "reference": None if reference is None else {k: v for k, v in reference.items() if k != "files"},
     }
     _atomic(out_dir / SAMPLES_FILE, lambda tmp: _save_npz(tmp, samples, outputs))
     _atomic(out_dir / BASELINE_FILE, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))

@@ -127,7 +127,9 @@ def _pruning_paragraph(report: dict) -> str:
                 f"model ships at {_e(unpruned.get('precision'))}.</p>")
     removed = pruning.get("blocks_removed") or []
     what = f"mode {_e(pruning.get('mode'))}" + (f", {len(removed)} residual block(s) removed" if removed else "")
-    return (f"<p><b>pruning: {_num(report.get('pruning_speedup'))}x on top of {_e(unpruned.get('precision'))}</b> "
+    gain = report.get("pruning_speedup") or {}
+    return (f"<p><b>pruning: {_num(gain.get('ratio'))}x [{_num(gain.get('low'))}, {_num(gain.get('high'))}] over "
+            f"plain {_e(unpruned.get('precision'))} ({_e(unpruned.get('tool'))})</b> "
             f"({what}); the unpruned model at {_e(unpruned.get('precision'))}: {_num(unpruned.get('latency_ms'))} ms "
             f"({_e(unpruned.get('latency_method'))}), validation accuracy {_num(unpruned.get('accuracy'))} %, "
             f"timed side by side with the engine.</p>")

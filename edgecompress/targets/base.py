@@ -16,6 +16,7 @@ from typing import Callable, Literal
 import numpy as np
 
 from edgecompress.errors import InternalError, UserError
+from edgecompress.exporters import is_qdq
 from edgecompress.profiles import Benchmark, Profile
 from edgecompress.registry import Registry
 
@@ -70,6 +71,12 @@ class Target:
             raise UserError(f"target {self.profile.name} does not support precision {precision!r}",
                             f"supported: {', '.join(self.profile.precisions)}")
 
+    def check_source(self, onnx_path: Path, precision: str) -> None:
+        """INT8 is built from a QDQ ONNX, a float precision from a float one."""
+        if (precision == "int8") != is_qdq(onnx_path):
+            raise UserError(f"precision {precision} needs {'a QDQ' if precision == 'int8' else 'a float'} ONNX,"
+                            f" got {Path(onnx_path).name}", "pass model_int8.onnx for int8, model.onnx otherwise")
+
     def build(self, onnx_path: Path | str, out_dir: Path | str, *, precision: str) -> BuildResult:
         raise NotImplementedError
 
@@ -90,6 +97,9 @@ def input_dims(onnx_path: Path | str, profile: Profile) -> tuple[int, ...]:
     if profile.input_shape:
         return (profile.batch, *profile.input_shape)
     from edgecompress.exporters.common import need
+    if Path(onnx_path).suffix == ".xml":   # an OpenVINO IR (NNCF's INT8)
+        shape = need("openvino", "openvino").Core().read_model(str(onnx_path)).inputs[0].get_partial_shape()
+        return (profile.batch, *(d.get_length() for d in list(shape)[1:]))
     onnx = need("onnx", "onnx")
     model = onnx.load(str(onnx_path), load_external_data=False)
     dims = model.graph.input[0].type.tensor_type.shape.dim

@@ -1,11 +1,11 @@
 """OpenVINO target (x86 CPU): IR build, runner and local latency probe."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Callable
 
-from edgecompress.errors import UserError
-from edgecompress.exporters import compile_openvino, is_qdq, onnx_to_openvino
+from edgecompress.exporters import compile_openvino, onnx_to_openvino
 from edgecompress.profiles import Profile
 from edgecompress.targets.base import (PROBES, RUNTIMES, BuildResult, Latency, Probe, Runner, Target,
                                        host_cpu, input_dims, random_input, summarize, time_calls)
@@ -18,10 +18,14 @@ class OpenVINOTarget(Target):
     def build(self, onnx_path: Path | str, out_dir: Path | str, *, precision: str) -> BuildResult:
         self.check_precision(precision)
         onnx_path, xml = Path(onnx_path), Path(out_dir) / "model.xml"
-        if (precision == "int8") != is_qdq(onnx_path):
-            raise UserError(f"precision {precision} needs {'a QDQ' if precision == 'int8' else 'a float'} ONNX,"
-                            f" got {onnx_path.name}", "pass model_int8.onnx for int8, model.onnx otherwise")
-        onnx_to_openvino(onnx_path, xml, fp16=(precision == "fp16"))
+        if onnx_path.suffix == ".xml" and precision == "int8":   # an INT8 IR NNCF wrote: it is the engine
+            xml.parent.mkdir(parents=True, exist_ok=True)
+            if onnx_path.resolve() != xml.resolve():
+                shutil.copy(onnx_path, xml)
+                shutil.copy(onnx_path.with_suffix(".bin"), xml.with_suffix(".bin"))
+        else:
+            self.check_source(onnx_path, precision)
+            onnx_to_openvino(onnx_path, xml, fp16=(precision == "fp16"))
         return BuildResult(engine=xml, onnx=onnx_path, precision=precision, runtime=self.runtime,
                            files={"engine": xml, "weights": xml.with_suffix(".bin")})
 

@@ -5,8 +5,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from edgecompress.errors import UserError
-from edgecompress.exporters import is_qdq, onnx_to_ort, ort_session
+from edgecompress.exporters import onnx_to_ort, ort_session
 from edgecompress.profiles import Profile
 from edgecompress.targets.base import (PROBES, RUNTIMES, BuildResult, Latency, Probe, Runner, Target,
                                        host_cpu, input_dims, random_input, summarize, time_calls)
@@ -19,9 +18,7 @@ class OrtTarget(Target):
     def build(self, onnx_path: Path | str, out_dir: Path | str, *, precision: str) -> BuildResult:
         self.check_precision(precision)
         onnx_path, out_dir = Path(onnx_path), Path(out_dir)
-        if (precision == "int8") != is_qdq(onnx_path):
-            raise UserError(f"precision {precision} needs {'a QDQ' if precision == 'int8' else 'a float'} ONNX,"
-                            f" got {onnx_path.name}", "pass model_int8.onnx for int8, model.onnx otherwise")
+        self.check_source(onnx_path, precision)
         if self.profile.engine_format == "ort":
             engine = onnx_to_ort(onnx_path, out_dir / "model.ort")
         else:  # the ONNX is the engine; keep a copy in out_dir so the run directory is complete

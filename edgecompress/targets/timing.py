@@ -81,7 +81,7 @@ class Timing:
     blocks: int
     runs_per_block: int            # lower than asked when calls are slow (BLOCK_BUDGET_S)
     seconds: float                 # wall time of the whole comparison, warm-up included
-    stopped: Literal["precise", "time cap"]
+    stopped: Literal["precise", "time cap", "estimate", "remote"]
 
     def speedup(self, name: str) -> Ratio:
         """latency(reference) / latency(name)."""
@@ -137,6 +137,23 @@ def time_builds(target: Target, builds: dict[str, BuildResult], *, reference: st
                         "interleaved timing needs engines that run here; use target.measure for the device")
     kw.setdefault("warmup", target.profile.benchmark.warmup)
     return compare({name: target.caller(b) for name, b in builds.items()}, reference=reference, **kw)
+
+
+def relative_timing(target: Target, builds: dict[str, BuildResult], *, reference: str, **kw) -> Timing:
+    """Every engine's latency relative to `reference`'s, in the one form whatever the source:
+    local targets by `time_builds` (the protocol), estimated and remote (ssh) ones by their own
+    probe, one measurement per engine (`stopped` "estimate" / "remote": an estimate has no
+    noise, so its interval is the point; a remote probe's own iterations are its precision)."""
+    if target.latency_source == "local":
+        return time_builds(target, builds, reference=reference, **kw)
+    start = time.perf_counter()
+    latency = {name: target.measure(b) for name, b in builds.items()}
+    ref = latency[reference].median_ms
+    ratios = {name: Ratio(median=x.median_ms / ref, low=x.median_ms / ref, high=x.median_ms / ref)
+              for name, x in latency.items()}
+    return Timing(reference=reference, ratios=ratios, ms={n: x.median_ms for n, x in latency.items()}, blocks=1,
+                  runs_per_block=0, seconds=time.perf_counter() - start,
+                  stopped="estimate" if target.latency_source == "estimate" else "remote")
 
 
 def median_interval(values: np.ndarray) -> tuple[float, float, float]:

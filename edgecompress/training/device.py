@@ -5,8 +5,9 @@ the device and back, so ONNX export and torch.save always see CPU modules.
 
 On CUDA the training forward passes run under torch.autocast (bfloat16 where the GPU has it, else
 float16 with a GradScaler for the backward pass); decisions (accuracy, BatchNorm statistics) stay
-float32. Under torchrun each rank takes GPU `LOCAL_RANK % device_count` and makes it current, so
-no rank opens a context on another's GPU.
+float32, TF32 off (`exact_float32`). Under torchrun each rank takes GPU `LOCAL_RANK % device_count`
+and makes it current, so no rank opens a context on another's GPU (ranks sharing a GPU average
+gradients over gloo: training/distributed.py).
 """
 from __future__ import annotations
 
@@ -67,6 +68,19 @@ def autocast(device: torch.device):
     if device.type != "cuda":
         return contextlib.nullcontext()
     return torch.autocast("cuda", dtype=amp_dtype(device))
+
+
+@contextlib.contextmanager
+def exact_float32():
+    """IEEE float32 convolutions and matmuls for the block: PyTorch lets cuDNN run float32
+    convolutions as TF32 by default (`torch.backends.cudnn.allow_tf32`, Ampere and later), which
+    keeps 10 of float32's 23 mantissa bits; the CPU ignores both flags. Restored after."""
+    cudnn, cublas = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, cublas
 
 
 def amp_dtype(device: torch.device) -> torch.dtype:

@@ -9,7 +9,8 @@ the student to distill (then they train it with DDP on their shard and exit) or 
 Only rank 0 opens the run directory; the others never write.
 
 Messages go over gloo (CPU objects, a generous timeout); with `--train-device cuda` the DDP
-gradients go over a second group on NCCL (`training_group`), each rank on its LOCAL_RANK GPU.
+gradients go over a second group on NCCL (`training_group`), each rank on its LOCAL_RANK GPU --
+unless ranks share a GPU (more processes than GPUs), which NCCL refuses: then over gloo.
 """
 from __future__ import annotations
 
@@ -31,14 +32,25 @@ _GROUPS: dict = {}
 
 
 def training_group(device: torch.device):
-    """The process group DDP averages gradients over: NCCL for CUDA tensors, else the default
-    (gloo). Collective: every rank calls it, in the same order (the first distill of each)."""
+    """The process group DDP averages gradients over: NCCL for CUDA tensors when every rank has a
+    GPU of its own, else the default (gloo, which also reduces CUDA tensors). Collective: every
+    rank calls it, in the same order (the first distill of each)."""
     if device.type != "cuda":
         return None
-    if "nccl" not in _GROUPS:
+    if "cuda" not in _GROUPS:
         import torch.distributed as dist
-        _GROUPS["nccl"] = dist.new_group(backend="nccl")
-    return _GROUPS["nccl"]
+        _GROUPS["cuda"] = dist.new_group(backend="nccl") if _own_gpus(dist) else None
+    return _GROUPS["cuda"]
+
+
+def _own_gpus(dist) -> bool:
+    """Whether no two ranks share a GPU, agreed by all ranks (new_group must be called by all or
+    none). Two ranks on one GPU make NCCL fail at its first collective ("Duplicate GPU detected",
+    ncclInvalidUsage, NCCL >= 2.5); plain `cuda` with more processes than GPUs does exactly that."""
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
+    own = torch.tensor([int(ranks_here <= torch.cuda.device_count())])
+    dist.all_reduce(own, op=dist.ReduceOp.MIN)   # over the default group: gloo, a CPU tensor
+    return bool(own.item())
 
 
 class Coordinator:

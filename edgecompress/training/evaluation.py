@@ -2,7 +2,8 @@
 
 Both the accuracy and the BatchNorm statistics decide what ships (the accuracy floor, probes
 accepted or rejected, keep-or-revert after fine-tuning), and the shipped engine runs in FP32 or
-INT8 calibrated from FP32: so they run in float32 on every device, never under autocast.
+INT8 calibrated from FP32: so they run in float32 on every device, never under autocast, and with
+CUDA's TF32 convolutions off (device.exact_float32).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
-from edgecompress.training.device import on_device
+from edgecompress.training.device import exact_float32, on_device
 
 
 def tensor_batches(x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 500) -> Iterator[tuple]:
@@ -27,7 +28,7 @@ def model_accuracy(model: nn.Module, batches: Iterable, *, device: torch.device 
     device = torch.device(device)
     model.eval()
     correct = seen = 0
-    with on_device(device, model):
+    with on_device(device, model), exact_float32():
         for x, y in batches:
             pred = model(x.to(device, non_blocking=True)).argmax(1).cpu()
             correct += int((pred == torch.as_tensor(y)).sum())
@@ -54,7 +55,7 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, *, device: torch.device 
     device = torch.device(device)
     model.train()
     try:
-        with on_device(device, model):
+        with on_device(device, model), exact_float32():
             for i, item in enumerate(batches):
                 if max_batches is not None and i >= max_batches:
                     break

@@ -10,6 +10,7 @@ from edgecompress.calibration import (CALIBRATORS, DEFAULT_BACKEND, SYMMETRIC_AC
                                       choose_precision, layer_sensitivity)
 from edgecompress.pipeline.context import Context
 from edgecompress.pipeline.stage import StageOutput
+from edgecompress.targets.timing import relative_timing
 
 SENSITIVITY_IMAGES = 256
 
@@ -18,22 +19,78 @@ class CalibrateStage:
     name, what = "calibrate", "choose the precision on the target (INT8 calibrated and accuracy-checked)"
 
     def run(self, ctx: Context, out: Path) -> StageOutput:
-        selection = choose_precision(evaluate=_evaluator(ctx, out / "work"), budget_accuracy=budget_accuracy(ctx),
-                                     precisions=ctx.profile.precisions, precision=ctx.config.precision,
-                                     layer_sensitivity=lambda: _sensitivity(ctx))
+        budget = budget_accuracy(ctx)
+        evaluate = Evaluator(ctx, out / "work", budget)
+        selection = choose_precision(evaluate=evaluate, budget_accuracy=budget, precisions=ctx.profile.precisions,
+                                     precision=ctx.config.precision, layer_sensitivity=lambda: _sensitivity(ctx))
         for note in selection.notes:
             ctx.note(note)
-        files = {}
-        chosen = selection.chosen
-        if chosen.precision == "int8":
-            files = _keep_artifact(Path(chosen.details["artifact"]), out)
+        chosen = _measurably_faster(ctx, selection)
+        files = _keep_artifact(Path(chosen.details["artifact"]), out) if chosen.precision == "int8" else {}
         records = [_record(r, chosen) for r in selection.records]
         for r in records:
-            ctx.ui.say(f"  {r['precision']:<5} val {r['accuracy']:6.2f} %  {_ms(r['latency_ms'])}"
+            ctx.ui.say(f"  {r['precision']:<5} {r['backend'] or '':<8} val {r['accuracy']:6.2f} %  {_ms(r['latency_ms'])}"
+                       f"  {r['ratio']['ratio']:.3f}x [{r['ratio']['low']:.3f}, {r['ratio']['high']:.3f}] of fp32"
                        f"{'  <- chosen' if r['chosen'] else ''}")
         return StageOutput(files=files, data={"precision": chosen.precision, "precisions": records,
                                               "budget_accuracy": selection.budget_accuracy,
-                                              "keep_float": list(chosen.keep_float)})
+                                              "keep_float": list(chosen.keep_float), "backend": chosen.backend})
+
+
+class Evaluator:
+    """`evaluate(precision, keep_float)` for the precision selector: build the exported model at
+    that precision, its accuracy on the built engine, and its latency as a ratio to the FP32
+    engine timed side by side (the protocol), with the interval in the record's details. INT8 on
+    OpenVINO is made by both ORT-QDQ and NNCF (the target's own tool at its defaults): the faster
+    one, side by side, that keeps the budget is the INT8 candidate."""
+
+    def __init__(self, ctx: Context, work: Path, budget: float) -> None:
+        self.ctx, self.work, self.budget = ctx, work, budget
+        runtime = ctx.profile.runtime
+        self.backends = ["ort", "nncf"] if runtime == "openvino" else [_backend(runtime)]
+        fp32 = ctx.rundir.artifact("export", "onnx")
+        self.reference = ctx.target.build(fp32, work / "reference", precision="fp32") \
+            if "fp32" in ctx.profile.precisions else None
+        self.builds = {b: artifact_evaluator(
+            fp32_onnx=fp32, work_dir=work / b, calib_batches=ctx.builder.calibration(shipped=True),
+            val_batches=lambda: ctx.data.batches("val"),
+            build=lambda src, precision, d: ctx.target.build(src, d, precision=precision),
+            run=ctx.target.runner, measure=lambda built: None, backend=b, method=_method(ctx, b),
+            symmetric_activations=SYMMETRIC_ACTIVATIONS.get(runtime, False)) for b in self.backends}
+
+    def __call__(self, precision: str, keep_float: tuple[str, ...]):
+        backends = self.backends if precision == "int8" else self.backends[:1]
+        tried = {b: self.builds[b](precision, keep_float) for b in backends}
+        builds = {b: details.pop("built") for b, (_, _, details) in tried.items()}
+        if self.reference is None or precision == "fp32":   # the reference itself: ratio 1 by definition
+            return tried[backends[0]]
+        timing = relative_timing(self.ctx.target, {"fp32": self.reference, **builds}, reference="fp32",
+                                 max_time_s=self.ctx.profile.benchmark.compare_time_s)
+        keep = [b for b in backends if tried[b][0] >= self.budget - 1e-9] or backends
+        best = min(keep, key=lambda b: timing.ratios[b].median)
+        acc, _, details = tried[best]
+        others = {b: {"accuracy": tried[b][0], "ratio": timing.ratios[b].to_dict()} for b in backends if b != best}
+        self.reference_ms = timing.ms["fp32"]
+        return acc, timing.ms[best], {**details, "ratio": timing.ratios[best].to_dict(), "others": others}
+
+
+def _method(ctx: Context, backend: str) -> str:
+    """The requested calibration method, or NNCF's default where NNCF does not offer it."""
+    method = ctx.config.calibration
+    return method if method in CALIBRATORS.get(backend).methods else "minmax"
+
+
+def _measurably_faster(ctx: Context, selection):
+    """A precision other than FP32 ships only when the protocol says it is faster than FP32 (its
+    ratio's interval below 1); else FP32, when it keeps the budget, and the run says so."""
+    chosen = selection.chosen
+    ratio = chosen.details.get("ratio")
+    fp32 = [r for r in selection.records if r.precision == "fp32" and r.meets_budget]
+    if chosen.precision == "fp32" or ratio is None or ratio["high"] < 1 or not fp32:
+        return chosen
+    ctx.note(f"{chosen.precision} is not measurably faster than fp32 here ({ratio['ratio']:.3f}x "
+             f"[{ratio['low']:.3f}, {ratio['high']:.3f}] of its latency, side by side): fp32 ships")
+    return fp32[0]
 
 
 def budget_accuracy(ctx: Context) -> float:
@@ -56,17 +113,6 @@ def _backend(runtime: str) -> str:
     return name if CALIBRATORS.get(name).artifact == "onnx-qdq" else "ort"
 
 
-def _evaluator(ctx: Context, work: Path):
-    runtime, target = ctx.profile.runtime, ctx.target
-    return artifact_evaluator(
-        fp32_onnx=ctx.rundir.artifact("export", "onnx"), work_dir=work, calib_batches=ctx.builder.calibration(shipped=True),
-        val_batches=lambda: ctx.data.batches("val"),
-        build=lambda src, precision, d: target.build(src, d, precision=precision),
-        run=target.runner, measure=lambda b: target.measure(b).median_ms,
-        backend=_backend(runtime), method=ctx.config.calibration,
-        symmetric_activations=SYMMETRIC_ACTIVATIONS.get(runtime, False))
-
-
 def _sensitivity(ctx: Context):
     probe = ctx.data.images(SENSITIVITY_IMAGES).numpy().astype(np.float32)
     return layer_sensitivity(ctx.rundir.artifact("export", "onnx"), ctx.builder.calibration(shipped=True), [probe],
@@ -74,14 +120,20 @@ def _sensitivity(ctx: Context):
 
 
 def _keep_artifact(src: Path, out: Path) -> dict[str, str]:
-    """Move the chosen INT8 artifact (a QDQ ONNX: `_backend` picks only those) into the staging folder."""
+    """Move the chosen INT8 artifact (a QDQ ONNX, or NNCF's IR with its .bin) into the staging folder."""
     name = "model_int8" + src.suffix
     shutil.move(src, out / name)
-    return {"int8_model": name}
+    files = {"int8_model": name}
+    if src.suffix == ".xml":
+        shutil.move(src.with_suffix(".bin"), out / "model_int8.bin")
+        files["int8_weights"] = "model_int8.bin"
+    return files
 
 
 def _record(r, chosen) -> dict:
+    one = {"ratio": 1.0, "low": 1.0, "high": 1.0}
     return {"precision": r.precision, "accuracy": r.accuracy, "latency_ms": r.latency_ms,
+            "ratio": r.details.get("ratio", one), "others": r.details.get("others", {}),
             "float_layers": list(r.keep_float), "backend": r.backend, "chosen": r is chosen,
             "meets_budget": r.meets_budget}
 

@@ -14,8 +14,14 @@ from edgecompress.pipeline.rundir import write_json
 from edgecompress.pipeline.stage import StageOutput
 from edgecompress.pipeline.stages.build import build_result
 from edgecompress.report import assemble_report, write_latency_baseline, write_regression_test, write_report_html
-from edgecompress.targets.base import measure_alternating, median_ratio, middle
+from edgecompress.targets import Latency
+from edgecompress.targets.base import host_cpu
+from edgecompress.targets.timing import relative_timing
 from edgecompress.training.evaluation import macs_and_params
+
+ENGINE, ORIGINAL_FLOAT, YARDSTICK, UNPRUNED = "engine", "original", "yardstick", "unpruned"
+REFERENCE_DIR = "reference"   # the original's float engine: what `compress check` times the engine against
+HALF_WIDTH = 0.01   # stop once every ratio is known to +-1 % (or at the profile's compare_time_s)
 VERIFY_FILES = {"report": "report.json", "report_html": "report.html", "latency_baseline": "latency_baseline.json",
                 "latency_samples": "latency_baseline.npz", "regression_test": "test_latency_regression.py"}
 
@@ -30,73 +36,80 @@ class VerifyStage:
         with ctx.ui.progress("validation on the engine", len(ctx.data.val)) as bar:
             val_acc = run_accuracy(ctx, run, "val", on_batch=bar.update)
         test_acc = run_accuracy(ctx, run, "test")
-        unpruned_build = None if ctx.results["prune"].get("unpruned") else _unpruned_build(ctx, build)
-        latency, pair = side_by_side(ctx, build, unpruned=unpruned_build)
-        unpruned = _unpruned_record(ctx, build, unpruned_build, pair, latency, val_acc, test_acc)
-        samples = ctx.data.images(EVAL_BATCH).numpy()
-        write_latency_baseline(out, target=ctx.target, build=build, latency=latency, precision=build.precision,
-                               inputs=samples, run_dir=ctx.rundir.path)
+        builds = engines_to_time(ctx, build)
+        timing = relative_timing(ctx.target, builds, reference=ENGINE, max_time_s=ctx.profile.benchmark.compare_time_s,
+                                 half_width=HALF_WIDTH)
+        speedups = {name: timing.ratios[name] for name in builds if name != ENGINE}   # other / engine
+        for name, r in speedups.items():
+            ctx.ui.say(f"  engine vs {name:<10} {r} faster ({timing.stopped}, {timing.blocks} blocks)")
+        base = ctx.results["baseline"]
+        latency_ms = base["latency_ms"] / speedups[ORIGINAL_FLOAT].median
+        method = base["latency_method"]
+        reference = keep_reference(builds[ORIGINAL_FLOAT], out)
+        write_latency_baseline(out, target=ctx.target, build=build, latency=Latency(
+            median_ms=latency_ms, p90_ms=float("nan"), iterations=timing.blocks * timing.runs_per_block,
+            method=method, runtime=build.runtime, device=host_cpu()), precision=build.precision,
+            inputs=ctx.data.images(EVAL_BATCH).numpy(), run_dir=ctx.rundir.path,
+            reference={**reference, "ratio": timing.ratios[ORIGINAL_FLOAT].inverse().to_dict()})
         write_regression_test(out)
         macs, params = macs_and_params(ctx.rundir.load_model("finetune", "pruned_model"), ctx.input_shape)
-        anchored = latency.median_ms if pair is None else ctx.results["baseline"]["latency_ms"] * pair["ratio"]
-        result = {"accuracy": val_acc, "test_accuracy": test_acc, "latency_ms": anchored,
-                  "latency_method": latency.method, "flops": macs, "params": params,
-                  "cr": ctx.results["prune"]["cr"]}
-        extra = {"latency_p90_ms": None if latency.p90_ms != latency.p90_ms else latency.p90_ms,
-                 "latency_iterations": latency.iterations, "latency_device": latency.device,
-                 "latency_runtime": latency.runtime, "side_by_side": pair}
+        result = {"accuracy": val_acc, "test_accuracy": test_acc, "latency_ms": latency_ms, "latency_method": method,
+                  "flops": macs, "params": params, "cr": ctx.results["prune"]["cr"],
+                  "speedup": speedups[ORIGINAL_FLOAT].to_dict()}
+        unpruned = yardstick_record(ctx, builds, speedups, latency_ms)
+        extra = {"timing": timing.to_dict(), "speedups": {n: r.to_dict() for n, r in speedups.items()}}
         report = assemble_report(config=ctx.config, results=ctx.results, run=run_facts(ctx, time.perf_counter() - start),
                                  result=result, extra=extra, unpruned=unpruned)
         write_json(out / "report.json", report)
         write_report_html(out)
-        return StageOutput(files=dict(VERIFY_FILES), data={"result": result, **extra})
+        return StageOutput(files={**VERIFY_FILES, **reference["files"]}, data={"result": result, **extra})
 
 
-def side_by_side(ctx: Context, build, *, unpruned=None):
-    """(the engine's Latency, the side-by-side record or None). Measured: the original (at the
-    baseline precision), the unpruned model at the shipped precision (when something was pruned)
-    and the engine timed in alternation, the profile's `rounds`; the engine's latency in the
-    report is the baseline stage's figure times the median per-round ratio, i.e. on the same
-    scale as the baseline and every probe, so the speedup and the budget check do not depend on
-    how fast the machine happened to be when each was timed (the same original measured 0.45 and
-    0.65 ms minutes apart on the 2-core development VM). The raw timings are kept in the record.
-    Estimated latency does not drift: the engine's estimate is used as it is."""
-    if ctx.results["baseline"]["latency_method"] != "measured":
-        return ctx.target.measure(build), None
-    rounds = ctx.profile.benchmark.rounds
-    original = ctx.builder.build(ctx.original, precision=ctx.results["baseline"]["precision"], key=ORIGINAL)
-    builds = [original, build] + ([unpruned] if unpruned is not None else [])
-    per = measure_alternating(ctx.target.measure, builds, rounds)
-    record = {"ratio": median_ratio(per[1], per[0]), "rounds": rounds, "original_ms": [t.median_ms for t in per[0]],
-              "engine_ms": [t.median_ms for t in per[1]]}
-    if unpruned is not None:
-        record.update(unpruned_ms=[t.median_ms for t in per[2]], pruning_speedup=1 / median_ratio(per[1], per[2]),
-                      unpruned_ratio=median_ratio(per[2], per[0]))
-    return middle(per[1]), record
-
-
-def _unpruned_build(ctx: Context, build):
-    """The original built at the shipped precision with the shipped engine's calibration images."""
-    return ctx.builder.build(ctx.original, precision=build.precision, key=ORIGINAL, shipped=True)
-
-
-def _unpruned_record(ctx: Context, build, unpruned_build, pair: dict | None, latency, val_acc, test_acc) -> dict:
-    """report.json's `unpruned`: the original at the shipped precision, same calibration and
-    runtime, its accuracy on the built artifact and its latency timed with the engine."""
+def engines_to_time(ctx: Context, build) -> dict:
+    """The engine, the original at the baseline's float precision, the yardstick (the user's best
+    plain engine) and, when something was pruned, our own INT8 of the unpruned model with the
+    engine's calibration: all timed in one run of the protocol, ratios to the engine."""
     base = ctx.results["baseline"]
-    if unpruned_build is None:   # the unpruned model is what ships
-        ms = latency.median_ms if pair is None else base["latency_ms"] * pair["ratio"]
-        return {"precision": build.precision, "accuracy": val_acc, "test_accuracy": test_acc, "latency_ms": ms,
-                "latency_method": latency.method, "shipped": True, "speedup": 1.0}
-    run = ctx.target.runner(unpruned_build)
-    acc, test = run_accuracy(ctx, run, "val"), run_accuracy(ctx, run, "test")
-    if pair is None:
-        est = ctx.target.measure(unpruned_build)
-        ms, method, speedup = est.median_ms, est.method, est.median_ms / latency.median_ms
-    else:
-        ms, method, speedup = base["latency_ms"] * pair["unpruned_ratio"], "measured", pair["pruning_speedup"]
-    return {"precision": build.precision, "accuracy": acc, "test_accuracy": test, "latency_ms": ms,
-            "latency_method": method, "shipped": False, "speedup": speedup}
+    builds = {ENGINE: build,
+              ORIGINAL_FLOAT: ctx.builder.build(ctx.original, precision=base["precision"], key=ORIGINAL)}
+    if base["yardstick"] != base["precision"]:
+        builds[YARDSTICK] = ctx.builder.yardstick(ctx.original, base["yardstick"])
+    if not ctx.results["prune"].get("unpruned") and build.precision == "int8":
+        builds[UNPRUNED] = ctx.builder.build(ctx.original, precision="int8", key=ORIGINAL, shipped=True)
+    return builds
+
+
+def yardstick_record(ctx: Context, builds: dict, speedups: dict, latency_ms: float) -> dict:
+    """report.json's `unpruned`: the yardstick (the fastest plain engine of the original a user
+    gets without us), its accuracy on the built artifact, and its latency timed with the engine."""
+    base = ctx.results["baseline"]
+    name = YARDSTICK if YARDSTICK in builds else ORIGINAL_FLOAT
+    engine = base["engines"][base["yardstick"]]
+    test = run_accuracy(ctx, ctx.target.runner(builds[name]), "test")
+    speedup = speedups[name]
+    return {"tool": engine["tool"], "precision": engine["precision"], "accuracy": engine["accuracy"],
+            "test_accuracy": test, "latency_ms": latency_ms * speedup.median,
+            "latency_method": base["latency_method"], "shipped": bool(ctx.results["prune"].get("unpruned")),
+            "speedup": speedup.to_dict()}
+
+
+def keep_reference(build, out: Path) -> dict:
+    """Copy the reference engine (the original at the float precision) into the run directory:
+    `compress check` and the regression test time the engine against it."""
+    folder = out / REFERENCE_DIR
+    folder.mkdir(exist_ok=True)
+    files = {}
+    for name, path in build.files.items():
+        path = Path(path)
+        if path.is_file():
+            shutil.copy(path, folder / path.name)
+            files[f"reference_{name}"] = f"{REFERENCE_DIR}/{path.name}"
+    onnx = folder / Path(build.onnx).name
+    if not onnx.is_file():
+        shutil.copy(build.onnx, onnx)
+        files["reference_onnx"] = f"{REFERENCE_DIR}/{onnx.name}"
+    return {"files": files, "engine": f"{REFERENCE_DIR}/{Path(build.engine).name}", "precision": build.precision,
+            "onnx": f"{REFERENCE_DIR}/{onnx.name}"}
 
 
 def run_facts(ctx: Context, verify_seconds: float) -> dict:

@@ -1,0 +1,116 @@
+"""The latency table: what each removable block and each width step of a channel group costs on
+the target at the precision that ships, measured once per run (pruning/cost.py orders by it).
+
+Every table entry is the original with that one removal (a block replaced by identity, or one
+group narrowed to a smaller unit count), built at the probe precision and timed with the
+original in one run of the timing protocol (targets/timing.py): its saving is the original's
+latency times (1 - its paired ratio). Savings below what the protocol resolves (the interval
+reaches 1.0, or the next step's) count as none. Estimated targets take the estimator's figures.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import torch
+from torch import nn
+
+from edgecompress.pipeline.builder import ORIGINAL
+from edgecompress.pipeline.context import Context
+from edgecompress.pruning import PruningPlan
+from edgecompress.pruning.cost import Removal
+from edgecompress.pruning.depth import Block, remove_blocks
+from edgecompress.targets.timing import Ratio, relative_timing
+
+TABLE_HALF_WIDTH = 0.01  # stop when every entry's ratio is known to +-1 %
+# Savings are counted in steps of 1 % of the original's latency, what the protocol resolves: two
+# runs of the same command then price (and order) the removals alike instead of by their noise.
+RESOLUTION = 0.01
+
+
+def table_entries(plan: PruningPlan, blocks: list[Block], *, multiple: int, min_channels: int) -> dict[str, dict]:
+    """name -> {"kind", "name", "units"} for every single removal from the original."""
+    entries = {f"block:{b.name}": {"kind": "block", "name": b.name, "units": 0} for b in blocks}
+    for key, counts in plan.unit_steps(multiple=multiple, min_channels=min_channels).items():
+        for units in counts[1:]:
+            entries[f"width:{key}:{units}"] = {"kind": "width", "name": key, "units": units}
+    return entries
+
+
+def entry_model(plan: PruningPlan, entry: dict) -> nn.Module:
+    if entry["kind"] == "block":
+        return remove_blocks(plan.model, [entry["name"]])
+    return plan.prune_units({entry["name"]: entry["units"]})
+
+
+@torch.no_grad()
+def output_deviation(model: nn.Module, batches: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
+    """E||logits(model) - logits(original)||^2 per image (the depth score's measure)."""
+    model.eval()
+    dev = sum(float(((model(x) - ref).double() ** 2).sum()) for x, ref in zip(batches, reference))
+    return dev / max(1, sum(len(x) for x in batches))
+
+
+def measure_table(ctx: Context, plan: PruningPlan, blocks: list[Block], batches: list[torch.Tensor], *,
+                  precision: str, multiple: int) -> dict:
+    """{"ratios": {entry: ratio dict}, "entries": {...}, "timing": {...}}: every entry's latency
+    relative to the original at `precision`, and its output deviation."""
+    entries = table_entries(plan, blocks, multiple=multiple, min_channels=ctx.profile.min_channels)
+    with torch.no_grad():
+        reference = [plan.model.eval()(x) for x in batches]
+    builds = {ORIGINAL: ctx.builder.build(ctx.original, precision=precision, key=ORIGINAL)}
+    with ctx.ui.progress("latency table: building", len(entries)) as bar:
+        for i, (name, entry) in enumerate(entries.items()):
+            model = entry_model(plan, entry)
+            entry["deviation"] = output_deviation(model, batches, reference)
+            builds[name] = ctx.builder.build(model, precision=precision, key=f"table:{name}")
+            bar.update(i + 1)
+    timing = relative_timing(ctx.target, builds, reference=ORIGINAL, max_time_s=ctx.profile.benchmark.table_time_s,
+                             half_width=TABLE_HALF_WIDTH)
+    ctx.ui.say(f"  latency table: {len(entries)} removals timed with the original at {precision} "
+               f"({timing.blocks} blocks, {timing.seconds:.0f} s, {timing.stopped})")
+    return {"entries": entries, "ratios": {n: r.to_dict() for n, r in timing.ratios.items()},
+            "timing": {k: v for k, v in timing.to_dict().items() if k != "ratios"}}
+
+
+def removals(table: dict, *, reference_ms: float, blocks: list[Block]) -> list[Removal]:
+    """The table as priced removals: savings in ms on the probe precision's scale; width steps
+    marginal (each against the group's previous step); below the protocol's resolution: none."""
+    inside = _inside(table["entries"], blocks)
+    out, previous = [], {}
+    for name, entry in table["entries"].items():
+        r = _ratio(table["ratios"][name])
+        if entry["kind"] == "block":
+            saving = _resolved(1 - r.median, reference_ms) if r.high < 1 else 0.0
+            out.append(Removal(kind="block", name=entry["name"], deviation=entry["deviation"], saving_ms=saving))
+            continue
+        prev_ratio, prev_dev = previous.get(entry["name"], (Ratio(1.0, 1.0, 1.0), 0.0))
+        saving = _resolved(prev_ratio.median - r.median, reference_ms) if r.high < prev_ratio.low else 0.0
+        out.append(Removal(kind="width", name=entry["name"], units=entry["units"], inside=inside.get(entry["name"]),
+                           deviation=max(entry["deviation"] - prev_dev, 0.0), saving_ms=saving))
+        previous[entry["name"]] = (r, entry["deviation"])
+    return out
+
+
+def _resolved(fraction: float, reference_ms: float) -> float:
+    return round(fraction / RESOLUTION) * RESOLUTION * reference_ms
+
+
+def _ratio(d: dict) -> Ratio:
+    return Ratio(median=d["ratio"], low=d["low"], high=d["high"])
+
+
+def _inside(entries: dict, blocks: list[Block]) -> dict[str, str]:
+    """Group key -> the removable block whose module holds the group's root layer."""
+    out = {}
+    for entry in entries.values():
+        if entry["kind"] == "width":
+            holder = [b.name for b in blocks if entry["name"].startswith(b.name + ".")]
+            if holder:
+                out[entry["name"]] = holder[0]
+    return out
+
+
+def table_record(table: dict, priced: list[Removal]) -> list[dict]:
+    """Each table entry with its ratio, deviation and marginal saving (report.json `latency_table`)."""
+    by_entry = list(table["entries"])
+    return [{"entry": name, **asdict(r), "ratio": table["ratios"][name]} for name, r in zip(by_entry, priced)]

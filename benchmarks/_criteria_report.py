@@ -1,9 +1,11 @@
 """Phases `latency` and `report` of benchmarks/compare_criteria.py.
 
 latency: every saved model (each base model's original.pt and every configuration's model.pt) is
-exported to ONNX, built as an OpenVINO FP32 IR and timed by the x86-cpu target's own probe at
-batch 1, all models in alternating rounds (the median round kept); latency.json holds median /
-p90 per model, a rerun measures only what is missing (--force: everything, together).
+exported to ONNX, built as an OpenVINO FP32 IR and timed at batch 1 by the one timing protocol
+(edgecompress.targets.timing.time_builds), one run of it per base model with its original as the
+reference: latency.json holds each model's median ms and its latency ratio to its original with
+the 95 % interval; a rerun measures only what is missing, timed again with the original
+(--force: everything).
 report: tables, plots and the goal check, written into the "## Criteria comparison" section of
 docs/benchmarks.md (no other section is touched).
 """
@@ -52,26 +54,38 @@ def build_file(path: Path, target, work: Path):
 
 
 def latency_phase(out: Path, *, quick: bool, force: bool = False, threads: int | None = None,
-                  rounds: int = 5) -> dict:
-    """Measure every saved model not yet in latency.json (all of them with `force`): all built
-    first, then timed in `rounds` alternating rounds (measure_alternating), the median round kept."""
-    from edgecompress.targets.base import measure_alternating, middle
+                  max_time_s: float | None = None) -> dict:
+    """Measure every saved model not yet in latency.json (all of them with `force`): per base model,
+    its original and the configurations to measure built, then timed together by the protocol with
+    the original as the reference (its entry is refreshed each time: the ratios come from the same
+    blocks). The protocol stops when every ratio is within +-1 % or at `max_time_s` (default 60 s
+    per base model; quick 5 s)."""
+    from edgecompress.targets.timing import time_builds
+    max_time_s = max_time_s or (5.0 if quick else 60.0)
     path = out / "latency.json"
     done = {} if force or not path.is_file() else json.loads(path.read_text())
     target = x86_target(quick=quick, threads=threads)
     rows = done.get("models", {})
-    todo = {k: p for k, p in saved_models(out).items() if k not in rows}
-    with tempfile.TemporaryDirectory() as tmp:
-        builds = {k: build_file(p, target, Path(tmp) / k.replace("/", "__")) for k, p in todo.items()}
-        for key, lats in zip(builds, measure_alternating(target.measure, list(builds.values()), rounds)):
-            lat = middle(lats)
-            rows[key] = {"median_ms": lat.median_ms, "p90_ms": None if lat.p90_ms != lat.p90_ms else lat.p90_ms,
-                         "iterations": lat.iterations, "method": lat.method, "device": lat.device,
-                         "round_medians_ms": [t.median_ms for t in lats]}
-            print(f"  {key}: {lat.median_ms:.3f} ms ({lat.method}; rounds {', '.join(f'{t.median_ms:.3f}' for t in lats)})",
-                  flush=True)
+    saved = saved_models(out)
+    todo = {k: p for k, p in saved.items() if k not in rows}
+    for base in sorted({k.split("/")[0] for k in todo}):
+        group = {k: p for k, p in saved.items() if k.split("/")[0] == base and (k in todo or k.endswith("/original"))}
+        reference = f"{base}/original"
+        if reference not in group:
+            print(f"  {base}: no original.pt, its configurations are not timed", flush=True)
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            builds = {k: build_file(p, target, Path(tmp) / k.replace("/", "__")) for k, p in group.items()}
+            timing = time_builds(target, builds, reference=reference, max_time_s=max_time_s, half_width=0.01)
+        for key in builds:
+            rows[key] = {"median_ms": timing.ms[key], "ratio_to_original": timing.ratios[key].to_dict(),
+                         "method": "measured", "device": target.profile.name,
+                         "timing": {k: v for k, v in timing.to_dict().items() if k not in ("ratios", "ms")}}
+            print(f"  {key}: {timing.ms[key]:.3f} ms, {timing.ratios[key]} of the original "
+                  f"({timing.blocks} blocks, {timing.stopped})", flush=True)
     write_json(path, {"machine": machine(), "benchmark": target.profile.benchmark.model_dump(),
-                      "precision": "fp32", "rounds": rounds, "models": rows})
+                      "precision": "fp32", "protocol": "targets.timing.time_builds", "max_time_s": max_time_s,
+                      "models": rows})
     return json.loads(path.read_text())
 
 
@@ -86,7 +100,11 @@ def load_rows(out: Path) -> tuple[dict, list[dict], dict]:
         m = lat["models"].get(f"{p.parent.parent.name}/{p.parent.name}")
         base_ms = lat["models"].get(f"{p.parent.parent.name}/original", {}).get("median_ms")
         r["latency_ms"] = m["median_ms"] if m else None
-        r["latency_ratio"] = m["median_ms"] / base_ms if m and base_ms else None
+        if m and "ratio_to_original" in m:       # the protocol's paired ratio (latency.json since the port)
+            r["latency_ratio"] = m["ratio_to_original"]["ratio"]
+            r["latency_interval"] = m["ratio_to_original"]
+        else:                                     # an older latency.json: ratio of two medians
+            r["latency_ratio"] = m["median_ms"] / base_ms if m and base_ms else None
         rows.append(r)
     for name, b in bases.items():
         b["latency_ms"] = lat["models"].get(f"{name}/original", {}).get("median_ms")
@@ -178,9 +196,17 @@ COLUMNS = [
     ("val %", lambda r: r["val_accuracy"]),
     ("test %", lambda r: r["test_accuracy"]),
     ("latency ms", lambda r: None if r.get("latency_ms") is None else f"{r['latency_ms']:.3f}"),
-    ("ratio to orig", lambda r: None if r.get("latency_ratio") is None else f"{r['latency_ratio']:.3f}"),
+    ("ratio to orig", lambda r: _ratio_cell(r)),
     ("compression s", lambda r: r.get("wall_s")),
 ]
+
+
+def _ratio_cell(r: dict) -> str | None:
+    """Latency / the original's: with the protocol's 95 % interval when latency.json has one."""
+    q = r.get("latency_interval")
+    if q:
+        return f"{q['ratio']:.3f} [{q['low']:.3f}, {q['high']:.3f}]"
+    return None if r.get("latency_ratio") is None else f"{r['latency_ratio']:.3f}"
 
 
 def tables(bases: dict, rows: list[dict]) -> str:

@@ -107,7 +107,7 @@ class Prober:
             model = self.plan.prune(knob, multiple=self.s.multiple, min_channels=self.s.min_channels)
             recalibrate_bn(model, self.bn_batches)
             distill(model, self.teacher, self.train_set, steps=self.s.probe_steps,
-                    config=DistillConfig(batch_size=self.s.batch_size), seed=probe_seed(self.s.seed, knob))
+                    config=DistillConfig(batch_size=self.s.batch_size), seed=probe_seed(self.s.seed, repr(knob)))
             self.models[knob] = model.eval()
         return self.models[knob]
 

@@ -2,10 +2,10 @@
 
 Part A, alignment: the shipped ResNet-20 pruned by edgecompress.pruning (permutation importance,
 the default allocation) at fixed knobs, with every group's keep count rounded UP to a multiple of
-1, 4, 8, 16. Each variant is exported, built as an OpenVINO IR and timed by the x86-cpu target's
-own probe (batch 1, median of >= N runs and >= T s after warm-up), all variants timed in
-alternating rounds and each one's median round kept. Rounding up keeps MORE
-channels, so the question is whether the extra FLOPs are free (or even faster) on this CPU.
+1, 4, 8, 16. Each variant is exported, built as an OpenVINO IR and timed with the unpruned
+original in ONE run of the timing protocol (targets/timing.py: blocks of 20 runs, order shuffled
+per block, median of paired ratios with a 95 % interval). Rounding up keeps MORE channels, so the
+question is whether the extra FLOPs are free (or even faster) on this CPU.
 
 Part B, estimator: for the probes of a cr sweep (the models a search would try, rounded to the
 profile's channel multiple), the roofline estimate (x86-cpu profile figures) against the measured
@@ -30,7 +30,8 @@ from edgecompress.exporters import to_onnx
 from edgecompress.profiles import load_profile
 from edgecompress.pruning import PruningPlan
 from edgecompress.targets import get_target, layer_costs
-from edgecompress.targets.base import host_cpu, measure_alternating, middle
+from edgecompress.targets.base import host_cpu
+from edgecompress.targets.timing import time_builds
 from edgecompress.zoo import pretrained
 from edgecompress.inputs.data import fashion_mnist
 
@@ -44,10 +45,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--knobs", type=float, nargs="*", help="knobs for part A (default 0.95 0.8)")
     p.add_argument("--sweep", type=int, default=10, help="probes in part B's cr sweep")
     p.add_argument("--threads", type=int, default=None, help="INFERENCE_NUM_THREADS (default: OpenVINO's)")
-    p.add_argument("--rounds", type=int, default=None, help="alternating timing rounds (default 5; quick 1)")
+    p.add_argument("--seconds", type=float, default=None, help="protocol time cap per part (default 60; quick 5)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
                    help="int8: QDQ from ONNX Runtime's quantizer (64 training images), as the search's probes")
-    p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    p.add_argument("--out", "--json", type=Path, default=None, help="write the results as JSON here")
     p.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     return p.parse_args(argv)
 
@@ -90,30 +91,35 @@ def build(model, name: str, work: Path, target, precision: str) -> tuple[dict, o
             "estimated_ms": round(est.median_ms, 4)}, built
 
 
-def time_rounds(rows: list[dict], builds: list, target, rounds: int) -> None:
-    """Every build timed once per round, in turn, each row keeping its median round
-    (edgecompress.targets.base.measure_alternating: variants compared under the same drift)."""
-    for row, lats in zip(rows, measure_alternating(target.measure, builds, rounds)):
-        mid = middle(lats)
-        row.update(median_ms=round(mid.median_ms, 4), p90_ms=round(mid.p90_ms, 4), iterations=mid.iterations,
-                   round_medians_ms=[round(t.median_ms, 4) for t in lats])
+def time_together(rows: list[dict], builds: list, reference, target, seconds: float) -> None:
+    """Every build and the unpruned original in one run of the protocol; each row gets its latency
+    ratio to the original (95 % interval) and its median ms."""
+    names = [f"v{i}" for i in range(len(builds))]
+    timing = time_builds(target, {"original": reference, **dict(zip(names, builds))}, reference="original",
+                         max_time_s=seconds, half_width=0.005)
+    for row, name in zip(rows, names):
+        row.update(ratio=timing.ratios[name].to_dict(), median_ms=round(timing.ms[name], 4),
+                   timing=f"{timing.blocks} blocks, {timing.stopped}")
 
 
-def part_a(plan, target, work: Path, knobs, precision: str, rounds: int) -> list[dict]:
+def part_a(plan, target, work: Path, knobs, precision: str, seconds: float) -> list[dict]:
     rows, builds = [], []
     for knob in knobs:
         for m in MULTIPLES:
             row, built = build(plan.prune(knob, multiple=m, min_channels=m), f"k{knob}_m{m}", work, target, precision)
             rows.append({"knob": knob, "multiple": m, **row})
             builds.append(built)
-    time_rounds(rows, builds, target, rounds)
+    _, reference = build(plan.model, "original", work, target, precision)
+    time_together(rows, builds, reference, target, seconds)
     for row in rows:
+        r = row["ratio"]
         print(f"  A knob={row['knob']} multiple={row['multiple']:>2}: {row['conv_channels']} ch, {row['macs_m']} MMAC, "
-              f"{row['median_ms']:.3f} ms", flush=True)
+              f"{row['median_ms']:.3f} ms, {r['ratio']:.3f}x [{r['low']:.3f}, {r['high']:.3f}] of the original",
+              flush=True)
     return rows
 
 
-def part_b(plan, target, work: Path, n: int, precision: str, rounds: int) -> tuple[list[dict], float]:
+def part_b(plan, target, work: Path, n: int, precision: str, seconds: float) -> tuple[list[dict], float]:
     from scipy.stats import spearmanr
     multiple = target.profile.channel_multiple
     knobs = [round(0.5 + 0.5 * i / max(1, n - 1), 4) for i in range(n)]   # cr 0.5 .. 1.0
@@ -123,7 +129,8 @@ def part_b(plan, target, work: Path, n: int, precision: str, rounds: int) -> tup
                            f"sweep{knob}", work, target, precision)
         rows.append({"knob": knob, **row})
         builds.append(built)
-    time_rounds(rows, builds, target, rounds)
+    _, reference = build(plan.model, "original", work, target, precision)
+    time_together(rows, builds, reference, target, seconds)
     for row in rows:
         print(f"  B cr={row['knob']}: measured {row['median_ms']:.3f} ms, estimated {row['estimated_ms']:.4f} ms",
               flush=True)
@@ -132,10 +139,12 @@ def part_b(plan, target, work: Path, n: int, precision: str, rounds: int) -> tup
 
 
 def markdown(result: dict) -> str:
-    out = ["| knob | multiple | conv channels | MMAC | median ms | p90 ms | ms / MMAC |", "|---|---|---|---|---|---|---|"]
+    out = ["| knob | multiple | conv channels | MMAC | latency / original (95 % interval) | median ms |",
+           "|---|---|---|---|---|---|"]
     for r in result["alignment"]:
-        out.append(f"| {r['knob']} | {r['multiple']} | {r['conv_channels']} | {r['macs_m']} | {r['median_ms']:.3f} "
-                   f"| {r['p90_ms']:.3f} | {r['median_ms'] / r['macs_m']:.4f} |")
+        q = r["ratio"]
+        out.append(f"| {r['knob']} | {r['multiple']} | {r['conv_channels']} | {r['macs_m']} | {q['ratio']:.3f} "
+                   f"[{q['low']:.3f}, {q['high']:.3f}] | {r['median_ms']:.3f} |")
     out += ["", "| cr | conv channels | MMAC | measured ms | estimated ms |", "|---|---|---|---|---|"]
     for r in result["estimator"]:
         out.append(f"| {r['knob']} | {r['conv_channels']} | {r['macs_m']} | {r['median_ms']:.3f} | {r['estimated_ms']:.4f} |")
@@ -152,12 +161,14 @@ def main(argv=None) -> int:
     knobs = args.knobs or ([0.9] if args.quick else [0.95, 0.8])
     with tempfile.TemporaryDirectory() as tmp:
         print(f"Part A: alignment ({host_cpu()}, OpenVINO {args.precision})", flush=True)
-        rounds = args.rounds or (1 if args.quick else 5)
-        rows_a = part_a(plan, target, Path(tmp), knobs, args.precision, rounds)
+        seconds = args.seconds or (5.0 if args.quick else 60.0)
+        rows_a = part_a(plan, target, Path(tmp), knobs, args.precision, seconds)
         print("Part B: estimator vs measured", flush=True)
-        rows_b, rho = part_b(plan, target, Path(tmp), 4 if args.quick else args.sweep, args.precision, rounds)
-    result = {"schema": 1, "quick": args.quick, "cpu": host_cpu(), "threads": args.threads,
-              "benchmark": target.profile.benchmark.model_dump(), "precision": args.precision, "rounds": rounds,
+        rows_b, rho = part_b(plan, target, Path(tmp), 4 if args.quick else args.sweep, args.precision, seconds)
+    rows = [{"knob": r["knob"], "multiple": r["multiple"], "conv_channels": r["conv_channels"], "macs_m": r["macs_m"],
+             "latency_vs_original": r["ratio"], "median_ms": r["median_ms"]} for r in rows_a]
+    result = {"schema": 1, "rows": rows, "quick": args.quick, "cpu": host_cpu(), "threads": args.threads,
+              "benchmark": target.profile.benchmark.model_dump(), "precision": args.precision, "seconds_cap": seconds,
               "alignment": rows_a, "estimator": rows_b, "spearman_rho": rho, "seconds": round(time.time() - t0, 1),
               "command": " ".join(["benchmarks/alignment.py", *(argv if argv is not None else sys.argv[1:])])}
     if args.out:

@@ -72,7 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.add_argument(flag, type=kind, help=text)
     p.add_argument("--threads", type=int, help="latency phase: INFERENCE_NUM_THREADS (default OpenVINO's)")
     p.add_argument("--force", action="store_true", help="latency phase: measure again what is measured")
-    p.add_argument("--rounds", type=int, default=5, help="latency phase: alternating timing rounds (quick: 1)")
+    p.add_argument("--max-time-s", type=float, default=None, help="latency phase: protocol cap per model (default 60; quick 5)")
     p.add_argument("--docs", type=Path, default=DOCS, help="report phase: the Markdown file to update")
     p.add_argument("--img", type=Path, help="report phase: the plot (default docs/img/criteria_comparison.png)")
     p.add_argument("--seed-runs", help="report phase: comma-separated results folders of the same benchmark run "
@@ -189,8 +189,7 @@ def main(argv=None) -> int:
         search_phase(args, argv)
     if args.phase in ("latency", "all"):
         from _criteria_report import latency_phase
-        lat = latency_phase(out, quick=args.quick, force=args.force, threads=args.threads,
-                            rounds=1 if args.quick else args.rounds)
+        lat = latency_phase(out, quick=args.quick, force=args.force, threads=args.threads, max_time_s=args.max_time_s)
         lat["command"] = _command(argv)
         write_json(out / "latency.json", lat)
     if args.phase in ("report", "all"):

@@ -7,12 +7,16 @@ bisection; uniform allocation: identical keep counts, so identical MACs), BatchN
 recalibrated on 8 training batches, and top-1 accuracy is measured on the validation split.
 No fine-tuning: this isolates the channel choice.
 
-    .venv/bin/python benchmarks/deviation_site.py            # full: ResNet-20 and MobileNetV2, 5,000 val images
-    .venv/bin/python benchmarks/deviation_site.py --quick    # ResNet-20 only, 500 val images, no docs update
+    .venv/bin/python benchmarks/deviation_site.py --json out.json          # ResNet-20 and MobileNetV2, 5,000 val images
+    .venv/bin/python benchmarks/deviation_site.py --quick --json q.json    # ResNet-20 only, 500 val images
+
+It prints its table; benchmarks/suite.py runs it and renders region `deviation_site` of
+docs/benchmarks.md from the --json file (the script no longer edits the docs itself).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -20,8 +24,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (DOCS, base_model, describe_machine, load_tensors, machine, macs_params,  # noqa: E402
-                     md_table, replace_section, train_batches)
+from _common import (base_model, describe_machine, load_tensors, machine, macs_params,  # noqa: E402
+                     md_table, train_batches)
 
 from edgecompress.pruning import PruningPlan, recalibrate_bn  # noqa: E402
 from edgecompress.training.evaluation import model_accuracy, tensor_batches  # noqa: E402
@@ -80,6 +84,22 @@ def run_model(name: str, data, args) -> list[dict]:
     return rows
 
 
+def json_rows(rows: list[dict]) -> list[dict]:
+    """The table's rows keyed by their column headers (the suite renders any such rows)."""
+    return [{"model": r["model"], "allocation": r["alloc"],
+             "target": f"{r['target']:.2f} MACs" if r["alloc"] == "cr" else f"keep {r['target']:.2f}",
+             "unpruned %": round(r["base"], 2),
+             **{f"at={at}: {what}": round(r[f"{at}_{key}"], nd) for at in SITES
+                for what, key, nd in (("knob", "cr", 3), ("MACs", "macs", 3), ("acc %", "acc", 2))},
+             "bn − conv (points)": round(r["bn_acc"] - r["conv_acc"], 2)} for r in rows]
+
+
+def verdict(rows: list[dict]) -> str:
+    wins = sum(r["bn_acc"] > r["conv_acc"] for r in rows)
+    return (f"at=bn is better in {wins} of {len(rows)} rows, so the default of "
+            f"`channel_importance(at=...)` is `{'bn' if wins > len(rows) / 2 else 'conv'}`.")
+
+
 def report(rows: list[dict], args, seconds: float) -> str:
     table = md_table(rows, [
         ("model", lambda r: r["model"]), ("allocation", lambda r: r["alloc"]),
@@ -89,24 +109,21 @@ def report(rows: list[dict], args, seconds: float) -> str:
         ("at=bn: knob / MACs / acc %", lambda r: f"{r['bn_cr']:.3f} / {r['bn_macs']:.3f} / {r['bn_acc']:.2f}"),
         ("bn − conv (points)", lambda r: r["bn_acc"] - r["conv_acc"]),
     ])
-    wins = sum(r["bn_acc"] > r["conv_acc"] for r in rows)
     return (f"`{' '.join(['.venv/bin/python', 'benchmarks/deviation_site.py', *sys.argv[1:]])}` "
             f"({seconds / 60:.1f} min; {describe_machine(machine())}).\n\n"
             "Permutation importance (`expected` mode) at the conv output vs after the following "
             "BatchNorm; pruned to equal MACs (cr: largest cr within the target, by bisection; "
             f"uniform: identical keep counts), channel multiple {args.multiple}, BatchNorm statistics "
             "recalibrated on 8×64 training images, **no fine-tuning**, top-1 on the "
-            f"{len(args.data.val_y)}-image validation split.\n\n{table}\n\n"
-            f"at=bn is better in {wins} of {len(rows)} rows, so the default of "
-            f"`channel_importance(at=...)` is `{'bn' if wins > len(rows) / 2 else 'conv'}`.")
+            f"{len(args.data.val_y)}-image validation split.\n\n{table}\n\n{verdict(rows)}")
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="ResNet-20 only, 500 val images, no docs update")
+    p.add_argument("--quick", action="store_true", help="ResNet-20 only, 500 val images")
     p.add_argument("--models", default=None, help="comma-separated (default resnet20,mobilenetv2)")
     p.add_argument("--multiple", type=int, default=1)
-    p.add_argument("--no-docs", action="store_true")
+    p.add_argument("--json", type=Path, help="write the rows here (benchmarks/suite.py renders them)")
     args = p.parse_args(argv)
     args.macs = [0.5] if args.quick else [0.7, 0.5, 0.35]
     args.ratios = [0.5] if args.quick else [0.7, 0.5]
@@ -118,8 +135,11 @@ def main(argv=None) -> None:
         rows += run_model(name, args.data, args)
     text = report(rows, args, time.time() - start)
     print(text)
-    if not (args.quick or args.no_docs):
-        replace_section(DOCS, "Where the deviation is taken", text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"rows": json_rows(rows), "notes": [verdict(rows)],
+                                         "settings": {"multiple": args.multiple, "val_images": len(args.data.val_y),
+                                                      "models": models}}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Latency baseline, generated regression test and `compress check`, on a real tiny OpenVINO engine.
 
 No test here asserts a timing against a threshold: "unchanged passes" runs with a huge tolerance,
-and the injected regression divides the baseline by a million.
+the injected regressions divide the baseline by a million (or halve the recorded ratio), and the
+slower engine does several times the work of the original, with the same outputs.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from edgecompress.errors import UserError
 from edgecompress.report.baseline import (BASELINE_FILE, DEVICE_BASELINES_FILE, SAMPLES_FILE, TEST_FILE,
@@ -192,3 +194,78 @@ def test_device_built_engine_is_not_checked_here(built_run: Path, tmp_path: Path
     assert json.loads((run / BASELINE_FILE).read_text())["method"] == "estimated"
     with pytest.raises(NotRunnableHere, match="on the device"):
         check_run(run)
+
+
+# ---------------------------------------------------------------- judged as a ratio to a reference engine
+
+
+class _SlowerSameOutputs(torch.nn.Module):
+    """tiny-resnet plus a heavy branch whose contribution to the logits is 1e-7: the same outputs
+    (to the check's tolerance), several times the work."""
+
+    def __init__(self, base: torch.nn.Module) -> None:
+        super().__init__()
+        self.base = base
+        self.heavy = torch.nn.Sequential(*[torch.nn.Conv2d(1 if i == 0 else 64, 64, 3, padding=1) for i in range(4)])
+        self.fc = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        extra = self.fc(self.heavy(x).mean((2, 3)))
+        return self.base(x) + 1e-7 * extra
+
+
+@pytest.fixture(scope="module")
+def ratio_run(tmp_path_factory) -> Path:
+    """A run directory with a reference engine: the engine (tiny-resnet, FP32) and the reference
+    (the same model) recorded at ratio 1.0 as verify records it."""
+    from edgecompress.exporters import to_onnx
+    from edgecompress.zoo import create_model
+    run = tmp_path_factory.mktemp("ratio-run")
+    torch.manual_seed(0)
+    base = create_model("tiny-resnet").eval()
+    onnx = to_onnx(base, run / "model.onnx", input_shape=(1, 16, 16))
+    target = _fast_target()
+    target = type(target)(target.profile.model_copy(update={"benchmark": target.profile.benchmark.model_copy(
+        update={"compare_time_s": 3.0})}), probe=target._probe, latency_source="local")
+    build = target.build(onnx, run, precision="fp32")
+    target.build(onnx, run / "reference", precision="fp32")
+    slow_onnx = to_onnx(_SlowerSameOutputs(base).eval(), run / "slow" / "model.onnx", input_shape=(1, 16, 16))
+    target.build(slow_onnx, run / "slow", precision="fp32")
+    inputs = np.random.default_rng(0).standard_normal((8, 1, 16, 16)).astype(np.float32)
+    write_latency_baseline(run, target=target, build=build, latency=target.measure(build), precision="fp32",
+                           inputs=inputs, reference={"engine": "reference/model.xml", "onnx": "model.onnx",
+                                                     "precision": "fp32",
+                                                     "ratio": {"ratio": 1.0, "low": 0.99, "high": 1.01}})
+    write_regression_test(run)
+    return run
+
+
+@pytest.fixture
+def ratio_dir(ratio_run: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "run"
+    shutil.copytree(ratio_run, dst)
+    return dst
+
+
+@pytest.mark.slow
+def test_an_unchanged_engine_passes_as_a_ratio_to_its_reference(ratio_dir: Path) -> None:
+    result = check_run(ratio_dir)
+    assert result.ratio_now is not None and result.passed, result.message()
+    assert "of the reference engine's latency" in result.message()
+
+
+@pytest.mark.slow
+def test_a_slower_engine_with_the_same_outputs_fails(ratio_dir: Path) -> None:
+    for suffix in (".xml", ".bin"):
+        shutil.copy(ratio_dir / "slow" / f"model{suffix}", ratio_dir / f"model{suffix}")
+    result = check_run(ratio_dir)
+    assert result.outputs_ok, "the slower engine must give the same outputs"
+    assert not result.latency_ok and "LATENCY REGRESSION" in result.message()
+
+
+@pytest.mark.slow
+def test_the_recorded_ratio_is_the_limit(ratio_dir: Path) -> None:
+    _edit_baseline(ratio_dir, reference={**json.loads((ratio_dir / BASELINE_FILE).read_text())["reference"],
+                                         "ratio": {"ratio": 0.5, "low": 0.49, "high": 0.51}})
+    result = check_run(ratio_dir)
+    assert not result.passed and "limit 0.575x" in result.message()

@@ -68,8 +68,7 @@ def _wait_for(predicate, proc, timeout=300):
 
 def _probes_saved(run: Path) -> int:
     try:
-        modes = json.loads((run / ".checkpoints" / "prune.json").read_text())["modes"]   # one search per mode
-        return sum(len(m["probes"]) for m in modes.values())
+        return len(json.loads((run / ".checkpoints" / "prune.json").read_text())["search"])
     except (OSError, ValueError, KeyError):
         return 0
 

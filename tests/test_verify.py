@@ -18,15 +18,22 @@ def test_latencies_are_timed_side_by_side_with_the_original(tmp_path, monkeypatc
     argv = tiny_argv(tmp_path / "run", fault_weights)
     argv[argv.index("tiny-estimate")] = "tiny-measured"
     assert main(argv) == 0
-    report = json.loads((tmp_path / "run" / "report.json").read_text())
-    base, result, pair = report["baseline"], report["result"], report["result_details"]["side_by_side"]
+    run = tmp_path / "run"
+    report = json.loads((run / "report.json").read_text())
+    base, result = report["baseline"], report["result"]
     assert base["latency_method"] == result["latency_method"] == "measured"
-    assert len(pair["original_ms"]) == len(pair["engine_ms"]) == pair["rounds"] >= 3
-    ratios = sorted(e / o for o, e in zip(pair["original_ms"], pair["engine_ms"]))
-    assert pair["ratio"] == ratios[len(ratios) // 2]
-    assert result["latency_ms"] == pytest.approx(base["latency_ms"] * pair["ratio"])   # on the baseline's scale
-    assert not (tmp_path / "run" / "original").exists()   # the original's timing build is not left behind
-    recorded = json.loads((tmp_path / "run" / "latency_baseline.json").read_text())
-    assert recorded["median_ms"] in pair["engine_ms"]   # the regression test compares raw timings
-    probes = json.loads((tmp_path / "run" / ".checkpoints" / "prune.json").read_text())["latency_cache"].values()
-    assert probes and all(p["method"] == "measured" and p["ratio_to_original"] > 0 for p in probes)
+    timing = report["result_details"]["timing"]
+    assert timing["blocks"] >= 6 and timing["stopped"] in ("precise", "time cap")
+    speedup = result["speedup"]   # the original float engine's latency / the engine's, with its interval
+    assert speedup["low"] <= speedup["ratio"] <= speedup["high"]
+    assert result["latency_ms"] == pytest.approx(base["latency_ms"] / speedup["ratio"], rel=1e-3)  # baseline's scale
+    gain = report["pruning_speedup"]
+    assert gain["low"] <= gain["ratio"] <= gain["high"] and report["unpruned"]["tool"]
+    recorded = json.loads((run / "latency_baseline.json").read_text())
+    ref = recorded["reference"]   # what `compress check` times the engine against
+    assert (run / ref["engine"]).is_file() and ref["ratio"]["ratio"] == pytest.approx(1 / speedup["ratio"], rel=2e-3)
+    table = report["pruning"]["latency_table"]
+    assert table and all(e["ratio"]["low"] <= e["ratio"]["ratio"] <= e["ratio"]["high"] for e in table)
+    engines = report["yardstick"]
+    assert {"fp32", "plain-int8", "int8"} <= set(engines) and report["unpruned"]["tool"] in \
+        {e["tool"] for e in engines.values()}

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -58,11 +59,13 @@ class Builder:
     latency), or `shipped=True` the SHIPPED_CALIBRATION images the engine that ships is
     calibrated on (same seed, same method)."""
 
-    def __init__(self, *, target: Target, data: DataSplits, seed: int, method: str, work: Path) -> None:
-        self.target, self.data, self.seed, self.method, self.work = target, data, seed, method, Path(work)
+    def __init__(self, *, target: Target, data: DataSplits, seed: int, method: str, work: Path | None = None) -> None:
+        # Scratch, outside the run directory by default: the run directory holds artifacts only
+        # (a latency table is dozens of engines; a small disk for the run must not fill with them).
+        self.work = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="edgecompress-builds-"))
+        self.target, self.data, self.seed, self.method = target, data, seed, method
         self._built: dict[tuple, BuildResult] = {}
         self._calibration: dict[bool, list] = {}
-        shutil.rmtree(self.work, ignore_errors=True)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -112,6 +115,11 @@ class Builder:
     def yardstick(self, model: nn.Module, name: str) -> BuildResult:
         """The engine a baseline named: PLAIN, or the original at a float precision."""
         return self.plain(model) if name == PLAIN else self.build(model, precision=name, key=ORIGINAL)
+
+    def forget(self, prefix: str) -> None:
+        """Drop the cached builds whose key starts with `prefix` (and their folders)."""
+        for key in [k for k in self._built if isinstance(k[0], str) and k[0].startswith(prefix)]:
+            shutil.rmtree(Path(self._built.pop(key).engine).parent, ignore_errors=True)
 
     def close(self) -> None:
         """Remove the build folders (scratch: nothing in the run directory points into them)."""

@@ -66,6 +66,7 @@ def measure_table(ctx: Context, plan: PruningPlan, blocks: list[Block], batches:
             bar.update(i + 1)
     timing = relative_timing(ctx.target, builds, reference=ORIGINAL, max_time_s=ctx.profile.benchmark.table_time_s,
                              half_width=TABLE_HALF_WIDTH)
+    ctx.builder.forget("table:")
     ctx.ui.say(f"  latency table: {len(entries)} removals timed with the original at {precision} "
                f"({timing.blocks} blocks, {timing.seconds:.0f} s, {timing.stopped})")
     return {"entries": entries, "ratios": {n: r.to_dict() for n, r in timing.ratios.items()},

@@ -247,11 +247,12 @@ class RunDir:
 
     def finish_stage(self, name: str, *, staged: Path, files: dict[str, str], data: dict, seconds: float) -> None:
         """Move staged files (artifact name -> path relative to `staged`) into place, then mark done."""
-        artifacts = {}
-        for art_name, rel in files.items():
-            src, dst = staged / rel, self.path / rel
-            digest = sha256_file(src)
-            try:
+        artifacts, placed, where = {}, [], self.path / MANIFEST
+        try:
+            for art_name, rel in files.items():
+                src, dst = staged / rel, self.path / rel
+                where = dst
+                digest = sha256_file(src)
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 if dst.is_file() and sha256_file(dst) == digest:
                     src.unlink()  # a byte-identical copy of an earlier stage's file (an engine that is the ONNX)
@@ -259,13 +260,21 @@ class RunDir:
                     with open(src, "rb+") as f:
                         os.fsync(f.fileno())
                     os.replace(src, dst)
-            except OSError as exc:
-                raise _disk_error(exc, dst) from exc
-            artifacts[art_name] = {"path": rel, "sha256": digest, "size": dst.stat().st_size}
-        _fsync_dir(self.path)
-        self.manifest["stages"][name] = {"finished": True, "artifacts": artifacts, "data": data,
-                                         "seconds": round(seconds, 3), "at": time.time()}
-        self.save_manifest()
+                    placed.append(dst)
+                artifacts[art_name] = {"path": rel, "sha256": digest, "size": dst.stat().st_size}
+            _fsync_dir(self.path)
+            self.manifest["stages"][name] = {"finished": True, "artifacts": artifacts, "data": data,
+                                             "seconds": round(seconds, 3), "at": time.time()}
+            self.save_manifest()
+        except (OSError, UserError) as exc:   # the manifest's own write fails as a UserError
+            # The manifest does not say this stage finished: its files must not stand under their
+            # final names either (a resume redoes the stage).
+            self.manifest["stages"].pop(name, None)
+            for path in placed:
+                path.unlink(missing_ok=True)
+            if isinstance(exc, UserError):
+                raise
+            raise _disk_error(exc, where) from exc
 
     def mark_finished(self) -> None:
         self.manifest["finished"] = True

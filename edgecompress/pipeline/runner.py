@@ -57,7 +57,7 @@ def _run(config: RunConfig, coordinator) -> int:
     notes = ctx_parts.pop("notes")
     with RunDir.open(out, resume=config.resume, inputs=_inputs(config)) as rundir:
         builder = Builder(target=ctx_parts["target"], data=ctx_parts["data"], seed=config.seed,
-                          method=config.calibration, work=rundir.path / ".builds")
+                          method=config.calibration)
         ctx = Context(config=config, rundir=rundir, ui=ui, dist=coordinator, builder=builder, **ctx_parts)
         pre = ctx.data.preprocess
         ui.say(f"run directory: {rundir.path}  (target {ctx.profile.name}, model {ctx.model_name}, data {ctx.data.name})")

@@ -49,7 +49,7 @@ def assemble_report(*, config, results, run: dict, result: dict, extra: dict, un
         "artifacts": run["artifacts"], "timings_s": timings,
         # extra keys (DESIGN allows them): what the report page and `compress check` read
         "layers": r["prune"]["layers"], "precisions": r["calibrate"]["precisions"],
-        "command": cfg.command, "parity_max_abs_diff": r["export"]["parity_max_abs_diff"],
+        "command": cfg.command, "request": cfg.identity(), "parity_max_abs_diff": r["export"]["parity_max_abs_diff"],
         "notes": list(run["notes"]), "budget": budget_record(cfg, r, result),
         "baseline_precision": r["baseline"]["precision"], "engine": r["build"]["engine"],
         "built_here": r["build"]["built_here"], "model": run["model"], "data": run["data"],

@@ -1,11 +1,13 @@
 """`compress check RUN_DIR` and the generated regression test: is the engine still as fast?
 
 Both load the engine exactly as the run did (the profile stored in latency_baseline.json, through
-`get_target(...).runner/.measure`), check that the stored outputs still come out, and re-measure.
-Noise is handled by measuring like the run did (warm-up, at least `iterations` runs and
-`min_time_s`, median) and, when a measurement comes out above the limit, measuring again, up to
-MAX_ATTEMPTS times, keeping the best median: a real slowdown is slow every time, a busy neighbour
-is not. The output says how many attempts it took.
+`get_target(...)`), check that the stored outputs still come out, and re-measure. Where the run
+stored a reference engine (the original at its float precision) and the engine runs here, the
+engine is judged the way the run judged it: timed side by side with the reference in the timing
+protocol (targets/timing.py), its latency ratio against the run's ratio x (1 + tolerance). A
+ratio holds on a loaded machine as on a quiet one; an absolute time recorded once does not.
+Otherwise (a remote device, a run without a reference) it measures like the run did and, above
+the limit, again, up to MAX_ATTEMPTS times, keeping the best median.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgecompress.errors import UserError
-from edgecompress.report.baseline import (decode_paths, device_baseline, load_baseline, load_samples,
+from edgecompress.report.baseline import (decode_paths, describe_device, device_baseline, load_baseline, load_samples,
                                           record_device_baseline)
 
 MAX_ATTEMPTS = 3
@@ -55,6 +57,8 @@ class CheckResult:
     recorded: bool = False           # this check recorded the device baseline (nothing compared)
     unmeasurable: bool = False       # no real measurement possible here (estimate only)
     notes: list[str] = field(default_factory=list)
+    ratio_baseline: float | None = None   # the run's engine / reference latency ratio
+    ratio_now: dict | None = None         # the same now, side by side: {ratio, low, high}
 
     @property
     def now_ms(self) -> float | None:
@@ -68,6 +72,8 @@ class CheckResult:
     def latency_ok(self) -> bool:
         if self.recorded or self.unmeasurable:
             return True
+        if self.ratio_now is not None:
+            return self.ratio_now["ratio"] <= self.ratio_baseline * (1 + self.tolerance)
         return self.now_ms is not None and self.now_ms <= self.limit_ms
 
     @property
@@ -82,6 +88,12 @@ class CheckResult:
         """One paragraph a person reads: baseline, now, tolerance, verdict."""
         if self.unmeasurable:
             return " ".join(["latency not checked: nothing can measure this engine here.", *self.notes])
+        if self.ratio_now is not None:
+            r, verdict = self.ratio_now, "latency ok" if self.latency_ok else "LATENCY REGRESSION"
+            return (f"{verdict}: the engine runs at {r['ratio']:.3f}x [{r['low']:.3f}, {r['high']:.3f}] of the reference "
+                    f"engine's latency, side by side; limit {self.ratio_baseline * (1 + self.tolerance):.3f}x = the "
+                    f"run's {self.ratio_baseline:.3f}x x (1 + tolerance {self.tolerance:g}) [{self.target}, "
+                    f"{self.precision}, {self.device}]")
         tries = ", ".join(f"{m:.4f}" for m in self.medians_ms)
         now = f"now {self.now_ms:.4f} ms (best median of {len(self.medians_ms)} attempt(s): {tries} ms)"
         if self.recorded:
@@ -112,6 +124,9 @@ class RunEngine:
 
     def check_latency(self, *, tolerance: float | None = None, attempts: int = MAX_ATTEMPTS) -> CheckResult:
         result = self._new_result(tolerance)
+        reference = self.baseline.get("reference")
+        if reference and self.target.latency_source == "local" and self.build.built_here:
+            return self._check_ratio(result, reference)
         latency = self.target.measure(self.build)
         if latency.method != "measured":
             result.unmeasurable = True
@@ -128,6 +143,21 @@ class RunEngine:
         elif len(result.medians_ms) > 1:
             result.notes.append(f"the first measurement was above the limit; measured "
                                 f"{len(result.medians_ms)} times and kept the best median.")
+        return result
+
+    def _check_ratio(self, result: CheckResult, reference: dict) -> CheckResult:
+        """The engine and the stored reference engine, side by side in the protocol."""
+        from edgecompress.targets import BuildResult
+        from edgecompress.targets.timing import time_builds
+        ref = BuildResult(engine=self.run_dir / reference["engine"], onnx=self.run_dir / reference["onnx"],
+                          precision=reference["precision"], runtime=self.target.runtime)
+        timing = time_builds(self.target, {"engine": self.build, "reference": ref}, reference="reference",
+                             max_time_s=self.target.profile.benchmark.compare_time_s)
+        result.device = describe_device()
+        result.ratio_baseline, result.ratio_now = reference["ratio"]["ratio"], timing.ratios["engine"].to_dict()
+        result.medians_ms = [timing.ms["engine"]]
+        result.iterations = timing.blocks * timing.runs_per_block
+        result.notes.append(f"timed side by side with the reference engine ({timing.blocks} blocks, {timing.stopped})")
         return result
 
     def _new_result(self, tolerance: float | None) -> CheckResult:
@@ -249,6 +279,20 @@ def _rows(r: CheckResult) -> list[tuple[str, str, str, str]]:
                    else f"<= {r.limit_ms:.4f} ms: {'[green]ok' if r.latency_ok else '[red]REGRESSION'}")
     out_verdict = ("not checked" if r.outputs_max_diff is None else
                    f"<= {r.outputs_tol:.3g}: {'[green]ok' if r.outputs_ok else '[red]CHANGED'}")
+    if r.ratio_now is not None:
+        now = r.ratio_now
+        lat_verdict = (f"<= {r.ratio_baseline * (1 + r.tolerance):.3f}x: "
+                       f"{'[green]ok' if r.latency_ok else '[red]REGRESSION'}")
+        return [
+            ("latency / reference engine", f"{r.ratio_baseline:.3f}x", f"{now['ratio']:.3f}x "
+             f"[{now['low']:.3f}, {now['high']:.3f}]", lat_verdict),
+            ("engine median (ms), side by side", _f(r.baseline_ms), _f(r.now_ms), "not judged: the machine drifts"),
+            ("tolerance", f"{r.tolerance:g}", "", f"limit = the run's ratio x {1 + r.tolerance:g}"),
+            ("runs", "", str(r.iterations), ""),
+            ("threads", _t(r.baseline_threads), _t(r.threads), ""),
+            ("device", escape(r.baseline_device), escape(r.device), escape(r.baseline_source)),
+            ("outputs max abs diff", "0", _f(r.outputs_max_diff, ".3g"), out_verdict),
+        ]
     return [
         ("median latency (ms)", _f(r.baseline_ms), _f(r.now_ms), lat_verdict),
         ("p90 latency (ms)", _f(r.baseline_p90_ms), _f(r.p90_ms), ""),

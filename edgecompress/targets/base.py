@@ -130,36 +130,6 @@ def time_calls(call: Callable[[], object], bench: Benchmark) -> list[float]:
     return times
 
 
-def measure_alternating(measure: Probe, builds: list[BuildResult], rounds: int) -> list[list[Latency]]:
-    """Each build timed once per round, the builds in turn (AB AB ...); per build, its timings in
-    round order. A machine's speed drifts over minutes (the same ResNet-20 engine measured 0.52 and
-    0.77 ms in two runs on the idle 2-core machine), so builds that are compared with each other
-    are timed under the same drift."""
-    per: list[list[Latency]] = [[] for _ in builds]
-    for _ in range(rounds):
-        for timings, build in zip(per, builds):
-            timings.append(measure(build))
-    return per
-
-
-def relative_latency(measure: Probe, build: BuildResult, reference: BuildResult, rounds: int) -> float:
-    """latency(build) / latency(reference), the two timed in alternation: the median of the
-    per-round ratios. Far steadier than a ratio of timings taken minutes apart on a machine whose
-    speed drifts (on the 2-core development VM: +-40 % within minutes)."""
-    return median_ratio(*measure_alternating(measure, [build, reference], rounds))
-
-
-def median_ratio(timings: list[Latency], reference: list[Latency]) -> float:
-    """Median of the per-round ratios timings[r] / reference[r] (upper one of an even count)."""
-    ratios = sorted(x.median_ms / y.median_ms for x, y in zip(timings, reference))
-    return ratios[len(ratios) // 2]
-
-
-def middle(timings: list[Latency]) -> Latency:
-    """The timing with the median `median_ms` (the upper one of an even count)."""
-    return sorted(timings, key=lambda t: t.median_ms)[len(timings) // 2]
-
-
 def summarize(times_ms: list[float], *, runtime: str, device: str) -> Latency:
     arr = np.asarray(times_ms)
     return Latency(median_ms=float(np.median(arr)), p90_ms=float(np.percentile(arr, 90)),

@@ -151,8 +151,10 @@ def relative_timing(target: Target, builds: dict[str, BuildResult], *, reference
     ref = latency[reference].median_ms
     ratios = {name: Ratio(median=x.median_ms / ref, low=x.median_ms / ref, high=x.median_ms / ref)
               for name, x in latency.items()}
+    # an estimate costs no device time (and its report must not vary from run to run)
+    seconds = 0.0 if target.latency_source == "estimate" else time.perf_counter() - start
     return Timing(reference=reference, ratios=ratios, ms={n: x.median_ms for n, x in latency.items()}, blocks=1,
-                  runs_per_block=0, seconds=time.perf_counter() - start,
+                  runs_per_block=0, seconds=seconds,
                   stopped="estimate" if target.latency_source == "estimate" else "remote")
 
 

@@ -1,0 +1,75 @@
+"""The search removes what costs time: removals ordered by importance per millisecond saved, from
+a latency table (numbers given here: no model, no runtime)."""
+from __future__ import annotations
+
+import pytest
+
+from edgecompress.pipeline.costs import removals
+from edgecompress.pruning.cost import Removal, removal_order, structure
+from edgecompress.pruning.depth import Block
+
+
+def _block(name, d, s):
+    return Removal(kind="block", name=name, deviation=d, saving_ms=s)
+
+
+def _width(name, units, d, s, inside=None):
+    return Removal(kind="width", name=name, units=units, deviation=d, saving_ms=s, inside=inside)
+
+
+def _names(order):
+    return [[(r.name, r.units) for r in step] for step in order]
+
+
+def test_the_order_is_importance_per_millisecond_saved_not_importance_alone():
+    # b1 matters least but saves nothing measurable; b3 matters 4x more than b2 but saves 10x more time
+    order = removal_order([_block("b1", 0.1, 0.0), _block("b2", 1.0, 0.01), _block("b3", 4.0, 0.10)])
+    assert _names(order) == [[("b3", 0)], [("b2", 0)]]
+
+
+def test_width_steps_go_in_order_and_a_step_that_opens_a_saving_goes_with_it():
+    # g's first step saves nothing alone (same kernel blocking), the second saves much: one step
+    order = removal_order([_width("g", 48, 0.2, 0.0), _width("g", 32, 0.3, 0.05), _width("g", 16, 5.0, 0.01),
+                           _block("b", 1.0, 0.02)])
+    assert _names(order) == [[("g", 48), ("g", 32)], [("b", 0)], [("g", 16)]]
+
+
+def test_a_removed_block_takes_its_inner_width_steps_with_it():
+    order = removal_order([_block("layer1.0", 0.1, 0.05), _width("layer1.0.conv1", 8, 0.5, 0.01, inside="layer1.0")])
+    assert _names(order) == [[("layer1.0", 0)]]
+
+
+def test_ties_are_broken_by_name_so_the_order_is_reproducible():
+    rs = [_block("b", 1.0, 0.1), _block("a", 1.0, 0.1)]
+    assert _names(removal_order(rs)) == _names(removal_order(list(reversed(rs)))) == [[("a", 0)], [("b", 0)]]
+
+
+def test_the_knob_keeps_a_fraction_of_the_latency_and_smaller_never_keeps_more():
+    order = removal_order([_block("b1", 1.0, 0.10), _block("b2", 2.0, 0.10), _width("g", 8, 0.5, 0.05)])
+    assert structure(order, 1.0, reference_ms=1.0).blocks == []
+    previous = None
+    for knob in [1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.0]:
+        s = structure(order, knob, reference_ms=1.0)
+        assert s.predicted_ms <= knob + 1e-9 or len(s.blocks) == 2
+        removed = set(s.blocks) | set(s.counts)
+        assert previous is None or previous <= removed
+        previous = removed
+    assert structure(order, 0.0, reference_ms=1.0).predicted_ms == pytest.approx(0.75)
+
+
+def test_table_savings_count_only_what_the_protocol_resolves():
+    blocks = [Block(name="layer1.0", stage=0, score=0.1)]
+    table = {"entries": {"block:layer1.0": {"kind": "block", "name": "layer1.0", "units": 0, "deviation": 0.1},
+                         "width:layer1.0.conv1:8": {"kind": "width", "name": "layer1.0.conv1", "units": 8,
+                                                    "deviation": 0.3},
+                         "width:layer1.0.conv1:4": {"kind": "width", "name": "layer1.0.conv1", "units": 4,
+                                                    "deviation": 0.7}},
+             "ratios": {"block:layer1.0": {"ratio": 0.8, "low": 0.79, "high": 0.81},       # saves 20 %
+                        "width:layer1.0.conv1:8": {"ratio": 0.99, "low": 0.97, "high": 1.01},  # interval holds 1
+                        "width:layer1.0.conv1:4": {"ratio": 0.9, "low": 0.89, "high": 0.91}}}
+    priced = {(r.kind, r.units): r for r in removals(table, reference_ms=2.0, blocks=blocks)}
+    assert priced[("block", 0)].saving_ms == pytest.approx(0.4)
+    assert priced[("width", 8)].saving_ms == 0.0
+    assert priced[("width", 4)].saving_ms == pytest.approx(2.0 * 0.09)        # marginal, on the 1 % grid
+    assert priced[("width", 4)].deviation == pytest.approx(0.4)              # marginal deviation
+    assert priced[("width", 4)].inside == "layer1.0"

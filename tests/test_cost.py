@@ -70,6 +70,20 @@ def test_table_savings_count_only_what_the_protocol_resolves():
     priced = {(r.kind, r.units): r for r in removals(table, reference_ms=2.0, blocks=blocks)}
     assert priced[("block", 0)].saving_ms == pytest.approx(0.4)
     assert priced[("width", 8)].saving_ms == 0.0
-    assert priced[("width", 4)].saving_ms == pytest.approx(2.0 * 0.09)        # marginal, on the 1 % grid
+    # against the group's last measurable step (here the full width: the step to 8 was not), on the 1 % grid
+    assert priced[("width", 4)].saving_ms == pytest.approx(2.0 * 0.10)
     assert priced[("width", 4)].deviation == pytest.approx(0.4)              # marginal deviation
     assert priced[("width", 4)].inside == "layer1.0"
+
+
+def test_a_block_within_the_compile_to_compile_noise_saves_nothing():
+    blocks = [Block(name="b", stage=0, score=0.1)]
+    table = {"entries": {"block:b": {"kind": "block", "name": "b", "units": 0, "deviation": 0.1}},
+             "ratios": {"block:b": {"ratio": 0.98, "low": 0.975, "high": 0.985}}}   # 2 %: below what resolves
+    assert removals(table, reference_ms=1.0, blocks=blocks)[0].saving_ms == 0.0
+
+
+def test_width_steps_in_the_table_are_spaced_fractions_of_the_group():
+    from edgecompress.pipeline.costs import spaced
+    assert spaced([64, 60, 56, 52, 48, 44, 40, 36, 32, 28, 24, 20, 16, 12, 8], 3) == [48, 32, 16]
+    assert spaced([16, 12, 8], 3) == [12, 8]

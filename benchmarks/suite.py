@@ -169,6 +169,9 @@ _B("vs_int8", Benchmark(
     ("benchmarks/vs_int8.py", "--out", "{work}/vs-int8", "--json", "{out}"), None,
     about="docs 'Shipped engine against plain INT8', README's summary figures; its compress runs dominate the "
           "suite's time (runs/suite/<commit>/vs-int8, resumed when the commit is the same)"))
+_B("default_run", Benchmark(
+    ("benchmarks/default_run.py", "--out", "{work}/default", "--json", "{out}"), None,
+    about="README's example summary line and run time; docs 'The default run'"))
 _B("alignment_int8", Benchmark(
     ("benchmarks/alignment.py", "--precision", "int8", "--json", "{out}"),
     ("benchmarks/alignment.py", "--precision", "int8", "--quick", "--json", "{out}"),

@@ -34,7 +34,7 @@ def row(out: Path, wall_s: float | None) -> dict:
     probes = rep["probes"]
     structures = {(p["flops"], p["blocks_removed"]) for p in probes}
     from edgecompress.report.assemble import summary
-    return {"run": str(out), "wall_s": wall_s, "stage_seconds": round(rep["timings_s"]["total"], 1),
+    return {"run": str(out), "code": (rep.get("code") or "?")[:12], "wall_s": wall_s, "stage_seconds": round(rep["timings_s"]["total"], 1),
             "probes": len(probes), "trained_probes": len(structures - {(rep["baseline"]["flops"], 0)}),
             "blocks_removed": ", ".join(rep["pruning"]["blocks_removed"] or []) or "-",
             "macs_kept": round(rep["result"]["flops"] / rep["baseline"]["flops"], 3), "precision": rep["precision"],

@@ -87,7 +87,7 @@ def _row(run: Path, rep: dict, builds: dict, acc: dict, timing) -> dict:
     yardstick = max(plain, key=lambda k: timing.ratios[k].median)   # ratios: other / shipped = speed-up
     gain = timing.ratios[yardstick]
     own = rep["pruning_speedup"]
-    row = {"model": model, "run": str(run), "precision": rep["precision"],
+    row = {"model": model, "run": str(run), "code": (rep.get("code") or "?")[:12], "precision": rep["precision"],
            "pruned": not rep["unpruned"]["shipped"],
            "blocks_removed": len(rep["pruning"].get("blocks_removed") or []),
            "macs_kept": round(rep["result"]["flops"] / rep["baseline"]["flops"], 3),

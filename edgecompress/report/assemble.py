@@ -53,7 +53,7 @@ def assemble_report(*, config, results, run: dict, result: dict, extra: dict, un
         "notes": list(run["notes"]), "budget": budget_record(cfg, r, result),
         "baseline_precision": r["baseline"]["precision"], "engine": r["build"]["engine"],
         "built_here": r["build"]["built_here"], "model": run["model"], "data": run["data"],
-        "seed": cfg.seed, "search": {k: r["prune"][k] for k in ("moved_from", "allocation", "criterion", "probes_restored")},
+        "seed": cfg.seed, "code": run.get("code"), "search": {k: r["prune"][k] for k in ("moved_from", "allocation", "criterion", "probes_restored")},
         "finetune": r["finetune"], "result_details": extra,
         "preprocess": run["preprocess"], "train_device": run["train_device"],
     }

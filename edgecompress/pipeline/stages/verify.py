@@ -3,6 +3,7 @@ then report.json (schema 1, DESIGN.md "Run directory and report") and report.htm
 from __future__ import annotations
 
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -117,6 +118,21 @@ def run_facts(ctx: Context, verify_seconds: float) -> dict:
     timings = {name: rec["seconds"] for name, rec in ctx.rundir.manifest["stages"].items()}
     timings["verify"] = round(verify_seconds, 3)
     pre = ctx.data.preprocess
-    return {"target": ctx.profile.name, "model": ctx.model_name, "data": ctx.data.name,
+    return {"target": ctx.profile.name, "model": ctx.model_name, "data": ctx.data.name, "code": code_version(),
             "preprocess": pre.record() if pre else None, "train_device": str(ctx.device), "notes": list(ctx.notes),
             "artifacts": {**ctx.rundir.artifacts(), **VERIFY_FILES}, "timings_s": timings}
+
+
+def code_version() -> str | None:
+    """The git commit the package runs from (+ "-dirty" when edgecompress/ differs from it); None
+    outside a checkout. Benchmarks quote it beside every figure taken from a run."""
+    root = Path(__file__).resolve().parents[3]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "edgecompress"], cwd=root, capture_output=True,
+                               text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")

@@ -17,6 +17,7 @@ from edgecompress.inputs.loaders import usable_cores
 from edgecompress.pipeline.builder import Builder
 from edgecompress.pipeline.config import RunConfig
 from edgecompress.pipeline.context import Context
+from edgecompress.pipeline.records import Record
 from edgecompress.pipeline.rundir import RunDir, check_writable, sha256_file
 from edgecompress.pipeline.stages import all_stages
 from edgecompress.pipeline.stages.finetune import worker
@@ -103,7 +104,7 @@ def _run_stages(ctx: Context) -> None:
     ctx.notes.extend(n for n in ctx.rundir.manifest.get("notes", []) if n not in ctx.notes)
     for i, stage in enumerate(stages):
         if ctx.rundir.stage_done(stage.name):
-            ctx.results[stage.name] = ctx.rundir.stage_record(stage.name)["data"]
+            ctx.results.set(stage.name, ctx.rundir.stage_record(stage.name)["data"])
             ctx.ui.say(f"✓ {stage.name}: finished earlier, kept")
             continue
         for note in ctx.rundir.notes:
@@ -115,9 +116,13 @@ def _run_stages(ctx: Context) -> None:
             output = run_stage(ctx, stage, out)
             debug_pause(ctx.ui, stage.name)
             ctx.rundir.manifest["notes"] = list(ctx.notes)
-            ctx.rundir.finish_stage(stage.name, staged=out, files=output.files, data=output.data,
+            record = ctx.results.set(stage.name, output.data)   # typed (a wrong field fails here)
+            ctx.rundir.finish_stage(stage.name, staged=out, files=output.files, data=_plain(record),
                                     seconds=time.perf_counter() - began)
-        ctx.results[stage.name] = output.data
+
+
+def _plain(record) -> dict:
+    return record.to_dict() if isinstance(record, Record) else record
 
 
 SLOW_STAGE_ENV = "EDGECOMPRESS_SLOW_STAGE"

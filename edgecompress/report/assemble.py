@@ -6,10 +6,10 @@ from pathlib import Path
 
 def budget_record(config, results, result: dict) -> dict:
     """Whether what ships meets each budget, and by how much it misses one."""
-    cfg, base, prune = config, results["baseline"], results["prune"]
-    out = {"met": True, "missed": {}, "search": {"met": prune["met"], "missed": prune["missed"],
-                                                 "alternative": _probe(prune["alternative"])}}
-    floor = cfg.accuracy_floor(base["accuracy"])
+    cfg, base, prune = config, results.baseline, results.prune
+    out = {"met": True, "missed": {}, "search": {"met": prune.met, "missed": prune.missed,
+                                                 "alternative": _probe(prune.alternative)}}
+    floor = cfg.accuracy_floor(base.accuracy)
     if floor is not None:
         out["accuracy_floor"] = floor
         if result["accuracy"] < floor - 1e-9:
@@ -29,32 +29,33 @@ def _probe(p: dict | None) -> dict | None:
 def assemble_report(*, config, results, run: dict, result: dict, extra: dict, unpruned: dict) -> dict:
     """report.json (schema 1, DESIGN.md "Run directory and report"). `run`: facts of the run that
     no stage records: target, model, data, preprocess, train_device, notes, artifacts, and each
-    stage's seconds (`timings_s`, verify's included)."""
+    stage's seconds (`timings_s`, verify's included). `results`: the stages' typed records
+    (pipeline/records.py)."""
     cfg, r = config, results
-    base = {k: r["baseline"][k] for k in ("accuracy", "test_accuracy", "latency_ms", "latency_method", "flops", "params")}
+    base = {k: getattr(r.baseline, k) for k in ("accuracy", "test_accuracy", "latency_ms", "latency_method", "flops", "params")}
     timings = dict(run["timings_s"])
     timings["total"] = round(sum(timings.values()), 3)
     return {
-        "schema": 1, "target": run["target"], "precision": r["calibrate"]["precision"],
+        "schema": 1, "target": run["target"], "precision": r.calibrate.precision,
         "max_acc_drop": cfg.max_acc_drop, "latency_budget_ms": cfg.latency_budget_ms,
         "baseline": base, "result": result,
         "unpruned": {k: unpruned[k] for k in ("tool", "precision", "accuracy", "test_accuracy", "latency_ms",
                                               "latency_method", "shipped")},
         "pruning_speedup": unpruned["speedup"],   # {ratio, low, high}: the yardstick's latency / the engine's
-        "pruning": {k: r["prune"].get(k) for k in ("mode", "unpruned", "blocks_removed", "blocks", "unprunable",
+        "pruning": {k: getattr(r.prune, k) for k in ("mode", "unpruned", "blocks_removed", "blocks", "unprunable",
                                                     "decision", "probe_precision", "channel_multiple",
                                                     "latency_table", "table_timing", "removal_order")},
-        "yardstick": r["baseline"]["engines"],
-        "probes": [_probe(p) for p in r["prune"]["probes"]],
+        "yardstick": r.baseline.engines,
+        "probes": [_probe(p) for p in r.prune.probes],
         "artifacts": run["artifacts"], "timings_s": timings,
         # extra keys (DESIGN allows them): what the report page and `compress check` read
-        "layers": r["prune"]["layers"], "precisions": r["calibrate"]["precisions"],
-        "command": cfg.command, "request": cfg.identity(), "parity_max_abs_diff": r["export"]["parity_max_abs_diff"],
+        "layers": r.prune.layers, "precisions": r.calibrate.precisions,
+        "command": cfg.command, "request": cfg.identity(), "parity_max_abs_diff": r.export.parity_max_abs_diff,
         "notes": list(run["notes"]), "budget": budget_record(cfg, r, result),
-        "baseline_precision": r["baseline"]["precision"], "engine": r["build"]["engine"],
-        "built_here": r["build"]["built_here"], "model": run["model"], "data": run["data"],
-        "seed": cfg.seed, "code": run.get("code"), "search": {k: r["prune"][k] for k in ("moved_from", "allocation", "criterion", "probes_restored")},
-        "finetune": r["finetune"], "result_details": extra,
+        "baseline_precision": r.baseline.precision, "engine": r.build.engine,
+        "built_here": r.build.built_here, "model": run["model"], "data": run["data"],
+        "seed": cfg.seed, "code": run.get("code"), "search": {k: getattr(r.prune, k) for k in ("moved_from", "allocation", "criterion", "probes_restored")},
+        "finetune": r.finetune.to_dict(), "result_details": extra,
         "preprocess": run["preprocess"], "train_device": run["train_device"],
     }
 

@@ -10,6 +10,7 @@ from edgecompress.calibration.plain import TOOLS
 from edgecompress.pipeline.builder import ORIGINAL, PLAIN, probe_precision, search_precision
 from edgecompress.pipeline.context import Context
 from edgecompress.pipeline.measure import accuracy, original_accuracy, run_accuracy
+from edgecompress.pipeline.records import BaselineRecord
 from edgecompress.pipeline.stage import StageOutput
 from edgecompress.pruning.structure import widths_of
 from edgecompress.targets.timing import relative_timing
@@ -40,12 +41,12 @@ class BaselineStage:
                        + ("  <- yardstick" if name == yardstick else ""))
         ctx.ui.say(f"  original: val {acc:.2f} %, test {_pct(test_acc)}, {macs / 1e6:.1f} M MACs ({timing.stopped}, "
                    f"{timing.blocks} blocks)")
-        return StageOutput(data={
+        return StageOutput(data=BaselineRecord.from_dict({
             "accuracy": acc, "test_accuracy": test_acc, "flops": macs, "params": params,
             "latency_ms": base_ms, "latency_method": "estimated" if timing.stopped == "estimate" else "measured",
             "precision": precision, "widths": widths_of(model), "yardstick": yardstick,
             "engines": {n: {k: v for k, v in e.items() if k != "build"} for n, e in engines.items()},
-            "timing": {k: v for k, v in timing.to_dict().items() if k != "ratios"}})
+            "timing": {k: v for k, v in timing.to_dict().items() if k != "ratios"}}))
 
     @staticmethod
     def _engines(ctx: Context, precision: str) -> dict[str, dict]:

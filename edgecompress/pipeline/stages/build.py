@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgecompress.pipeline.context import Context
+from edgecompress.pipeline.records import BuildRecord
 from edgecompress.pipeline.stage import StageOutput
 from edgecompress.targets import BuildResult
 
@@ -15,7 +16,7 @@ class BuildStage:
     name, what = "build", "the target engine"
 
     def run(self, ctx: Context, out: Path) -> StageOutput:
-        precision = ctx.results["calibrate"]["precision"]
+        precision = ctx.results.calibrate.precision
         src = ctx.rundir.artifact("calibrate", "int8_model") if precision == "int8" else ctx.rundir.artifact("export", "onnx")
         build = ctx.target.build(src, out, precision=precision)
         files, data = {}, {"precision": precision, "runtime": build.runtime, "built_here": build.built_here,
@@ -29,13 +30,13 @@ class BuildStage:
         data["files"] = dict(files)
         for note in build.notes:
             ctx.note(note)
-        return StageOutput(files=files, data=data)
+        return StageOutput(files=files, data=BuildRecord.from_dict(data))
 
 
 def build_result(ctx: Context):
     """The build stage's BuildResult with the paths where its files now live (the run directory)."""
-    rec, root = ctx.results["build"], ctx.rundir.path
+    rec, root = ctx.results.build, ctx.rundir.path
     inv = {v: k for k, v in ENGINE_NAMES.items()}
-    files = {inv.get(name, name.removeprefix("engine_")): root / rel for name, rel in rec["files"].items()}
-    return BuildResult(engine=root / rec["engine"], onnx=root / rec["onnx"], precision=rec["precision"],
-                       runtime=rec["runtime"], files=files, built_here=rec["built_here"], notes=tuple(rec["notes"]))
+    files = {inv.get(name, name.removeprefix("engine_")): root / rel for name, rel in rec.files.items()}
+    return BuildResult(engine=root / rec.engine, onnx=root / rec.onnx, precision=rec.precision,
+                       runtime=rec.runtime, files=files, built_here=rec.built_here, notes=tuple(rec.notes))

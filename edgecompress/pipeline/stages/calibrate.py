@@ -9,6 +9,7 @@ import numpy as np
 from edgecompress.calibration import (CALIBRATORS, DEFAULT_BACKEND, SYMMETRIC_ACTIVATIONS, artifact_evaluator,
                                       choose_precision, layer_sensitivity)
 from edgecompress.pipeline.context import Context
+from edgecompress.pipeline.records import CalibrateRecord
 from edgecompress.pipeline.stage import StageOutput
 from edgecompress.targets.timing import relative_timing
 
@@ -32,9 +33,9 @@ class CalibrateStage:
             ctx.ui.say(f"  {r['precision']:<5} {r['backend'] or '':<8} val {r['accuracy']:6.2f} %  {_ms(r['latency_ms'])}"
                        f"  {r['ratio']['ratio']:.3f}x [{r['ratio']['low']:.3f}, {r['ratio']['high']:.3f}] of fp32"
                        f"{'  <- chosen' if r['chosen'] else ''}")
-        return StageOutput(files=files, data={"precision": chosen.precision, "precisions": records,
+        return StageOutput(files=files, data=CalibrateRecord.from_dict({"precision": chosen.precision, "precisions": records,
                                               "budget_accuracy": selection.budget_accuracy,
-                                              "keep_float": list(chosen.keep_float), "backend": chosen.backend})
+                                              "keep_float": list(chosen.keep_float), "backend": chosen.backend}))
 
 
 class Evaluator:
@@ -96,11 +97,11 @@ def _measurably_faster(ctx: Context, selection):
 def budget_accuracy(ctx: Context) -> float:
     """The accuracy the shipped engine must keep: baseline - max-acc-drop; with a latency budget
     alone, one point below the fine-tuned model (so INT8 cannot quietly cost more than that)."""
-    floor = ctx.config.accuracy_floor(ctx.results["baseline"]["accuracy"])
+    floor = ctx.config.accuracy_floor(ctx.results.baseline.accuracy)
     if floor is not None:
         return floor
     ctx.note("no --max-acc-drop: the precision choice allows 1 point below the fine-tuned model")
-    return ctx.results["finetune"]["accuracy_after"] - 1.0
+    return ctx.results.finetune.accuracy_after - 1.0
 
 
 def _backend(runtime: str) -> str:

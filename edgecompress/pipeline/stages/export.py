@@ -7,6 +7,7 @@ from edgecompress.errors import UserError
 from edgecompress.exporters import ONNX_TOLERANCE, onnx_parity
 from edgecompress.pipeline.builder import export_onnx
 from edgecompress.pipeline.context import Context
+from edgecompress.pipeline.records import ExportRecord
 from edgecompress.pipeline.stage import StageOutput
 
 
@@ -24,4 +25,4 @@ class ExportStage:
                             f"validation images", "the model uses an operation whose ONNX export is not exact; "
                             "file an issue with the model")
         return StageOutput(files={"onnx": "model.onnx"},
-                           data={"parity_max_abs_diff": diff, "parity_images": len(images)})
+                           data=ExportRecord.from_dict({"parity_max_abs_diff": diff, "parity_images": len(images)}))

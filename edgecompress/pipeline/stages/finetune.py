@@ -15,6 +15,7 @@ from torch.utils.data import Dataset, Subset
 from edgecompress.inputs import resolve_inputs
 from edgecompress.pipeline.context import Context
 from edgecompress.pipeline.measure import accuracy
+from edgecompress.pipeline.records import FinetuneRecord
 from edgecompress.pipeline.stage import StageOutput
 from edgecompress.training.device import resolve_device
 from edgecompress.training.distill import DistillConfig, distill, steps_for
@@ -40,12 +41,12 @@ class FinetuneStage:
 
     def run(self, ctx: Context, out: Path) -> StageOutput:
         cfg = ctx.config
-        if ctx.results["prune"].get("unpruned"):   # the original ships: nothing to distil into it
+        if ctx.results.prune.unpruned:   # the original ships: nothing to distil into it
             ctx.ui.say("  the unpruned model ships: no fine-tuning")
             torch.save(ctx.original, out / "model_pruned.pt")
-            acc = ctx.results["baseline"]["accuracy"]
-            return StageOutput(files={"pruned_model": "model_pruned.pt"}, data={
-                "accuracy_before": acc, "accuracy_after": acc, "kept": "unpruned", "steps": 0, "world_size": 1})
+            acc = ctx.results.baseline.accuracy
+            return StageOutput(files={"pruned_model": "model_pruned.pt"}, data=FinetuneRecord.from_dict({
+                "accuracy_before": acc, "accuracy_after": acc, "kept": "unpruned", "steps": 0, "world_size": 1}))
         student = ctx.rundir.load_model("prune", "searched_model")
         before = accuracy(ctx, student)
         world_size = ctx.dist.world_size if ctx.dist else 1
@@ -65,12 +66,12 @@ class FinetuneStage:
             student, kept = ctx.rundir.load_model("prune", "searched_model"), "searched"
         ctx.ui.say(f"  validation accuracy {before:.2f} % -> {after:.2f} %")
         torch.save(student, out / "model_pruned.pt")
-        return StageOutput(files={"pruned_model": "model_pruned.pt"}, data={
+        return StageOutput(files={"pruned_model": "model_pruned.pt"}, data=FinetuneRecord.from_dict({
             "accuracy_before": before, "accuracy_after": after, "kept": kept, "steps": steps,
             "world_size": world_size, "images_per_epoch": len(dataset), "epochs": cfg.finetune_epochs,
             "temperature": settings.temperature, "alpha": settings.alpha, "lr": settings.lr,
             "batch_size": settings.batch_size, "loss_first": losses[0] if losses else None,
-            "loss_last": losses[-1] if losses else None})
+            "loss_last": losses[-1] if losses else None}))
 
 
 def worker(config, coordinator: Coordinator) -> int:

@@ -17,6 +17,7 @@ from edgecompress.pipeline import costs
 from edgecompress.pipeline.builder import ORIGINAL, PLAIN, probe_precision
 from edgecompress.pipeline.context import Context
 from edgecompress.pipeline.measure import accuracy
+from edgecompress.pipeline.records import PruneRecord
 from edgecompress.pipeline.stage import StageOutput
 from edgecompress.pruning import PruningPlan
 from edgecompress.pruning.cost import Structure, describe, removal_order, structure
@@ -110,13 +111,13 @@ class PruneStage:
     name, what = "prune", "importance and the latency table once, then the search on the pruning knob"
 
     def run(self, ctx: Context, out: Path) -> StageOutput:
-        cfg, base = ctx.config, ctx.results["baseline"]
+        cfg, base = ctx.config, ctx.results.baseline
         precision = probe_precision(ctx.profile, cfg.precision)
         plan, blocks = build_plan(ctx), find_blocks(ctx)
         for item in plan.unprunable:
             ctx.note(f"left at full width: {', '.join(item['layers'])} -- {item['reason']}")
         state = ctx.rundir.load_checkpoint(CHECKPOINT) or {}
-        reference_ms = base["engines"][precision]["latency_ms"]
+        reference_ms = base.engines[precision]["latency_ms"]
         if "table" not in state:
             state["table"] = costs.measure_table(ctx, plan, blocks, deviation_batches(ctx), precision=precision,
                                                  multiple=channel_multiple(ctx.profile, precision))
@@ -126,7 +127,7 @@ class PruneStage:
         ctx.ui.say(f"  {len(plan.groups)} channel groups, {len(blocks)} removable residual blocks; "
                    f"{sum(r.saving_ms > 0 for r in priced)} of {len(priced)} removals save measurable time at "
                    f"{precision}; the original at {precision}: {reference_ms:.3f} ms")
-        budget = Budget(min_accuracy=cfg.accuracy_floor(base["accuracy"]), max_latency_ms=cfg.latency_budget_ms)
+        budget = Budget(min_accuracy=cfg.accuracy_floor(base.accuracy), max_latency_ms=cfg.latency_budget_ms)
         prober = Prober(ctx, plan, order, reference_ms=reference_ms, probes=state.get("probes", []))
         if budget.max_latency_ms is not None and reference_ms <= budget.max_latency_ms:
             order = prober.order = []   # the unpruned model meets the latency budget: nothing is more accurate
@@ -139,7 +140,7 @@ class PruneStage:
         shipped = prober.model_for(chosen_s) if not decision["unpruned"] else ctx.original
         torch.save(shipped, out / "model_searched.pt")
         before, after = widths_of(plan.model), widths_of(shipped)
-        return StageOutput(files={"searched_model": "model_searched.pt"}, data={
+        return StageOutput(files={"searched_model": "model_searched.pt"}, data=PruneRecord.from_dict({
             "cr": outcome.chosen.cr, "chosen": asdict(outcome.chosen), "met": outcome.met, "missed": outcome.missed,
             "moved_from": outcome.moved_from, "notes": outcome.notes,
             "alternative": asdict(outcome.alternative) if outcome.alternative else None, "budget": asdict(budget),
@@ -151,7 +152,7 @@ class PruneStage:
             "unprunable": list(plan.unprunable), "decision": decision, "probe_precision": precision,
             "channel_multiple": channel_multiple(ctx.profile, precision),
             "latency_table": costs.table_record(state["table"], priced), "table_timing": state["table"]["timing"],
-            "removal_order": describe(order)})
+            "removal_order": describe(order)}))
 
     def _search(self, ctx: Context, prober: Prober, budget: Budget, state: dict, order: list):
         searcher = Searcher(prober.evaluate, budget=budget, min_interval=ctx.config.min_search_interval,
@@ -181,7 +182,7 @@ class PruneStage:
             return _unpruned_outcome(ctx, budget, why, prober.reference_ms), {"unpruned": True, "why": why}
         builds = {UNPRUNED: ctx.builder.build(ctx.original, precision=precision, key=ORIGINAL),
                   MODE: ctx.builder.build(prober.pruned(chosen), precision=precision, key=chosen.key())}
-        yardstick = ctx.results["baseline"]["yardstick"]
+        yardstick = ctx.results.baseline.yardstick
         if yardstick not in (precision,):
             builds["yardstick"] = ctx.builder.yardstick(ctx.original, yardstick)
         threshold = 1.0 if ctx.target.latency_source != "estimate" else 1 / PAYS_ESTIMATED
@@ -251,9 +252,9 @@ def _outcome_notes(outcome: SearchOutcome, budget: Budget) -> list[str]:
 def _unpruned_outcome(ctx: Context, budget: Budget, why: str, reference_ms: float) -> SearchOutcome:
     """The original ships (at the precision that ships), with the baseline's accuracy."""
     ctx.note(f"pruning does not pay for this model on {ctx.profile.name}: {why}; the unpruned model ships")
-    base = ctx.results["baseline"]
-    unpruned = ProbeResult(cr=1.0, accuracy=base["accuracy"], latency_ms=reference_ms, flops=base["flops"],
-                           params=base["params"], widths=list(widths_of(ctx.original).values()), mode=UNPRUNED,
+    base = ctx.results.baseline
+    unpruned = ProbeResult(cr=1.0, accuracy=base.accuracy, latency_ms=reference_ms, flops=base.flops,
+                           params=base.params, widths=list(widths_of(ctx.original).values()), mode=UNPRUNED,
                            blocks_removed=[])
     unpruned.accepted = budget.accepts(unpruned)
     missed = {} if budget.latency_ok(unpruned) else {"latency_ms": unpruned.latency_ms - budget.max_latency_ms}

@@ -12,6 +12,7 @@ from edgecompress.pipeline.builder import ORIGINAL
 from edgecompress.pipeline.context import Context
 from edgecompress.pipeline.measure import run_accuracy
 from edgecompress.pipeline.rundir import write_json
+from edgecompress.pipeline.records import VerifyRecord
 from edgecompress.pipeline.stage import StageOutput
 from edgecompress.pipeline.stages.build import build_result
 from edgecompress.report import assemble_report, write_latency_baseline, write_regression_test, write_report_html
@@ -43,9 +44,9 @@ class VerifyStage:
         speedups = {name: timing.ratios[name] for name in builds if name != ENGINE}   # other / engine
         for name, r in speedups.items():
             ctx.ui.say(f"  engine vs {name:<10} {r} faster ({timing.stopped}, {timing.blocks} blocks)")
-        base = ctx.results["baseline"]
-        latency_ms = base["latency_ms"] / speedups[ORIGINAL_FLOAT].median
-        method = base["latency_method"]
+        base = ctx.results.baseline
+        latency_ms = base.latency_ms / speedups[ORIGINAL_FLOAT].median
+        method = base.latency_method
         reference = keep_reference(builds[ORIGINAL_FLOAT], out)
         write_latency_baseline(out, target=ctx.target, build=build, latency=Latency(
             median_ms=latency_ms, p90_ms=float("nan"), iterations=timing.blocks * timing.runs_per_block,
@@ -55,7 +56,7 @@ class VerifyStage:
         write_regression_test(out)
         macs, params = macs_and_params(ctx.rundir.load_model("finetune", "pruned_model"), ctx.input_shape)
         result = {"accuracy": val_acc, "test_accuracy": test_acc, "latency_ms": latency_ms, "latency_method": method,
-                  "flops": macs, "params": params, "cr": ctx.results["prune"]["cr"],
+                  "flops": macs, "params": params, "cr": ctx.results.prune.cr,
                   "speedup": speedups[ORIGINAL_FLOAT].to_dict()}
         unpruned = yardstick_record(ctx, builds, speedups, latency_ms)
         extra = {"timing": timing.to_dict(), "speedups": {n: r.to_dict() for n, r in speedups.items()}}
@@ -63,19 +64,19 @@ class VerifyStage:
                                  result=result, extra=extra, unpruned=unpruned)
         write_json(out / "report.json", report)
         write_report_html(out)
-        return StageOutput(files={**VERIFY_FILES, **reference["files"]}, data={"result": result, **extra})
+        return StageOutput(files={**VERIFY_FILES, **reference["files"]}, data=VerifyRecord.from_dict({"result": result, **extra}))
 
 
 def engines_to_time(ctx: Context, build) -> dict:
     """The engine, the original at the baseline's float precision, the yardstick (the user's best
     plain engine) and, when something was pruned, our own INT8 of the unpruned model with the
     engine's calibration: all timed in one run of the protocol, ratios to the engine."""
-    base = ctx.results["baseline"]
+    base = ctx.results.baseline
     builds = {ENGINE: build,
-              ORIGINAL_FLOAT: ctx.builder.build(ctx.original, precision=base["precision"], key=ORIGINAL)}
-    if base["yardstick"] != base["precision"]:
-        builds[YARDSTICK] = ctx.builder.yardstick(ctx.original, base["yardstick"])
-    if not ctx.results["prune"].get("unpruned") and build.precision == "int8":
+              ORIGINAL_FLOAT: ctx.builder.build(ctx.original, precision=base.precision, key=ORIGINAL)}
+    if base.yardstick != base.precision:
+        builds[YARDSTICK] = ctx.builder.yardstick(ctx.original, base.yardstick)
+    if not ctx.results.prune.unpruned and build.precision == "int8":
         builds[UNPRUNED] = ctx.builder.build(ctx.original, precision="int8", key=ORIGINAL, shipped=True)
     return builds
 
@@ -83,14 +84,14 @@ def engines_to_time(ctx: Context, build) -> dict:
 def yardstick_record(ctx: Context, builds: dict, speedups: dict, latency_ms: float) -> dict:
     """report.json's `unpruned`: the yardstick (the fastest plain engine of the original a user
     gets without us), its accuracy on the built artifact, and its latency timed with the engine."""
-    base = ctx.results["baseline"]
+    base = ctx.results.baseline
     name = YARDSTICK if YARDSTICK in builds else ORIGINAL_FLOAT
-    engine = base["engines"][base["yardstick"]]
+    engine = base.engines[base.yardstick]
     test = run_accuracy(ctx, ctx.target.runner(builds[name]), "test")
     speedup = speedups[name]
     return {"tool": engine["tool"], "precision": engine["precision"], "accuracy": engine["accuracy"],
             "test_accuracy": test, "latency_ms": latency_ms * speedup.median,
-            "latency_method": base["latency_method"], "shipped": bool(ctx.results["prune"].get("unpruned")),
+            "latency_method": base.latency_method, "shipped": bool(ctx.results.prune.unpruned),
             "speedup": speedup.to_dict()}
 
 
@@ -118,7 +119,7 @@ def run_facts(ctx: Context, verify_seconds: float) -> dict:
     timings = {name: rec["seconds"] for name, rec in ctx.rundir.manifest["stages"].items()}
     timings["verify"] = round(verify_seconds, 3)
     pre = ctx.data.preprocess
-    return {"target": ctx.profile.name, "model": ctx.model_name, "data": ctx.data.name, "code": code_version(),
+    return {"target": ctx.profile.name, "model": ctx.model_name, "data": ctx.data.name, "code": CODE,
             "preprocess": pre.record() if pre else None, "train_device": str(ctx.device), "notes": list(ctx.notes),
             "artifacts": {**ctx.rundir.artifacts(), **VERIFY_FILES}, "timings_s": timings}
 
@@ -136,3 +137,6 @@ def code_version() -> str | None:
     if head.returncode != 0:
         return None
     return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+CODE = code_version()   # at import: the code this process started with, not the tree at verify time

@@ -19,7 +19,7 @@ from edgecompress.errors import UserError
 from edgecompress.inputs.imagefolder import image_folder
 from edgecompress.inputs.loaders import default_workers, in_memory, labels_of
 from edgecompress.inputs.preprocess import FOLDER_STATS, PRESETS, Preprocess
-from edgecompress.inputs.specs import IMPORT_SPEC, import_object
+from edgecompress.inputs.specs import IMPORT_SPEC, call_spec
 from edgecompress.inputs.splits import DataSplits
 from edgecompress.zoo import fashion_mnist as fmnist
 
@@ -43,12 +43,8 @@ def resolve_data(spec: str | None, *, preprocess: Preprocess | None = None, work
 
 
 def _from_function(spec: str, *, preprocess: Preprocess | None, workers: int | None) -> DataSplits:
-    fn = import_object(spec, what="data spec")
-    try:
-        out = fn()
-    except Exception as exc:
-        raise UserError(f"the data function {spec} raised {type(exc).__name__}: {exc}",
-                        "it must return (train_dataset, val_dataset[, test_dataset])") from exc
+    out = call_spec(spec, what="data spec", called="the data function",
+                    hint="it must return (train_dataset, val_dataset[, test_dataset])")
     if isinstance(out, DataSplits):
         splits = out
     else:

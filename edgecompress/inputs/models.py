@@ -17,7 +17,7 @@ from torch import nn
 from edgecompress import zoo
 from edgecompress.errors import UserError
 from edgecompress.inputs.loaders import as_tensors
-from edgecompress.inputs.specs import IMPORT_SPEC, import_object
+from edgecompress.inputs.specs import IMPORT_SPEC, call_spec
 from edgecompress.inputs.splits import DataSplits
 
 MODEL_HINT = "use a zoo name, package.module:factory with --weights FILE, or a file saved with torch.save(model)"
@@ -57,12 +57,8 @@ def _zoo_model(name: str, *, weights: str | None, data: DataSplits) -> LoadedMod
 
 
 def _factory_model(spec: str, *, weights: str | None) -> LoadedModel:
-    factory = import_object(spec, what="model factory")
-    try:
-        model = factory()
-    except Exception as exc:
-        raise UserError(f"the model factory {spec} raised {type(exc).__name__}: {exc}",
-                        "it must build the model when called with no arguments") from exc
+    model = call_spec(spec, what="model factory", called="the model factory",
+                      hint="it must build the model when called with no arguments")
     if not isinstance(model, nn.Module):
         raise UserError(f"the model factory {spec} returned {type(model).__name__}, not a torch.nn.Module",
                         "return the model instance")

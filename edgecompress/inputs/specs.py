@@ -28,3 +28,13 @@ def import_object(spec: str, *, what: str):
         raise UserError(f"{module_name!r} has no attribute {attr!r} (the {what} {spec!r})",
                         "name a function defined in that module")
     return getattr(module, attr)
+
+
+def call_spec(spec: str, *, what: str, called: str, hint: str):
+    """`package.module:function` imported and called with no arguments; what it raises is the user's
+    (`called` names it in the message: "the data function", "the model factory")."""
+    fn = import_object(spec, what=what)
+    try:
+        return fn()
+    except Exception as exc:
+        raise UserError(f"{called} {spec} raised {type(exc).__name__}: {exc}", hint) from exc

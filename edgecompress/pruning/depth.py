@@ -9,9 +9,10 @@ keeps every shape, ONNX export and the other blocks' channel groups intact.
 
 A block's score is the seed's zero replacement at block granularity (find_blocks: the deviation
 it causes, taken at the network output); scores become contribution rates over all removable
-blocks, and one knob keeps the fewest highest-rate blocks whose rates sum to >= the knob -- the
-same rule as channels (allocation.cr_count). Blocks are also grouped into stages (same output
-shape, consecutive) for reports.
+blocks (`keep_blocks`: the fewest highest-rate blocks whose rates sum to >= a knob, the rule of
+channels). The pipeline's search uses the score as a block's importance in the latency-priced
+order (pruning/cost.py). Blocks are also grouped into stages (same output shape, consecutive)
+for reports.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ _ACTIVATION_NAMES = {"relu", "relu_", "relu6", "leaky_relu", "silu", "gelu", "ha
 @dataclass(frozen=True)
 class Block:
     name: str                  # qualified module name
-    stage: int                 # blocks of one stage compete for the stage's contribution
+    stage: int                 # consecutive blocks of one output shape (for reports; rates are model-wide)
     score: float               # D_b: mean squared deviation of the block output with the branch zeroed
 
 

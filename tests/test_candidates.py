@@ -27,7 +27,7 @@ def _ctx(source: str = "local"):
         target=SimpleNamespace(latency_source=source),
         builder=SimpleNamespace(build=lambda m, **kw: builds.append((m, kw)) or (m, kw.get("key")),
                                 yardstick=lambda m, name: ("yardstick", name)),
-        results={"baseline": {"yardstick": "plain-int8", "accuracy": 95.0, "flops": 10, "params": 5}})
+        results=SimpleNamespace(baseline=SimpleNamespace(yardstick="plain-int8", accuracy=95.0, flops=10, params=5)))
 
 
 def _fake_timing(monkeypatch, speedups: dict[str, tuple[float, float, float]]):

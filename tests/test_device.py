@@ -5,11 +5,12 @@ torch reports about it. The few tests that need a real GPU are marked `gpu` and 
 from __future__ import annotations
 
 import contextlib
+import os
+from pathlib import Path
 import warnings
 
 import pytest
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -249,38 +250,46 @@ def test_augment_does_shift_and_flip():
 
 
 # --- the gradient process group -------------------------------------------------------------------
+# In a child process: a process group initialised and destroyed inside the pytest process left gloo
+# state behind that crashed a later torch.multiprocessing.spawn (test_distill) with SIGSEGV.
 
-@pytest.fixture
-def one_process_group(tmp_path, monkeypatch):
-    """A real one-process gloo group (rank 0 of 1); new_group records the backends asked for."""
-    if dist.is_initialized():
-        pytest.skip("a process group is already initialised in this process")
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    asked: list[str] = []
-    monkeypatch.setattr(dist, "new_group", lambda backend=None, **kw: asked.append(backend) or f"{backend}-group")
-    monkeypatch.setattr(DD, "_GROUPS", {})
-    yield asked
-    dist.destroy_process_group()
-
-
-def test_the_cpu_trains_over_the_default_gloo_group(one_process_group):
-    assert DD.training_group(torch.device("cpu")) is None and one_process_group == []
-
-
-def test_each_rank_on_its_own_gpu_averages_gradients_over_nccl(one_process_group, monkeypatch):
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+GROUP_CHECKS = r"""
+import os, sys, tempfile
+import torch
+from edgecompress.training import distributed as DD
+dist.init_process_group("gloo", init_method="file://" + os.path.join(tempfile.mkdtemp(), "store"), rank=0, world_size=1)
+asked = []
+dist.new_group = lambda backend=None, **kw: asked.append(backend) or f"{backend}-group"
+def fresh(local_world, gpus):
+    DD._GROUPS.clear(); asked.clear()
+    os.environ["LOCAL_WORLD_SIZE"] = str(local_world)
+    torch.cuda.device_count = lambda: gpus
+case = sys.argv[1]
+if case == "cpu":
+    fresh(1, 0)
+    assert DD.training_group(torch.device("cpu")) is None and asked == []
+elif case == "own-gpu":
+    fresh(2, 2)
     assert DD.training_group(torch.device("cuda", 1)) == "nccl-group"
-    assert DD.training_group(torch.device("cuda", 1)) == "nccl-group" and one_process_group == ["nccl"]
+    assert DD.training_group(torch.device("cuda", 1)) == "nccl-group" and asked == ["nccl"]
+elif case == "shared-gpu":   # NCCL refuses two ranks on one GPU ("Duplicate GPU detected", NCCL >= 2.5)
+    fresh(3, 2)
+    assert DD.training_group(torch.device("cuda", 0)) is None and "nccl" not in asked
+dist.destroy_process_group()
+print("ok", case)
+"""
 
 
-def test_ranks_sharing_a_gpu_do_not_use_nccl(one_process_group, monkeypatch):
-    """NCCL refuses two ranks on one GPU ("Duplicate GPU detected", ncclInvalidUsage, NCCL >= 2.5),
-    and plain `cuda` puts 3 ranks on 2 GPUs round-robin: their gradients go over gloo."""
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert DD.training_group(torch.device("cuda", 0)) is None
-    assert "nccl" not in one_process_group
+@pytest.mark.parametrize("case", ["cpu", "own-gpu", "shared-gpu"])
+def test_the_gradient_group_is_nccl_only_when_every_rank_has_its_own_gpu(case):
+    """CPU: the default gloo group; every rank on its own GPU: NCCL; ranks sharing a GPU (plain
+    `cuda` puts 3 ranks on 2 GPUs round-robin): gloo."""
+    import subprocess
+    import sys
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", GROUP_CHECKS, case], capture_output=True, text=True, timeout=120,
+                          cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert proc.returncode == 0 and f"ok {case}" in proc.stdout, proc.stdout + proc.stderr
 
 
 # --- on a GPU ----------------------------------------------------------------------------------------

@@ -256,6 +256,7 @@ def test_augment_does_shift_and_flip():
 GROUP_CHECKS = r"""
 import os, sys, tempfile
 import torch
+import torch.distributed as dist
 from edgecompress.training import distributed as DD
 dist.init_process_group("gloo", init_method="file://" + os.path.join(tempfile.mkdtemp(), "store"), rank=0, world_size=1)
 asked = []

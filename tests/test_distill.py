@@ -75,10 +75,22 @@ def _ddp_worker(rank, world, init_file, out_dir):
     dist.destroy_process_group()
 
 
+def _spawn_main(init_file: str, out_dir: str) -> None:
+    import torch.multiprocessing as mp
+    mp.spawn(_ddp_worker, args=(2, init_file, out_dir), nprocs=2, join=True)
+
+
 @pytest.mark.slow
 def test_two_processes_with_ddp_end_with_identical_weights(tmp_path):
-    import torch.multiprocessing as mp
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    # The two ranks are spawned from a fresh child, not from the pytest process: after a full
+    # suite's runtimes (OpenVINO, ONNX Runtime thread pools) a spawn from pytest itself crashed it
+    # with SIGSEGV on a loaded machine (twice in a clean-clone run; never alone).
+    import os
+    import subprocess
+    code = f"from tests.test_distill import _spawn_main; _spawn_main({str(tmp_path / 'init')!r}, {str(tmp_path)!r})"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
     r0, r1 = (torch.load(tmp_path / f"rank{i}.pt") for i in range(2))
     assert len(r0["losses"]) == steps_for(1, dataset_len=768, batch_size=32, world_size=2) == 12
     assert r0["losses"] != r1["losses"], "each rank trains on its own shard"

@@ -39,8 +39,8 @@ def setup(tmp_path_factory):
     return root, argv
 
 
-def _start(argv):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def _start(argv, **extra_env):
+    env = {**os.environ, "PYTHONPATH": str(REPO), **extra_env}
     return subprocess.Popen([sys.executable, "-m", "edgecompress.cli", *argv], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -76,7 +76,10 @@ def _probes_saved(run: Path) -> int:
 def test_killed_during_search_resumes_from_the_saved_probe(setup):
     root, argv = setup
     run = root / "killed"
-    first = _start(argv + ["--out", str(run)])
+    # The search of the tiny model takes a second or two (probes take their latency from the table):
+    # hold the prune stage before it commits (the debug hook), so the kill lands with the probes
+    # saved in the checkpoint and the stage unfinished, however fast the machine.
+    first = _start(argv + ["--out", str(run)], EDGECOMPRESS_SLOW_STAGE="prune:120")
     _wait_for(lambda: _probes_saved(run) >= 2, first)
     first.send_signal(signal.SIGKILL)
     first.wait()

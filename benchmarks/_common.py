@@ -170,3 +170,10 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     if len(a) < 2:
         return float("nan")
     return float(spearmanr(a.double().cpu().numpy(), b.double().cpu().numpy()).statistic)
+
+
+def write_result(path: Path, result: dict) -> None:
+    """A benchmark's result JSON (what benchmarks/suite.py wraps and renders), folders made."""
+    import json
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")

@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_result  # noqa: E402
 
 from edgecompress.exporters import to_onnx
 from edgecompress.profiles import load_profile
@@ -63,9 +67,8 @@ def main(argv=None) -> int:
         print(f"  {row['engine']} ({row['precision']}, criterion {row['criterion']}, {row['MMACs']} M MACs, "
               f"val {row['val %']} %): {row['median ms']:.3f} ms, speed-up {timing.speedup(row['engine'])}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"rows": rows, "notes": [f"Timed together: {stopped}."],
-                                         "timing": timing.to_dict()}, indent=1) + "\n")
+        write_result(args.json, {"rows": rows, "notes": [f"Timed together: {stopped}."],
+                                         "timing": timing.to_dict()})
     return 0
 
 

@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO  # noqa: E402
+from _common import write_result, REPO  # noqa: E402
 
 GOAL_MB = 300
 BN_BATCHES, BATCH, PROBE_STEPS = 4, 64, 5
@@ -252,8 +252,7 @@ def main(argv=None) -> int:
         res = result(measure(args, work), args)
     print("\n".join(res["notes"]))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=1) + "\n")
+        write_result(args.json, res)
     return 0
 
 

@@ -16,6 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_result  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -59,10 +62,9 @@ def main(argv=None) -> int:
     for line in notes:
         print(line)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         cols = [k for k in rows[0] if k != "summary"]
-        args.json.write_text(json.dumps({"rows": [{k: r[k] for k in cols} for r in rows], "notes": notes,
-                                         "summary": {"same_structure": same}}, indent=1) + "\n")
+        write_result(args.json, {"rows": [{k: r[k] for k in cols} for r in rows], "notes": notes,
+                                         "summary": {"same_structure": same}})
     return 0
 
 

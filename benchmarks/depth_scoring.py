@@ -22,7 +22,6 @@ score and the accuracy each block's removal loses (1: it orders the blocks as th
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import base_model, load_tensors, train_batches  # noqa: E402
+from _common import write_result, base_model, load_tensors, train_batches  # noqa: E402
 
 from edgecompress.pruning.depth import find_blocks, remove_blocks  # noqa: E402
 from edgecompress.training.evaluation import model_accuracy, recalibrate_bn, tensor_batches  # noqa: E402
@@ -213,8 +212,7 @@ def main(argv=None) -> int:
                            "score_images": args.score_images, "k": args.k, "models": models}}
     print("\n".join(result["notes"]))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        write_result(args.json, result)
     return 0
 
 

@@ -16,7 +16,6 @@ docs/benchmarks.md from the --json file (the script no longer edits the docs its
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (base_model, describe_machine, load_tensors, machine, macs_params,  # noqa: E402
+from _common import (base_model, write_result, describe_machine, load_tensors, machine, macs_params,  # noqa: E402
                      md_table, train_batches)
 
 from edgecompress.pruning import PruningPlan, recalibrate_bn  # noqa: E402
@@ -136,10 +135,9 @@ def main(argv=None) -> None:
     text = report(rows, args, time.time() - start)
     print(text)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"rows": json_rows(rows), "notes": [verdict(rows)],
+        write_result(args.json, {"rows": json_rows(rows), "notes": [verdict(rows)],
                                          "settings": {"multiple": args.multiple, "val_images": len(args.data.val_y),
-                                                      "models": models}}, indent=1) + "\n")
+                                                      "models": models}})
 
 
 if __name__ == "__main__":

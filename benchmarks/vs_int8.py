@@ -28,6 +28,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_result  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 GOALS = {"resnet20": 1.3}   # issue 21; every other model: 1.5
 COLUMNS = ["model", "code", "pruned", "blocks_removed", "macs_kept", "precision", "val_fp32", "val_plain_int8",
@@ -152,8 +155,7 @@ def main(argv=None) -> int:
             rows.append(time_run(run))
             _print(rows[-1])
         if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps({"rows": rows, "columns": COLUMNS, "labels": LABELS}, indent=1) + "\n")
+            write_result(args.json, {"rows": rows, "columns": COLUMNS, "labels": LABELS})
     return 0
 
 

@@ -10,6 +10,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+@pytest.fixture(autouse=True)
+def _own_latency_table_cache(tmp_path_factory, monkeypatch):
+    """Each test its own latency-table cache (never ~/.cache): a table one test measured must not
+    decide another's search."""
+    monkeypatch.setenv("EDGECOMPRESS_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture(scope="session")
 def fault_weights(tmp_path_factory) -> Path:
     """State dict of the tiny fault-suite model, trained once per session (read-only for tests)."""

@@ -54,7 +54,15 @@ def test_the_knob_keeps_a_fraction_of_the_latency_and_smaller_never_keeps_more()
         removed = set(s.blocks) | set(s.counts)
         assert previous is None or previous <= removed
         previous = removed
-    assert structure(order, 0.0, reference_ms=1.0).predicted_ms == pytest.approx(0.75)
+    assert structure(order, 0.0, reference_ms=1.0).predicted_ms == pytest.approx(0.9 * 0.9 * 0.95)
+
+
+def test_savings_compose_as_fractions_of_what_is_left_so_many_never_predict_below_zero():
+    order = removal_order([_block(f"b{i}", 1.0, 0.03) for i in range(40)])   # 40 x 3 %: summed, -20 %
+    s = structure(order, 0.0, reference_ms=0.1)
+    assert len(s.blocks) == 40
+    assert s.predicted_ms == pytest.approx(0.1 * 0.7 ** 40)
+    assert s.predicted_ms > 0
 
 
 def test_table_savings_count_only_what_the_protocol_resolves():
@@ -87,3 +95,33 @@ def test_width_steps_in_the_table_are_spaced_fractions_of_the_group():
     from edgecompress.pipeline.costs import spaced
     assert spaced([64, 60, 56, 52, 48, 44, 40, 36, 32, 28, 24, 20, 16, 12, 8], 3) == [48, 32, 16]
     assert spaced([16, 12, 8], 3) == [12, 8]
+
+
+def test_a_cached_table_is_reused_only_for_the_same_key_and_the_same_entries(tmp_path):
+    from edgecompress.pipeline.costs import TableCache
+    entries = {"block:b": {}, "width:g:8": {}}
+    measured = {"ratios": {"block:b": {"ratio": 0.9, "low": 0.89, "high": 0.91},
+                           "width:g:8": {"ratio": 0.97, "low": 0.96, "high": 0.98}}, "timing": {"blocks": 30}}
+    path = tmp_path / "t.json"
+    TableCache(path, {"model": "m1"}).save(measured)
+    hit = TableCache(path, {"model": "m1"}).load(entries)
+    assert hit["ratios"] == measured["ratios"] and hit["timing"]["cached"] == str(path)
+    assert TableCache(path, {"model": "m2"}).load(entries) is None                 # another model (or machine)
+    assert TableCache(path, {"model": "m1"}).load({**entries, "block:c": {}}) is None   # an entry not timed
+    assert TableCache(tmp_path / "none.json", {"model": "m1"}).load(entries) is None
+
+
+def test_the_cache_key_sees_every_weight_and_is_off_when_the_directory_is_empty(monkeypatch):
+    import torch
+    from types import SimpleNamespace
+    from edgecompress.pipeline.costs import TableCache, model_digest
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    before = model_digest(model)
+    with torch.no_grad():
+        model[1].running_var[0] += 1e-3
+    assert model_digest(model) != before
+    ctx = SimpleNamespace(target=SimpleNamespace(latency_source="estimate"))
+    assert TableCache.for_run(ctx, precision="int8", multiple=4) is None            # estimates have no noise
+    monkeypatch.setenv("EDGECOMPRESS_CACHE_DIR", "")
+    ctx.target.latency_source = "local"
+    assert TableCache.for_run(ctx, precision="int8", multiple=4) is None

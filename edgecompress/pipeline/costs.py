@@ -6,10 +6,22 @@ group narrowed to a smaller unit count), built at the probe precision and timed 
 original in one run of the timing protocol (targets/timing.py): its saving is the original's
 latency times (1 - its paired ratio). Savings below what the protocol resolves (the interval
 reaches 1 - MEASURABLE, or its group's last measurable step's) count as none. Estimated targets take the estimator's figures.
+
+The table is kept per machine (TableCache): the same model, data, seed, target, precision and
+runtime versions on the same CPU (or ssh device) reuse the ratios measured the first time. The
+table's entries differ by 2-6 %, about what two builds of one model differ by here, so a table
+measured afresh reorders near-equal removals by noise: measured, a third default run with a fresh
+table shipped another structure (1.16x instead of 1.27-1.29x). The cache makes the same command
+on the same machine ship the same structure; `EDGECOMPRESS_CACHE_DIR=` (empty) turns it off.
 """
 from __future__ import annotations
 
+import datetime
+import hashlib
+import json
+import os
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -19,6 +31,7 @@ from edgecompress.pipeline.context import Context
 from edgecompress.pruning import PruningPlan
 from edgecompress.pruning.cost import Removal
 from edgecompress.pruning.depth import Block, remove_blocks
+from edgecompress.report.baseline import describe_device, runtime_version
 from edgecompress.targets.timing import Ratio, relative_timing
 
 TABLE_HALF_WIDTH = 0.01  # stop when every entry's ratio is known to +-1 %
@@ -33,6 +46,7 @@ WIDTH_STEPS = 3          # narrower widths per channel group in the table
 # (1.28x over plain INT8): small, uncertain savings priced as real buy accuracy losses, not time.
 MEASURABLE = 0.03
 ENTRIES_PER_CAP = 40     # the table's time cap is the profile's table_time_s per 40 entries
+TABLE_VERSION = 1        # bump when what a table entry means changes: older cached tables are not reused
 
 
 def table_entries(plan: PruningPlan, blocks: list[Block], *, multiple: int, min_channels: int) -> dict[str, dict]:
@@ -74,24 +88,86 @@ def output_deviation(model: nn.Module, batches: list[torch.Tensor], reference: l
 def measure_table(ctx: Context, plan: PruningPlan, blocks: list[Block], batches: list[torch.Tensor], *,
                   precision: str, multiple: int) -> dict:
     """{"ratios": {entry: ratio dict}, "entries": {...}, "timing": {...}}: every entry's latency
-    relative to the original at `precision`, and its output deviation."""
+    relative to the original at `precision` (measured, or reused from this machine's cache), and
+    its output deviation (always computed: it is exact)."""
     entries = table_entries(plan, blocks, multiple=multiple, min_channels=ctx.profile.min_channels)
     with torch.no_grad():
         reference = [plan.model.eval()(x) for x in batches]
+        for name, entry in entries.items():
+            entry["deviation"] = output_deviation(entry_model(plan, entry), batches, reference)
+    cache = TableCache.for_run(ctx, precision=precision, multiple=multiple)
+    cached = cache.load(entries) if cache else None
+    if cached is not None:
+        ctx.ui.say(f"  latency table: {len(entries)} removals at {precision}, reused from this machine's table "
+                   f"measured {cached['timing'].get('measured', '?')} ({cache.path})")
+        return {"entries": entries, **cached}
     builds = {ORIGINAL: ctx.builder.build(ctx.original, precision=precision, key=ORIGINAL)}
     with ctx.ui.progress("latency table: building", len(entries)) as bar:
         for i, (name, entry) in enumerate(entries.items()):
-            model = entry_model(plan, entry)
-            entry["deviation"] = output_deviation(model, batches, reference)
-            builds[name] = ctx.builder.build(model, precision=precision, key=f"table:{name}")
+            builds[name] = ctx.builder.build(entry_model(plan, entry), precision=precision, key=f"table:{name}")
             bar.update(i + 1)
     cap = ctx.profile.benchmark.table_time_s * max(1.0, len(entries) / ENTRIES_PER_CAP)   # blocks get longer
     timing = relative_timing(ctx.target, builds, reference=ORIGINAL, max_time_s=cap, half_width=TABLE_HALF_WIDTH)
     ctx.builder.forget("table:")
     ctx.ui.say(f"  latency table: {len(entries)} removals timed with the original at {precision} "
                f"({timing.blocks} blocks, {timing.seconds:.0f} s, {timing.stopped})")
-    return {"entries": entries, "ratios": {n: r.to_dict() for n, r in timing.ratios.items()},
-            "timing": {k: v for k, v in timing.to_dict().items() if k != "ratios"}}
+    measured = {"ratios": {n: r.to_dict() for n, r in timing.ratios.items() if n != ORIGINAL},
+                "timing": {**{k: v for k, v in timing.to_dict().items() if k != "ratios"},
+                           "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}}
+    if cache:
+        cache.save(measured)
+    return {"entries": entries, **measured}
+
+
+class TableCache:
+    """One file per (machine, runtime versions, target, precision, multiple, model, data, seed)
+    under $EDGECOMPRESS_CACHE_DIR (default ~/.cache/edgecompress/latency-tables): the table's ratios
+    and how they were timed. Estimated targets have no cache (their table has no noise)."""
+
+    def __init__(self, path: Path, key: dict) -> None:
+        self.path, self.key = path, key
+
+    @classmethod
+    def for_run(cls, ctx: Context, *, precision: str, multiple: int) -> "TableCache | None":
+        folder = os.environ.get("EDGECOMPRESS_CACHE_DIR", str(Path.home() / ".cache" / "edgecompress"))
+        if not folder or ctx.target.latency_source == "estimate":
+            return None
+        cfg = ctx.config
+        key = {"version": TABLE_VERSION, "target": ctx.profile.name, "precision": precision, "multiple": multiple,
+               "where": describe_device() if ctx.target.latency_source == "local" else ctx.target.latency_source,
+               "runtime": [ctx.target.runtime, runtime_version(ctx.target.runtime)], "model": model_digest(ctx.original),
+               "input": list(ctx.input_shape), "data": ctx.data.name, "seed": cfg.seed, "width_steps": WIDTH_STEPS}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+        return cls(Path(folder) / "latency-tables" / f"{digest}.json", key)
+
+    def load(self, entries: dict) -> dict | None:
+        """The cached ratios and timing, when the file is there, is for this key and has every entry."""
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        if data.get("key") != self.key or set(data.get("ratios", {})) != set(entries):
+            return None
+        return {"ratios": data["ratios"], "timing": {**data["timing"], "cached": str(self.path)}}
+
+    def save(self, measured: dict) -> None:
+        """Atomically (a table half written is never read); a cache that cannot be written is skipped."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"key": self.key, **measured}, indent=1))
+            tmp.replace(self.path)
+        except OSError:
+            pass
+
+
+def model_digest(model: nn.Module) -> str:
+    """The model's architecture and weights, hashed."""
+    h = hashlib.sha256(repr(model).encode())
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:24]
 
 
 def removals(table: dict, *, reference_ms: float, blocks: list[Block]) -> list[Removal]:

@@ -94,7 +94,12 @@ def _push_chain(heap: list, name: str, chain: list[Removal], start: int) -> None
 
 def structure(order: list[list[Removal]], knob: float, *, reference_ms: float) -> Structure:
     """The shortest prefix of `order` whose predicted latency is at most `knob` x the original's
-    (all of it when none is); knob 1 removes nothing."""
+    (all of it when none is); knob 1 removes nothing.
+
+    Savings compose multiplicatively: a removal that saved a fraction f of the original saves f of
+    what is left. Added up, a deep net's savings (ResNet-56: 105 entries of 1-3 % each) predicted
+    negative latencies for its probes; a product never reaches zero, and for a few removals (the
+    measured ResNet-20 case) it differs from the sum by under 1 % of the original."""
     out, ms = Structure(predicted_ms=reference_ms), reference_ms
     for step in order:
         if ms <= knob * reference_ms + 1e-12:
@@ -104,7 +109,7 @@ def structure(order: list[list[Removal]], knob: float, *, reference_ms: float) -
                 out.blocks.append(r.name)
             else:
                 out.counts[r.name] = r.units
-            ms -= r.saving_ms
+            ms *= max(0.0, 1.0 - r.saving_ms / reference_ms)
     out.predicted_ms = ms
     return out
 

@@ -45,7 +45,8 @@ class VerifyStage:
         for name, r in speedups.items():
             ctx.ui.say(f"  engine vs {name:<10} {r} faster ({timing.stopped}, {timing.blocks} blocks)")
         base = ctx.results.baseline
-        latency_ms = base.latency_ms / speedups[ORIGINAL_FLOAT].median
+        vs_float = speedups[ORIGINAL_FLOAT]   # the original's float latency / the engine's
+        latency_ms = base.latency_ms / vs_float.median
         method = base.latency_method
         reference = keep_reference(builds[ORIGINAL_FLOAT], out)
         write_latency_baseline(out, target=ctx.target, build=build, latency=Latency(
@@ -56,8 +57,10 @@ class VerifyStage:
         write_regression_test(out)
         macs, params = macs_and_params(ctx.rundir.load_model("finetune", "pruned_model"), ctx.input_shape)
         result = {"accuracy": val_acc, "test_accuracy": test_acc, "latency_ms": latency_ms, "latency_method": method,
+                  # the ratio's 95 % interval on the baseline's float latency (that one is a single measurement)
+                  "latency_interval_ms": [base.latency_ms / vs_float.high, base.latency_ms / vs_float.low],
                   "flops": macs, "params": params, "cr": ctx.results.prune.cr,
-                  "speedup": speedups[ORIGINAL_FLOAT].to_dict()}
+                  "speedup": vs_float.to_dict()}
         unpruned = yardstick_record(ctx, builds, speedups, latency_ms)
         extra = {"timing": timing.to_dict(), "speedups": {n: r.to_dict() for n, r in speedups.items()}}
         report = assemble_report(config=ctx.config, results=ctx.results, run=run_facts(ctx, time.perf_counter() - start),

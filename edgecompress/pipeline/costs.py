@@ -93,8 +93,8 @@ def measure_table(ctx: Context, plan: PruningPlan, blocks: list[Block], batches:
     entries = table_entries(plan, blocks, multiple=multiple, min_channels=ctx.profile.min_channels)
     with torch.no_grad():
         reference = [plan.model.eval()(x) for x in batches]
-        for name, entry in entries.items():
-            entry["deviation"] = output_deviation(entry_model(plan, entry), batches, reference)
+    for entry in entries.values():   # narrowing traces the graph with autograd: not under no_grad
+        entry["deviation"] = output_deviation(entry_model(plan, entry), batches, reference)
     cache = TableCache.for_run(ctx, precision=precision, multiple=multiple)
     cached = cache.load(entries) if cache else None
     if cached is not None:

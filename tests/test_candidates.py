@@ -78,6 +78,19 @@ def test_estimated_targets_spend_no_accuracy_below_1_05x(monkeypatch, gain, pays
     assert decision["unpruned"] is not pays
 
 
+def test_a_latency_budget_the_table_met_but_the_timing_missed_tightens_the_next_search(monkeypatch):
+    _fake_timing(monkeypatch, {UNPRUNED: (1.30, 1.27, 1.33), "yardstick": (1.25, 1.22, 1.28)})
+    _, decision = _decide(_ctx(), PRUNED)   # the original at 0.3 ms, 1.30x faster: 0.231 ms measured
+    assert decision["measured_ms"] == pytest.approx(0.3 / 1.30) and decision["predicted_ms"] == 0.2
+    budget = Budget(max_latency_ms=0.21)
+    assert prune_stage._over_budget(decision, budget)                      # predicted 0.2 <= 0.21 < 0.231
+    assert not prune_stage._over_budget(decision, Budget(max_latency_ms=0.25))
+    assert not prune_stage._over_budget(decision, Budget(min_accuracy=94.0))
+    state = {"latency_scale": decision["measured_ms"] / decision["predicted_ms"]}
+    assert prune_stage._scaled(budget, state).max_latency_ms == pytest.approx(0.21 * 0.2 / (0.3 / 1.30))
+    assert prune_stage._scaled(budget, {}) == budget
+
+
 def test_nothing_removed_ships_the_unpruned_model_without_timing(monkeypatch):
     monkeypatch.setattr(prune_stage, "relative_timing", lambda *a, **k: pytest.fail("nothing to time"))
     ctx = _ctx()

@@ -1,20 +1,28 @@
 """One command regenerates the evidence: every benchmark whose figures appear in README.md or
-docs/benchmarks.md, run from the current commit, each writing benchmarks/results/<name>.json,
-then the marked regions of docs/benchmarks.md regenerated from those files.
+docs/, run from the current commit at exactly the settings its docs show, each writing
+benchmarks/results/<name>.json, then the marked regions of docs/benchmarks.md regenerated from
+those files.
 
-    .venv/bin/python benchmarks/suite.py                  # everything (hours: quiet machine, nothing else running)
-    .venv/bin/python benchmarks/suite.py --quick          # smoke: tiny sizes, results/quick/, docs untouched
-    .venv/bin/python benchmarks/suite.py --only data_scale,depth_scoring
-    .venv/bin/python benchmarks/suite.py --only depth_scoring -- --models resnet20   # extra args for ONE benchmark
+    .venv/bin/python benchmarks/suite.py                  # every benchmark (hours: quiet machine, nothing else running)
+    .venv/bin/python benchmarks/suite.py --quick          # only the quick ones: same commands, same files, same regions
+    .venv/bin/python benchmarks/suite.py --only int8,depth_scoring
+    .venv/bin/python benchmarks/suite.py --only vs_int8 -- --runs runs/a runs/b   # extra args for ONE benchmark
     .venv/bin/python benchmarks/suite.py --docs-only      # regenerate the docs from the results present
-    .venv/bin/python benchmarks/suite.py --list           # what is registered, what has results, where it shows
+    .venv/bin/python benchmarks/suite.py --list           # what is registered, quick or not, its result, where it shows
 
-A benchmark is registered once (BENCHMARKS): its argv (run with .venv/bin/python from the repository
-root; `{out}` is the JSON it must write, `{work}` a per-commit folder for run directories), its
-quick argv, and a renderer. The script writes `{"rows": [{column: value}], "notes": [...]}` (a bare
-list is taken as the rows; optional "tables": {key: rows}, "summary": {...} for the conformance
-check, "labels": {key: header}, "columns": [keys]); the suite wraps it with where it came from (commit, machine, command, started,
-seconds) and writes benchmarks/results/<name>.json. docs/benchmarks.md marks each generated table:
+A benchmark is registered once (BENCHMARKS): ONE command (run with .venv/bin/python from the
+repository root; `{out}` is the JSON it must write, `{work}` a per-commit folder for run
+directories), whether it is quick (minutes on 2 cores: --quick runs it) or full-suite only (it
+runs `compress` end to end), and a renderer. There are no reduced variants: --quick runs the
+quick benchmarks with the very command the full suite runs, so it writes the same result files
+and regenerates the same regions; it skips the others, saying so, and leaves their regions as
+they are. Extra arguments after `--` change the settings: the result's command shows them.
+
+The script writes `{"rows": [{column: value}], "notes": [...]}` (a bare list is taken as the rows;
+optional "tables": {key: rows}, "summary": {...} for the conformance check, "labels": {key:
+header}, "columns": [keys]); the suite wraps it with where it came from (commit, machine, command,
+started, seconds) and writes benchmarks/results/<name>.json. docs/benchmarks.md marks each
+generated table:
 
     <!-- results:NAME -->  ...replaced...  <!-- /results:NAME -->     (NAME.KEY: the table result["tables"][KEY])
 
@@ -151,56 +159,65 @@ def provenance(result: dict, path: Path) -> str:
 
 @dataclass(frozen=True)
 class Benchmark:
-    """A benchmark the suite runs (`command`), or one it lists but cannot run (`manual`: why)."""
+    """A benchmark the suite runs (`command`: the settings whose figures the docs show), or one it
+    lists but cannot run (`manual`: why)."""
     command: tuple[str, ...] = ()
-    quick: tuple[str, ...] | None = None          # None: no smoke mode; --quick skips it and says so
+    quick: bool = False                           # minutes on 2 cores: --quick runs it; else the full suite only
     render: Callable[[dict, str | None], str] = render_rows
     about: str = ""                               # where its figures show
+    cost: str = ""                                # the work that makes it quick or long
     manual: str | None = None
 
-    def argv(self, *, quick: bool, out: Path, work: Path, extra: list[str] = ()) -> list[str]:
-        args = self.quick if quick else self.command
-        return [a.format(out=out, work=work) for a in args] + list(extra)
+    def argv(self, *, out: Path, work: Path, extra: list[str] = ()) -> list[str]:
+        return [a.format(out=out, work=work) for a in self.command] + list(extra)
 
 
 BENCHMARKS: Registry[Benchmark] = Registry("benchmark")
 _B = BENCHMARKS.add
+# Full suite only: each runs `compress` end to end, several times.
 _B("vs_int8", Benchmark(
-    ("benchmarks/vs_int8.py", "--out", "{work}/vs-int8", "--json", "{out}"), None,
-    about="docs 'Shipped engine against plain INT8', README's summary figures; its compress runs dominate the "
-          "suite's time (runs/suite/<commit>/vs-int8, resumed when the commit is the same)"))
+    ("benchmarks/vs_int8.py", "--out", "{work}/vs-int8", "--json", "{out}"),
+    cost="four `compress` runs (ResNet-20, ResNet-56, MobileNetV2, resnet18-64), then one timing run per model; "
+         "its run directories are runs/suite/<commit>/vs-int8, resumed when the commit is the same",
+    about="docs 'The shipped engine against plain INT8 of the unpruned original'"))
 _B("default_run", Benchmark(
-    ("benchmarks/default_run.py", "--out", "{work}/default", "--json", "{out}"), None,
-    about="README's example summary line and run time; docs 'The default run'"))
-_B("alignment_int8", Benchmark(
-    ("benchmarks/alignment.py", "--precision", "int8", "--json", "{out}"),
-    ("benchmarks/alignment.py", "--precision", "int8", "--quick", "--json", "{out}"),
-    about="docs 'Channel multiple in INT8 (x86-cpu)'"))
+    ("benchmarks/default_run.py", "--out", "{work}/default", "--json", "{out}"),
+    cost="two `compress --target x86-cpu --max-acc-drop 1` runs",
+    about="README's example summary line; docs 'The default run'"))
 _B("data_scale", Benchmark(
     ("benchmarks/data_scale.py", "--json", "{out}"),
-    ("benchmarks/data_scale.py", "--quick", "--json", "{out}"),
-    about="docs 'Data at scale', README's memory figure"))
-_B("depth_scoring", Benchmark(
-    ("benchmarks/depth_scoring.py", "--json", "{out}"),
-    ("benchmarks/depth_scoring.py", "--quick", "--json", "{out}"),
-    about="docs 'Depth: which blocks, and how they are scored'"))
+    cost="six `compress` runs on 224x224 image folders (500 and 2,000 training images, 3 samples each)",
+    about="docs 'Data at scale'; README's streaming paragraph points to it"))
 _B("deviation_site", Benchmark(
     ("benchmarks/deviation_site.py", "--json", "{out}"),
-    ("benchmarks/deviation_site.py", "--quick", "--json", "{out}"),
+    cost="ResNet-20 and MobileNetV2 on 5,000 validation images, 10 settings x 2 sites, a bisection per MACs "
+         "target; its one timed run (2026-11-22, a shared machine) took over half an hour",
     about="docs 'Where the deviation is taken'"))
+# Quick: minutes each on 2 cores, at the settings the docs show.
+_B("alignment_int8", Benchmark(
+    ("benchmarks/alignment.py", "--precision", "int8", "--knobs", "0.95", "0.8", "--sweep", "2", "--seconds", "40",
+     "--json", "{out}"), quick=True,
+    cost="ResNet-20: 10 small INT8 builds, two protocol runs capped at 40 s",
+    about="docs 'Channel multiple in INT8 (x86-cpu)'"))
+_B("depth_scoring", Benchmark(
+    ("benchmarks/depth_scoring.py", "--json", "{out}", "--models", "resnet20", "--threads", "1"), quick=True,
+    cost="ResNet-20 only (the script's default adds MobileNetV2 and ResNet-56, 25 blocks more for ResNet-56 "
+         "alone): 7 blocks removed one at a time, BatchNorm recalibrated on 2,048 images, 2,000 validation images",
+    about="docs 'Depth: which blocks, and how they are scored'"))
 _B("int8", Benchmark(
-    ("benchmarks/int8.py", "--out", "{out}"), ("benchmarks/int8.py", "--quick", "--out", "{out}"),
+    ("benchmarks/int8.py", "--out", "{out}"), quick=True,
+    cost="ResNet-20 and ResNet-56: 6 artifacts each built for 2 runtimes, 5,000 validation images, one probe "
+         "timing per engine",
     about="docs 'INT8' (latency: single probe timings, no interval yet)"))
 _B("reconstruct_cr", Benchmark(
-    ("benchmarks/other_criteria.py", "reconstruct", "--knobs", "0.8,0.9,0.95", "--json", "{out}"),
-    ("benchmarks/other_criteria.py", "reconstruct", "--quick", "--knobs", "0.9", "--json", "{out}"),
-    render_reconstruct, about="docs 'Does least-squares reconstruction help the default?' (cr)"))
+    ("benchmarks/other_criteria.py", "reconstruct", "--knobs", "0.8,0.9,0.95", "--json", "{out}"), quick=True,
+    render=render_reconstruct, cost="ResNet-20, 3 knobs x 5 variants on 5,000 validation images, no training",
+    about="docs 'Does least-squares reconstruction help the default?' (cr)"))
 _B("reconstruct_uniform", Benchmark(
     ("benchmarks/other_criteria.py", "reconstruct", "--allocation", "uniform", "--knobs", "0.5,0.7,0.85",
-     "--json", "{out}"),
-    ("benchmarks/other_criteria.py", "reconstruct", "--allocation", "uniform", "--quick", "--knobs", "0.7",
-     "--json", "{out}"),
-    render_reconstruct, about="docs 'Does least-squares reconstruction help the default?' (uniform)"))
+     "--json", "{out}"), quick=True,
+    render=render_reconstruct, cost="ResNet-20, 3 knobs x 5 variants on 5,000 validation images, no training",
+    about="docs 'Does least-squares reconstruction help the default?' (uniform)"))
 # Figures in the docs that the suite cannot regenerate yet, and why (listed by --list, never run).
 for _name, _why, _about in (
         ("alignment_fp32", "the FP32 run of record predates the timing protocol; register it "
@@ -268,19 +285,17 @@ def python_exe() -> str:
 
 # ---------------------------------------------------------------------------------------------- running
 
-def run_one(name: str, bench: Benchmark, *, quick: bool, results: Path, python: str, where: dict,
-            extra: list[str] = ()) -> dict:
+def run_one(name: str, bench: Benchmark, *, results: Path, python: str, where: dict, extra: list[str] = ()) -> dict:
     """Run one benchmark, wrap what it wrote, write results/<name>.json; the log goes to results/logs/.
     A failure leaves the previous result file as it was and is returned, not raised."""
     raw = results / f".{name}.raw.json"
     raw.unlink(missing_ok=True)
     work = (WORK / where["commit"]).relative_to(REPO)
-    argv = [python, *bench.argv(quick=quick, out=raw.relative_to(REPO), work=work, extra=extra)]
+    argv = [python, *bench.argv(out=raw.relative_to(REPO), work=work, extra=extra)]
     # shown (and recorded) with the result's final path: the script writes a hidden file first, so a
     # failed run never leaves half a result where the docs and the conformance test read
     final = (results / f"{name}.json").relative_to(REPO)
-    shown = " ".join(shlex.quote(a) for a in [".venv/bin/python", *bench.argv(quick=quick, out=final, work=work,
-                                                                              extra=extra)])
+    shown = " ".join(shlex.quote(a) for a in [".venv/bin/python", *bench.argv(out=final, work=work, extra=extra)])
     log = results / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     print(f"\n== {name}: {shown}", flush=True)
@@ -293,7 +308,7 @@ def run_one(name: str, bench: Benchmark, *, quick: bool, results: Path, python: 
         rc = proc.wait()
     seconds = time.perf_counter() - t0
     status = {"benchmark": name, "started": started, "seconds": round(seconds, 1), "commit": where["commit"],
-              "quick": quick, "log": log.relative_to(REPO).as_posix()}
+              "log": log.relative_to(REPO).as_posix()}
     if rc != 0 or not raw.is_file():
         why = f"exit code {rc}" if rc != 0 else f"exited 0 but wrote no {raw.name}"
         print(f"== {name}: FAILED ({why}); log {log}", flush=True)
@@ -306,7 +321,7 @@ def run_one(name: str, bench: Benchmark, *, quick: bool, results: Path, python: 
     if not isinstance(body, dict) or not isinstance(body.get("rows"), list):
         return {**status, "status": "failed: its JSON has no list of rows"}
     result = {**body, "benchmark": name, "commit": where["commit"], "machine": where["machine"], "command": shown,
-              "started": started, "seconds": round(seconds, 1), "quick": quick}
+              "started": started, "seconds": round(seconds, 1)}
     _write_json(results / f"{name}.json", result)
     raw.unlink()
     print(f"== {name}: ok, {seconds / 60:.1f} min -> {(results / f'{name}.json').relative_to(REPO)}", flush=True)
@@ -324,10 +339,10 @@ def _write_json(path: Path, data) -> None:
     tmp.replace(path)
 
 
-def record(statuses: list[dict], *, results: Path, full: bool, command: str, started: str, seconds: float,
-           where: dict) -> None:
+def record(statuses: list[dict], *, results: Path, whole: str | None, command: str, started: str,
+           seconds: float, where: dict) -> None:
     """results/suite.json: the latest status of every benchmark (rows) and, for a run of the whole
-    suite, its command and duration (notes)."""
+    suite (`whole`: "full" or "quick"), its command and duration (notes)."""
     path = results / f"{SUITE}.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
     by_name = {r["benchmark"]: r for r in old.get("rows", [])}
@@ -336,17 +351,20 @@ def record(statuses: list[dict], *, results: Path, full: bool, command: str, sta
                                    "status": s["status"], "minutes": round(s["seconds"] / 60, 1),
                                    "commit": s["commit"][:12] + ("-dirty" if s["commit"].endswith("-dirty") else ""),
                                    "started": s["started"]}
-    last_full = old.get("last_full")
-    if full:
-        last_full = {"command": command, "started": started, "minutes": round(seconds / 60, 1), "commit": where["commit"],
-                     "failed": [s["benchmark"] for s in statuses if s["status"] != "ok"]}
-    notes = [f"Last run of the whole suite: `{last_full['command']}`, started {last_full['started']}, "
-             f"**{last_full['minutes']} min**, commit `{last_full['commit']}`"
-             + (f"; failed: {', '.join(last_full['failed'])}" if last_full["failed"] else "; every benchmark ok") + "."
-             ] if last_full else ["No run of the whole suite recorded yet."]
-    _write_json(path, {"rows": [by_name[n] for n in sorted(by_name)], "notes": notes, "last_full": last_full,
-                       "benchmark": SUITE, "commit": where["commit"], "machine": where["machine"], "command": command,
-                       "started": started, "seconds": round(seconds, 1), "quick": False})
+    last = {kind: old.get(f"last_{kind}") for kind in ("full", "quick")}
+    if whole:
+        last[whole] = {"command": command, "started": started, "minutes": round(seconds / 60, 1),
+                       "commit": where["commit"], "failed": [s["benchmark"] for s in statuses if s["status"] != "ok"]}
+    titles = {"full": "Last run of the whole suite", "quick": "Last run of the quick benchmarks (--quick)"}
+    notes = [f"{titles[kind]}: `{run['command']}`, started {run['started']}, **{run['minutes']} min**, commit "
+             f"`{run['commit']}`" + (f"; failed: {', '.join(run['failed'])}" if run["failed"] else "; every benchmark ok")
+             + "." for kind, run in last.items() if run]
+    if not last["full"]:
+        notes.append("No run of the whole suite recorded yet.")
+    _write_json(path, {"rows": [by_name[n] for n in sorted(by_name)], "notes": notes, "last_full": last["full"],
+                       "last_quick": last["quick"], "benchmark": SUITE, "commit": where["commit"],
+                       "machine": where["machine"], "command": command, "started": started,
+                       "seconds": round(seconds, 1)})
 
 
 # ---------------------------------------------------------------------------------------------- docs
@@ -366,9 +384,9 @@ def render_region(name: str, results: Path) -> str | None:
     return provenance(result, path) + "\n\n" + renderer(result, key or None)
 
 
-def update_docs(docs: Path, results: Path, *, out: Path | None = None) -> dict[str, list[str]]:
+def update_docs(docs: Path, results: Path) -> dict[str, list[str]]:
     """Replace every marked region whose result file exists; text outside the regions is kept byte
-    for byte. Writes `out` (default: `docs` itself). Returns what was updated, missing and unknown."""
+    for byte. Returns what was updated, missing and unknown."""
     text = docs.read_text()
     found = regions(text)
     unknown = [n for n in found if n.partition(".")[0] not in BENCHMARKS and n.partition(".")[0] != SUITE]
@@ -386,11 +404,9 @@ def update_docs(docs: Path, results: Path, *, out: Path | None = None) -> dict[s
         return f"<!-- results:{m.group('name')} -->\n{body.strip()}\n<!-- /results:{m.group('name')} -->"
 
     new = REGION.sub(replace, text)
-    target = out or docs
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
+    tmp = docs.with_name(f".{docs.name}.tmp")
     tmp.write_text(new)
-    tmp.replace(target)
+    tmp.replace(docs)
     runnable = [n for n in BENCHMARKS if not BENCHMARKS.get(n).manual]
     unshown = [n for n in runnable if not any(r.partition(".")[0] == n for r in found)]
     return {"updated": done, "no result yet": missing, "registered but shown nowhere": unshown}
@@ -433,8 +449,6 @@ def check_entry(entry: dict, reference: dict, results: Path = RESULTS) -> Verdic
         return Verdict("skip", f"{shown} is absent: run `python benchmarks/suite.py --only "
                                f"{entry['result_file'].removesuffix('.json')}` on a quiet machine")
     result = json.loads(path.read_text())
-    if result.get("quick"):
-        return Verdict("skip", f"{path.name} holds a --quick run (commit {result.get('commit')}): not evidence")
     found = _select(result, entry)
     if isinstance(found, str):
         return Verdict("skip", found)
@@ -498,6 +512,19 @@ def _holds(value, kind: str, bound, tol: dict) -> tuple[bool, str, object]:
 
 # ---------------------------------------------------------------------------------------------- CLI
 
+def code_since(result: dict) -> str:
+    """Whether the code behind a result (edgecompress/, benchmarks/ but the suite's own files)
+    differs now, working tree included, from the commit it was run at."""
+    sha = str(result.get("commit", "")).removesuffix("-dirty")
+    if not sha or _git("cat-file", "-t", sha) != "commit":
+        return "run at a commit unknown here"
+    changed = _git("diff", "--name-only", sha, "--", "edgecompress", "benchmarks", ":(exclude)benchmarks/results",
+                   ":(exclude)benchmarks/suite.py", ":(exclude)benchmarks/reference.json").splitlines()
+    where = "a dirty tree at " if str(result.get("commit", "")).endswith("-dirty") else ""
+    return (f"run from {where}{sha[:12]}; "
+            + (f"{len(changed)} code file(s) changed since" if changed else "the code is unchanged since"))
+
+
 def listing(results: Path) -> str:
     text = DOCS.read_text() if DOCS.is_file() else ""
     found = regions(text)
@@ -507,14 +534,14 @@ def listing(results: Path) -> str:
         path = results / f"{name}.json"
         if path.is_file():
             r = json.loads(path.read_text())
-            have = f"result {r.get('started', '?')}, commit {str(r.get('commit', '?'))[:12]}"
+            have = f"result of {r.get('started', '?')}, {code_since(r)}"
         else:
             have = "no result"
         shown = [r for r in found if r.partition(".")[0] == name]
         lines.append(f"{name:24s} {'MANUAL' if b.manual else 'quick' if b.quick else 'full only':9s} {have}; "
                      f"regions: {', '.join(shown) or 'none'}\n    {b.about}"
                      + (f"\n    not run by the suite: {b.manual}" if b.manual else
-                        f"\n    $ .venv/bin/python {' '.join(b.command)}"))
+                        f"\n    {b.cost}\n    $ .venv/bin/python {' '.join(b.command)}"))
     return "\n".join(lines)
 
 
@@ -525,23 +552,24 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: each benchmark's quick mode; results in benchmarks/results/quick/, the docs "
-                        "rendered to results/quick/benchmarks.md (the real ones untouched)")
+                   help="run only the quick benchmarks (minutes each), with the same commands as the full suite: "
+                        "their result files and doc regions are regenerated; the full-suite-only ones (`compress` "
+                        "runs end to end, long sweeps) are skipped, saying so, and their regions left as they are")
     p.add_argument("--only", help="comma-separated benchmark names (default: every runnable one)")
     p.add_argument("--docs-only", action="store_true", help="run nothing: regenerate the docs from the results present")
-    p.add_argument("--list", action="store_true", help="list the benchmarks, their results and their doc regions")
+    p.add_argument("--list", action="store_true",
+                   help="list the benchmarks: quick or full only, their result and its code, their doc regions")
     args = p.parse_args(own)
-    results = RESULTS / "quick" if args.quick else RESULTS
     if args.list:
-        print(listing(results))
+        print(listing(RESULTS))
         return 0
     try:
         names = _chosen(args.only)
         if extra and len(names) != 1:
             raise UserError("arguments after -- go to one benchmark", "name it alone with --only NAME")
-        statuses = [] if args.docs_only else _run_all(names, quick=args.quick, results=results, full=args.only is None,
-                                                      argv=argv, extra=extra)
-        report = update_docs(DOCS, results, out=results / "benchmarks.md" if args.quick else None)
+        whole = None if args.only else "quick" if args.quick else "full"
+        statuses = [] if args.docs_only else _run_all(names, quick=args.quick, whole=whole, argv=argv, extra=extra)
+        report = update_docs(DOCS, RESULTS)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -550,7 +578,7 @@ def main(argv=None) -> int:
             print(f"docs, {what}: {', '.join(items)}")
     failed = [s["benchmark"] for s in statuses if s["status"] != "ok"]
     if failed:
-        print(f"FAILED: {', '.join(failed)} (logs in {results.relative_to(REPO)}/logs/)", file=sys.stderr)
+        print(f"FAILED: {', '.join(failed)} (logs in {RESULTS.relative_to(REPO)}/logs/)", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -564,21 +592,20 @@ def _chosen(only: str | None) -> list[str]:
     return names
 
 
-def _run_all(names: list[str], *, quick: bool, results: Path, full: bool, argv: list[str],
-             extra: list[str]) -> list[dict]:
+def _run_all(names: list[str], *, quick: bool, whole: str | None, argv: list[str], extra: list[str]) -> list[dict]:
     python = python_exe()
     where = {"commit": commit(), "machine": machine(python)}
     started, t0, statuses = _now(), time.perf_counter(), []
     for name in names:
         bench = BENCHMARKS.get(name)
-        if quick and bench.quick is None:
-            print(f"\n== {name}: skipped under --quick (no quick mode: {bench.about})", flush=True)
+        if quick and not bench.quick:
+            print(f"\n== {name}: skipped under --quick (full suite only: {bench.cost}); its docs regions are left "
+                  f"as they are", flush=True)
             continue
-        statuses.append(run_one(name, bench, quick=quick, results=results, python=python, where=where, extra=extra))
-    if not quick:
-        command = "python benchmarks/suite.py " + " ".join(shlex.quote(a) for a in argv)
-        record(statuses, results=results, full=full, command=command.strip(), started=started,
-               seconds=time.perf_counter() - t0, where=where)
+        statuses.append(run_one(name, bench, results=RESULTS, python=python, where=where, extra=extra))
+    command = "python benchmarks/suite.py " + " ".join(shlex.quote(a) for a in argv)
+    record(statuses, results=RESULTS, whole=whole, command=command.strip(), started=started,
+           seconds=time.perf_counter() - t0, where=where)
     return statuses
 
 

@@ -77,12 +77,6 @@ def test_check_entry_outcomes(tmp_path):
     assert suite.check_entry(other, REF, tmp_path).outcome == "skip"
 
 
-def test_quick_results_are_not_evidence(tmp_path):
-    _result(tmp_path, "vs_int8", [{"model": "m", "drop_points": 5.0}], quick=True)
-    verdict = suite.check_entry(_entry("measured", drop_points_max=1.0), REF, tmp_path)
-    assert verdict.outcome == "skip" and "--quick" in verdict.message
-
-
 def test_summary_entries_name_their_run(tmp_path):
     _result(tmp_path, "data_scale", [], summary={"images_large": 160, "tree_growth_mb": 50.0})
     entry = {"model": "cnn", "target": "x86-cpu", "result_file": "data_scale.json", "summary": True,
@@ -133,14 +127,53 @@ def test_unknown_region_names_the_valid_ones(tmp_path):
         suite.update_docs(docs, tmp_path)
 
 
-def test_every_benchmark_writes_its_json_and_exists():
+def test_one_command_per_benchmark_writes_its_json():
     for name in suite.BENCHMARKS:
         bench = suite.BENCHMARKS.get(name)
         if bench.manual:
             continue
-        for argv in (bench.command, bench.quick or bench.command):
-            assert (REPO / argv[0]).is_file(), argv
-            assert "{out}" in argv, f"{name}: the suite could not collect its result"
+        assert (REPO / bench.command[0]).is_file(), bench.command
+        assert "{out}" in bench.command, f"{name}: the suite could not collect its result"
+        assert "--quick" not in bench.command, f"{name}: a reduced variant is not what the docs show"
+        assert bench.cost, f"{name}: say what makes it quick or long"
+    # the end-to-end `compress` benchmarks take hours: the full suite only
+    assert not any(suite.BENCHMARKS.get(n).quick for n in ("default_run", "vs_int8", "data_scale"))
+
+
+def _fake_runs(tmp_path, monkeypatch) -> list[str]:
+    ran = []
+    monkeypatch.setattr(suite, "RESULTS", tmp_path)
+    monkeypatch.setattr(suite, "python_exe", lambda: "python")
+    monkeypatch.setattr(suite, "machine", lambda python: {"cpu": "CPU X", "cores": 2})
+    monkeypatch.setattr(suite, "commit", lambda: "abc123")
+    monkeypatch.setattr(suite, "run_one", lambda name, bench, **kw: ran.append(name) or {
+        "benchmark": name, "status": "ok", "seconds": 60, "commit": "abc123", "started": "2026-12-01 10:00 UTC"})
+    return ran
+
+
+def test_quick_runs_the_quick_commands_and_skips_the_rest(tmp_path, monkeypatch, capsys):
+    ran = _fake_runs(tmp_path, monkeypatch)
+    names = suite._chosen(None)
+    suite._run_all(names, quick=True, whole="quick", argv=["--quick"], extra=[])
+    assert ran == [n for n in names if suite.BENCHMARKS.get(n).quick] and ran
+    assert "== vs_int8: skipped under --quick" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "suite.json").read_text())
+    assert {r["benchmark"] for r in saved["rows"]} == set(ran)
+    assert saved["last_quick"]["command"] == "python benchmarks/suite.py --quick" and saved["last_full"] is None
+    assert "No run of the whole suite recorded yet." in saved["notes"]
+    before = len(ran)
+    suite._run_all(names, quick=False, whole="full", argv=[], extra=[])
+    assert ran[before:] == names                          # the full suite runs every runnable one
+    saved = json.loads((tmp_path / "suite.json").read_text())
+    assert saved["last_full"]["minutes"] >= 0 and saved["last_quick"] is not None
+    assert not any("No run" in n for n in saved["notes"])
+
+
+def test_listing_says_whether_the_code_changed_since_the_result():
+    assert "unknown" in suite.code_since({"commit": "0" * 40})
+    head = suite._git("rev-parse", "HEAD")
+    assert f"run from {head[:12]}" in suite.code_since({"commit": head})
+    assert "dirty tree" in suite.code_since({"commit": head + "-dirty"})
 
 
 def test_docs_regions_name_registered_benchmarks():

@@ -82,12 +82,14 @@ def test_a_latency_budget_the_table_met_but_the_timing_missed_tightens_the_next_
     _fake_timing(monkeypatch, {UNPRUNED: (1.30, 1.27, 1.33), "yardstick": (1.25, 1.22, 1.28)})
     _, decision = _decide(_ctx(), PRUNED)   # the original at 0.3 ms, 1.30x faster: 0.231 ms measured
     assert decision["measured_ms"] == pytest.approx(0.3 / 1.30) and decision["predicted_ms"] == 0.2
+    assert decision["measured_high_ms"] == pytest.approx(0.3 / 1.27)      # the interval's slow end: 0.236 ms
     budget = Budget(max_latency_ms=0.21)
-    assert prune_stage._over_budget(decision, budget)                      # predicted 0.2 <= 0.21 < 0.231
+    assert prune_stage._over_budget(decision, budget)                      # predicted 0.2 <= 0.21 < 0.236
+    assert prune_stage._over_budget(decision, Budget(max_latency_ms=0.233))   # the median meets it, the interval not
     assert not prune_stage._over_budget(decision, Budget(max_latency_ms=0.25))
     assert not prune_stage._over_budget(decision, Budget(min_accuracy=94.0))
-    state = {"latency_scale": decision["measured_ms"] / decision["predicted_ms"]}
-    assert prune_stage._scaled(budget, state).max_latency_ms == pytest.approx(0.21 * 0.2 / (0.3 / 1.30))
+    state = {"latency_scale": decision["measured_high_ms"] / decision["predicted_ms"]}
+    assert prune_stage._scaled(budget, state).max_latency_ms == pytest.approx(0.21 * 0.2 / (0.3 / 1.27))
     assert prune_stage._scaled(budget, {}) == budget
 
 

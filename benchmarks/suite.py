@@ -218,23 +218,25 @@ _B("reconstruct_uniform", Benchmark(
      "--json", "{out}"), quick=True,
     render=render_reconstruct, cost="ResNet-20, 3 knobs x 5 variants on 5,000 validation images, no training",
     about="docs 'Does least-squares reconstruction help the default?' (uniform)"))
-# Figures in the docs that the suite cannot regenerate yet, and why (listed by --list, never run).
+# Benchmarks the suite cannot run yet, and why (listed by --list, never run). Their docs sections
+# keep the method and the command, and no figures: those went with the last commit that had them.
 for _name, _why, _about in (
-        ("alignment_fp32", "the FP32 run of record predates the timing protocol; register it "
-                           "(`alignment.py --json {out}`) once its docs sections are rewritten for ratios",
-         "docs 'Channel alignment', 'Latency estimator'"),
+        ("alignment_fp32", "no renderer for part B (the estimator table and its Spearman rho) yet; register "
+                           "`alignment.py --json {out}` (minutes: quick) with one",
+         "docs 'Channel alignment (FP32)', 'Latency estimator'"),
+        ("architectures", "prints Markdown only; needs a --json in the suite's form (counts, no timing: quick)",
+         "docs/architectures.md 'Measured reduction at one knob'"),
         ("importance_cost", "writes its docs section itself; needs a --json option", "docs 'Importance cost'"),
         ("seed_claims", "its --out JSON is nested per experiment, not rows; needs a --json in the suite's form",
-         "docs 'Seed claims' tables"),
+         "docs 'Seed claims'"),
         ("compare_criteria", "needs a GPU and hours (12 parallel searches); run its phases by hand",
-         "docs 'Criteria comparison', README's criteria paragraph"),
-        ("compare_runs", "times finished runs named on the command line (runs/quiet4, runs/quiet5)",
-         "docs 'End to end' (both engines timed together)"),
+         "docs 'Criteria comparison'"),
+        ("compare_runs", "times finished runs named on the command line", "docs 'End to end'"),
         ("other_criteria_compress", "one full compress per model x criterion (hours)",
          "docs 'End to end through compress'"),
         ("engine_parity", "needs a finished mobile-arm64 run", "docs 'Targets on the default model'"),
-        ("end_to_end_runs", "the run-of-record tables are single compress runs read from their report.json",
-         "docs 'End to end', 'Targets on the default model', 'End to end on ...'")):
+        ("end_to_end_runs", "single compress runs read from their report.json (the default run is default_run)",
+         "docs 'End to end', 'Targets on the default model'")):
     _B(_name, Benchmark(manual=_why, about=_about))
 
 
@@ -384,9 +386,19 @@ def render_region(name: str, results: Path) -> str | None:
     return provenance(result, path) + "\n\n" + renderer(result, key or None)
 
 
+def placeholder(name: str) -> str:
+    """The body of a region whose result file is absent: no figure without a result file."""
+    bench = name.partition(".")[0]
+    if bench == SUITE:
+        return f"No run recorded yet: `benchmarks/results/{SUITE}.json` is written by every run of the suite."
+    return (f"No result yet: `benchmarks/results/{bench}.json` is written by "
+            f"`.venv/bin/python benchmarks/suite.py --only {bench}`.")
+
+
 def update_docs(docs: Path, results: Path) -> dict[str, list[str]]:
-    """Replace every marked region whose result file exists; text outside the regions is kept byte
-    for byte. Returns what was updated, missing and unknown."""
+    """Regenerate every marked region from its result file, or, where that file is absent, say so
+    (whatever the region held goes: no figure without a result file); text outside the regions is
+    kept byte for byte. Returns what was updated, missing and unknown."""
     text = docs.read_text()
     found = regions(text)
     unknown = [n for n in found if n.partition(".")[0] not in BENCHMARKS and n.partition(".")[0] != SUITE]
@@ -397,10 +409,8 @@ def update_docs(docs: Path, results: Path) -> dict[str, list[str]]:
 
     def replace(m: re.Match) -> str:
         body = render_region(m.group("name"), results)
-        if body is None:
-            missing.append(m.group("name"))
-            return m.group(0)
-        done.append(m.group("name"))
+        (done if body is not None else missing).append(m.group("name"))
+        body = placeholder(m.group("name")) if body is None else body
         return f"<!-- results:{m.group('name')} -->\n{body.strip()}\n<!-- /results:{m.group('name')} -->"
 
     new = REGION.sub(replace, text)

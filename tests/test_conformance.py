@@ -107,13 +107,15 @@ def test_regions_are_replaced_and_nothing_else(tmp_path):
     docs = tmp_path / "benchmarks.md"
     outside = "# Benchmarks\n\nprose kept | as is\n\n"
     docs.write_text(outside + "<!-- results:data_scale -->\nold table\n<!-- /results:data_scale -->\n\nmore prose\n"
-                    "<!-- results:depth_scoring.removal -->\nkept: no result\n<!-- /results:depth_scoring.removal -->\n")
+                    "<!-- results:depth_scoring.removal -->\n| 94.3 | old figure |\n<!-- /results:depth_scoring.removal -->\n")
     _result(tmp_path, "data_scale", [{"training images": 500, "tree RSS (MB)": 1400.5}], notes=["Goal met."],
             machine={"cpu": "CPU X", "cores": 2}, command="benchmarks/data_scale.py --json x", seconds=60)
     report = suite.update_docs(docs, tmp_path)
     text = docs.read_text()
     assert report["updated"] == ["data_scale"] and report["no result yet"] == ["depth_scoring.removal"]
-    assert text.startswith(outside) and "more prose\n" in text and "kept: no result" in text
+    assert text.startswith(outside) and "more prose\n" in text
+    # a region without its result file holds no figure: it says which command writes the file
+    assert "old figure" not in text and "suite.py --only depth_scoring`." in text
     assert "old table" not in text and "| 500 | 1400.5 |" in text and "Goal met." in text
     assert "data_scale.json" in text and "abc123" in text and "CPU X (2 logical CPUs)" in text
     suite.update_docs(docs, tmp_path)

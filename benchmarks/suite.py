@@ -184,6 +184,11 @@ _B("default_run", Benchmark(
     ("benchmarks/default_run.py", "--out", "{work}/default", "--json", "{out}"),
     cost="two `compress --target x86-cpu --max-acc-drop 1` runs",
     about="README's example summary line; docs 'The default run'"))
+_B("budget_and_estimate", Benchmark(
+    ("benchmarks/budget_and_estimate.py", "--out", "{work}/claims", "--json", "{out}"),
+    cost="two `compress` runs: x86-cpu with --latency-budget-ms at half the original's FP32 latency, and "
+         "jetson-orin (estimated) with --max-acc-drop 1",
+    about="docs 'A latency budget, and an estimated target'"))
 _B("data_scale", Benchmark(
     ("benchmarks/data_scale.py", "--json", "{out}"),
     cost="six `compress` runs on 224x224 image folders (500 and 2,000 training images, 3 samples each)",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgecompress.pipeline.costs import removals
-from edgecompress.pruning.cost import Removal, removal_order, structure
+from edgecompress.pruning.cost import Removal, Structure, removal_order, structure
 from edgecompress.pruning.depth import Block
 
 
@@ -125,3 +125,20 @@ def test_the_cache_key_sees_every_weight_and_is_off_when_the_directory_is_empty(
     monkeypatch.setenv("EDGECOMPRESS_CACHE_DIR", "")
     ctx.target.latency_source = "local"
     assert TableCache.for_run(ctx, precision="int8", multiple=4) is None
+
+
+def test_skipping_ahead_looks_past_the_step_that_broke_the_accuracy_but_not_into_its_group():
+    from edgecompress.pruning.cost import skip_candidates, with_step
+    order = removal_order([_block("b1", 1.0, 0.10), _width("g", 12, 0.1, 0.04), _width("g", 8, 0.2, 0.04),
+                           _block("b2", 3.0, 0.10), _block("b3", 9.0, 0.10)])
+    assert _names(order) == [[("g", 12)], [("g", 8)], [("b1", 0)], [("b2", 0)], [("b3", 0)]]
+    s = structure(order, 0.97, reference_ms=1.0)          # the bisection stopped after g -> 12
+    assert s.steps == 1 and s.counts == {"g": 12}
+    assert skip_candidates(order, s, 2) == [2, 3]          # step 1 (g -> 8) broke it; the blocks after it
+    s2 = with_step(s, order[2], 2, reference_ms=1.0)
+    assert s2.blocks == ["b1"] and s2.counts == {"g": 12} and s2.steps == 3
+    assert s2.predicted_ms == pytest.approx(0.96 * 0.9)
+    assert s.blocks == []                                  # with_step copies
+    assert skip_candidates(order, structure(order, 0.0, reference_ms=1.0), 2) == []   # nothing past the end
+    # the first step broke it: the same group's next step (which includes its narrowing) is not tried
+    assert skip_candidates(order, Structure(), 3) == [2, 3, 4]

@@ -45,6 +45,7 @@ class Structure:
     counts: dict[str, int] = field(default_factory=dict)
     blocks: list[str] = field(default_factory=list)
     predicted_ms: float = 0.0
+    steps: int = 0               # how far into the order it reaches (the last step taken + 1)
 
     def key(self) -> str:
         return repr((sorted(self.counts.items()), sorted(self.blocks)))
@@ -100,18 +101,35 @@ def structure(order: list[list[Removal]], knob: float, *, reference_ms: float) -
     what is left. Added up, a deep net's savings (ResNet-56: 105 entries of 1-3 % each) predicted
     negative latencies for its probes; a product never reaches zero, and for a few removals (the
     measured ResNet-20 case) it differs from the sum by under 1 % of the original."""
-    out, ms = Structure(predicted_ms=reference_ms), reference_ms
-    for step in order:
-        if ms <= knob * reference_ms + 1e-12:
+    out = Structure(predicted_ms=reference_ms)
+    for i, step in enumerate(order):
+        if out.predicted_ms <= knob * reference_ms + 1e-12:
             break
-        for r in step:
-            if r.kind == "block":
-                out.blocks.append(r.name)
-            else:
-                out.counts[r.name] = r.units
-            ms *= max(0.0, 1.0 - r.saving_ms / reference_ms)
-    out.predicted_ms = ms
+        out = with_step(out, step, i, reference_ms=reference_ms)
     return out
+
+
+def with_step(s: Structure, step: list[Removal], index: int, *, reference_ms: float) -> Structure:
+    """`s` with one more step of the order (the one at `index`) removed."""
+    out = Structure(counts=dict(s.counts), blocks=list(s.blocks), predicted_ms=s.predicted_ms, steps=index + 1)
+    for r in step:
+        if r.kind == "block":
+            out.blocks.append(r.name)
+        else:
+            out.counts[r.name] = r.units
+        out.predicted_ms *= max(0.0, 1.0 - r.saving_ms / reference_ms)
+    return out
+
+
+def skip_candidates(order: list[list[Removal]], s: Structure, tries: int) -> list[int]:
+    """Where to look past the step the bisection stopped at (the order's next step after `s`,
+    which broke the accuracy): the indices of the next `tries` steps that touch neither that step's
+    groups nor its blocks (a later step of the same group would include the skipped narrowing)."""
+    if s.steps >= len(order):
+        return []
+    skipped = {r.name for r in order[s.steps]}
+    out = [i for i in range(s.steps + 1, len(order)) if not {r.name for r in order[i]} & skipped]
+    return out[:tries]
 
 
 def describe(order: list[list[Removal]]) -> list[dict]:

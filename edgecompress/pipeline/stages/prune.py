@@ -20,7 +20,7 @@ from edgecompress.pipeline.measure import accuracy
 from edgecompress.pipeline.records import PruneRecord
 from edgecompress.pipeline.stage import StageOutput
 from edgecompress.pruning import PruningPlan
-from edgecompress.pruning.cost import Structure, describe, removal_order, structure
+from edgecompress.pruning.cost import Structure, describe, removal_order, skip_candidates, structure, with_step
 from edgecompress.pruning.depth import find_blocks as find, remove_blocks, safe_blocks
 from edgecompress.pruning.reconstruct import reconstruct
 from edgecompress.pruning.search import Budget, ProbeResult, Searcher, SearchOutcome
@@ -40,6 +40,13 @@ PAYS_ESTIMATED = 1.05
 # Measured: the interval must exclude 1 and the gain be at least 3 %, what the protocol resolves
 # between two builds (the same model compiled twice times up to ~1-2 % apart here).
 PAYS_MEASURED = 1.03
+# After the bisection, the next steps of the order past the one that broke the accuracy, each tried
+# on top of the chosen structure (a trained probe each). The bisection only ever takes a prefix of
+# the order, and the order's near-equal savings (2-6 %, near what two builds of one model differ by)
+# can put a step that costs accuracy before one that does not: measured on the default run, a
+# fresh table put a width step before the third block, the bisection stopped at two blocks (1.14x
+# over plain INT8) while three blocks alone keep the accuracy (1.25x with another table).
+SKIP_TRIES = 2
 
 
 def channel_multiple(profile, precision: str) -> int:
@@ -89,7 +96,9 @@ class Prober:
         return model
 
     def evaluate(self, knob: float) -> ProbeResult:
-        s = self.structure(knob)
+        return self.evaluate_structure(self.structure(knob), knob)
+
+    def evaluate_structure(self, s: Structure, knob: float) -> ProbeResult:
         key = s.key()
         if key not in self.by_key:
             model = self.model_for(s)
@@ -133,13 +142,16 @@ class PruneStage:
             order = prober.order = []   # the unpruned model meets the latency budget: nothing is more accurate
         searcher, outcome = self._search(ctx, prober, _scaled(budget, state), state, order)
         chosen_s = prober.structure(outcome.chosen.cr)
+        outcome, chosen_s, skipped = self._skip_ahead(ctx, prober, searcher, outcome, chosen_s, budget)
         outcome, decision = self._decide(ctx, prober, outcome, chosen_s, budget, precision)
+        decision["skipped_ahead"] = skipped
         if _over_budget(decision, budget) and "latency_scale" not in state:
             # the table predicted the budget met, the side-by-side timing says otherwise: scale the
             # prediction by what was measured and search once more (trained probes are reused)
-            state["latency_scale"], state["search"] = decision["measured_high_ms"] / decision["predicted_ms"], []
-            ctx.ui.say(f"  the chosen model measures up to {decision['measured_high_ms']:.3f} ms side by side, over the "
-                       f"{budget.max_latency_ms:g} ms budget the table predicted it meets "
+            state["search"] = []
+            state["latency_scale"] = decision["measured_high_ms"] * PAYS_MEASURED / decision["predicted_ms"]
+            ctx.ui.say(f"  the chosen model measures up to {decision['measured_high_ms']:.3f} ms side by side, over "
+                       f"(or within 3 % of) the {budget.max_latency_ms:g} ms budget the table predicted it meets "
                        f"({decision['predicted_ms']:.3f} ms): searching again with the table scaled by "
                        f"{state['latency_scale']:.3f}")
             searcher, outcome = self._search(ctx, prober, _scaled(budget, state), state, order)
@@ -184,6 +196,28 @@ class PruneStage:
             return searcher, SearchOutcome(chosen=searcher.probe(1.0), met=True)
         return searcher, searcher.run()
 
+    def _skip_ahead(self, ctx: Context, prober: Prober, searcher: Searcher, outcome: SearchOutcome, chosen: Structure,
+                    budget: Budget) -> tuple[SearchOutcome, Structure, list[dict]]:
+        """Accuracy budget alone: try the next SKIP_TRIES steps past the one that broke the accuracy,
+        each on top of what holds it; keep each that holds it too (probes reused on resume)."""
+        if budget.max_latency_ms is not None or budget.min_accuracy is None or not outcome.met or not prober.order:
+            return outcome, chosen, []
+        tried = []
+        for index in skip_candidates(prober.order, chosen, SKIP_TRIES):
+            candidate = with_step(chosen, prober.order[index], index, reference_ms=prober.reference_ms)
+            ctx.ui.say(f"  past the step that broke the accuracy: step {index + 1} of the order "
+                       f"({', '.join(r.name for r in prober.order[index])}) on top of the chosen structure")
+            p = prober.evaluate_structure(candidate, outcome.chosen.cr)
+            p.accepted = budget.accepts(p)
+            if p not in searcher.probes:   # a resumed run has it already
+                searcher.probes.append(p)
+                searcher.on_probe(searcher.state())
+            tried.append({"step": index, "removals": [r.name for r in prober.order[index]], "accuracy": p.accuracy,
+                          "kept": p.accepted})
+            if p.accepted:
+                chosen, outcome = candidate, replace(outcome, chosen=p)
+        return outcome, chosen, tried
+
     def _decide(self, ctx: Context, prober: Prober, outcome: SearchOutcome, chosen: Structure, budget: Budget,
                 precision: str) -> tuple[SearchOutcome, dict]:
         """The chosen structure, the unpruned original at the same precision and the yardstick,
@@ -200,7 +234,8 @@ class PruneStage:
         threshold = 1.0 if ctx.target.latency_source != "estimate" else 1 / PAYS_ESTIMATED
         until = decided(threshold)
         if budget.max_latency_ms is not None:   # and whether it meets the latency budget, as clearly
-            needed = decided(prober.reference_ms / budget.max_latency_ms)   # the speed-up over the unpruned it takes
+            # the speed-up over the unpruned it takes, with the margin for the engine that ships being another build
+            needed = decided(prober.reference_ms * PAYS_MEASURED / budget.max_latency_ms)
             until = lambda ratios, pays=until: pays(ratios) and needed({UNPRUNED: ratios[UNPRUNED]})  # noqa: E731
         timing = relative_timing(ctx.target, builds, reference=MODE, max_time_s=ctx.profile.benchmark.compare_time_s,
                                  until=until)
@@ -231,9 +266,12 @@ def _scaled(budget: Budget, state: dict) -> Budget:
 
 
 def _over_budget(decision: dict, budget: Budget) -> bool:
-    """The table predicted the latency budget met; the side-by-side interval reaches past it."""
+    """The table predicted the latency budget met; the side-by-side interval reaches past it, or
+    comes within PAYS_MEASURED of it: the engine that ships is another build (fine-tuned, calibrated
+    on more images, maybe by the other INT8 tool), and two builds of one model time up to a few
+    percent apart. Measured: a budget met by 0.233 ms against 0.2349 here shipped at 0.240 ms."""
     return (budget.max_latency_ms is not None and not decision["unpruned"]
-            and decision["measured_high_ms"] > budget.max_latency_ms >= decision["predicted_ms"])
+            and decision["measured_high_ms"] * PAYS_MEASURED > budget.max_latency_ms >= decision["predicted_ms"])
 
 
 def deviation_batches(ctx: Context) -> list[torch.Tensor]:

@@ -3,7 +3,7 @@
     pytest path/to/this/run          # or: compress check path/to/this/run  (a table, exit 1 on regression)
 
 Target x86-cpu, precision int8, runtime openvino 2026.4.1, threads runtime default.
-Baseline: median 0.3621 ms (measured) on AMD EPYC (local).
+Baseline: median 0.2689 ms (measured) on AMD EPYC (local).
 Where the engine runs here, the latency test times it side by side with the reference engine stored
 in reference/ (the original at its float precision) in the timing protocol, and fails when its
 latency ratio exceeds the run's ratio x (1 + 0.15) (tolerance 15 %, the profile's

@@ -4,8 +4,9 @@ ORT-QDQ vs NNCF as the INT8 backend for OpenVINO (issue 5).
 For each model (ResNet-20, ResNet-56 when its checkpoint is shipped) on Fashion-MNIST:
   accuracy  : the built artifact, run in its own runtime, on the 5,000-image validation split
               (calibration: 512 training images, never validation);
-  latency   : batch 1, measured by the targets' own probes (x86-cpu = OpenVINO, x86-cpu-ort =
-              ONNX Runtime), median of >= 200 runs and >= 1 s after 20 warm-up runs.
+  latency   : batch 1, every engine of a model relative to OpenVINO FP32 of that model, all timed
+              in ONE run of the timing protocol (targets/timing.py: interleaved blocks, median of
+              paired ratios, 95 % interval; x86-cpu = OpenVINO, x86-cpu-ort = ONNX Runtime).
 
     .venv/bin/python benchmarks/int8.py                # full run (about 2 min on 2 cores)
     .venv/bin/python benchmarks/int8.py --quick        # smoke run: ResNet-20, 500 val images
@@ -27,10 +28,13 @@ from edgecompress.calibration import (array_batches, calibration_batches, datase
                                       ort_runner, quantize_int8)
 from edgecompress.exporters import onnx_parity, to_onnx
 from edgecompress.targets import BuildResult, get_target
+from edgecompress.targets.timing import compare
 from edgecompress.zoo import CHECKPOINTS, pretrained
 from edgecompress.inputs.data import fashion_mnist
 
 MODELS = ("resnet20", "resnet56")
+REFERENCE = "openvino fp32"   # the ratios' reference: what a user of the x86 target gets without quantizing
+TIME_S = 40.0
 
 
 def cpu_flags() -> str:
@@ -95,7 +99,7 @@ def int8_layers(xml: Path) -> str:
 def measure_model(name: str, args, tgts, splits) -> list[dict]:
     calib = calibration_batches(splits.train, count=args.calibration_images)
     images, labels = dataset_arrays(splits.val, limit=500 if args.quick else None)
-    rows = []
+    rows, calls = [], {}
     with tempfile.TemporaryDirectory(prefix=f"int8-{name}-") as tmp:
         work = Path(tmp)
         arts = artifacts(name, work, calib, quick=args.quick)
@@ -106,24 +110,32 @@ def measure_model(name: str, args, tgts, splits) -> list[dict]:
                     continue
                 built = build(target, path, kind, fp32, work / f"{runtime}_{label.replace('/', '_')}")
                 run = openvino_runner(built.engine) if runtime == "openvino" else ort_runner(built.engine)
-                row = {"model": name, "runtime": runtime, "artifact": label,
-                       "accuracy": round(engine_accuracy(run, array_batches(images, labels)), 2), "latency_ms": None,
-                       "int8_layers": int8_layers(built.engine) if runtime == "openvino" else None}
-                if not args.skip_latency:
-                    row["latency_ms"] = round(target.measure(built).median_ms, 4)
-                rows.append(row)
-                print(f"  {runtime:8s} {label:18s} acc {row['accuracy']:6.2f}%  "
-                      f"latency {row['latency_ms'] if row['latency_ms'] is not None else '-'} ms  "
-                      f"int8 layers {row['int8_layers'] or '-'}")
+                rows.append({"model": name, "runtime": runtime, "artifact": label,
+                             "accuracy": round(engine_accuracy(run, array_batches(images, labels)), 2),
+                             "latency_vs_openvino_fp32": None,
+                             "int8_layers": int8_layers(built.engine) if runtime == "openvino" else None})
+                calls[f"{runtime} {label}"] = target.caller(built)
+        if not args.skip_latency:
+            timing = compare(calls, reference=REFERENCE, max_time_s=TIME_S)
+            print(f"  timing: {timing.blocks} blocks x {timing.runs_per_block} runs, {timing.seconds:.0f} s, "
+                  f"{timing.stopped}")
+            for row in rows:
+                row["latency_vs_openvino_fp32"] = timing.ratios[f"{row['runtime']} {row['artifact']}"].to_dict()
+    for row in rows:
+        lat = row["latency_vs_openvino_fp32"]
+        shown = "-" if lat is None else f"{lat['ratio']:.3f}x [{lat['low']:.3f}, {lat['high']:.3f}]"
+        print(f"  {row['runtime']:8s} {row['artifact']:18s} acc {row['accuracy']:6.2f}%  latency {shown} of "
+              f"{REFERENCE}  int8 layers {row['int8_layers'] or '-'}")
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| model | runtime | artifact | val accuracy % | latency ms (median, batch 1) | INT8 conv/FC |",
+    lines = [f"| model | runtime | artifact | val accuracy % | latency / {REFERENCE} (95 % interval) | INT8 conv/FC |",
              "|---|---|---|---|---|---|"]
     for r in rows:
-        lat = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.3f}"
-        lines.append(f"| {r['model']} | {r['runtime']} | {r['artifact']} | {r['accuracy']:.2f} | {lat} | "
+        lat = r["latency_vs_openvino_fp32"]
+        shown = "-" if lat is None else f"{lat['ratio']:.3f} [{lat['low']:.3f}, {lat['high']:.3f}]"
+        lines.append(f"| {r['model']} | {r['runtime']} | {r['artifact']} | {r['accuracy']:.2f} | {shown} | "
                      f"{r['int8_layers'] or '-'} |")
     return "\n".join(lines)
 

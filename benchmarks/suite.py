@@ -211,9 +211,9 @@ _B("depth_scoring", Benchmark(
     about="docs 'Depth: which blocks, and how they are scored'"))
 _B("int8", Benchmark(
     ("benchmarks/int8.py", "--out", "{out}"), quick=True,
-    cost="ResNet-20 and ResNet-56: 6 artifacts each built for 2 runtimes, 5,000 validation images, one probe "
-         "timing per engine",
-    about="docs 'INT8' (latency: single probe timings, no interval yet)"))
+    cost="ResNet-20 and ResNet-56: 6 artifacts each built for 2 runtimes, 5,000 validation images, one protocol "
+         "run per model (40 s cap)",
+    about="docs 'INT8'"))
 _B("reconstruct_cr", Benchmark(
     ("benchmarks/other_criteria.py", "reconstruct", "--knobs", "0.8,0.9,0.95", "--json", "{out}"), quick=True,
     render=render_reconstruct, cost="ResNet-20, 3 knobs x 5 variants on 5,000 validation images, no training",

@@ -106,6 +106,7 @@ def test_a_cached_table_is_reused_only_for_the_same_key_and_the_same_entries(tmp
     TableCache(path, {"model": "m1"}).save(measured)
     hit = TableCache(path, {"model": "m1"}).load(entries)
     assert hit["ratios"] == measured["ratios"] and hit["timing"]["cached"] == str(path)
+    assert hit["timing"]["measured"].startswith("20")                     # when, from the file only
     assert TableCache(path, {"model": "m2"}).load(entries) is None                 # another model (or machine)
     assert TableCache(path, {"model": "m1"}).load({**entries, "block:c": {}}) is None   # an entry not timed
     assert TableCache(tmp_path / "none.json", {"model": "m1"}).load(entries) is None

@@ -112,8 +112,7 @@ def measure_table(ctx: Context, plan: PruningPlan, blocks: list[Block], batches:
     ctx.ui.say(f"  latency table: {len(entries)} removals timed with the original at {precision} "
                f"({timing.blocks} blocks, {timing.seconds:.0f} s, {timing.stopped})")
     measured = {"ratios": {n: r.to_dict() for n, r in timing.ratios.items() if n != ORIGINAL},
-                "timing": {**{k: v for k, v in timing.to_dict().items() if k != "ratios"},
-                           "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}}
+                "timing": {k: v for k, v in timing.to_dict().items() if k != "ratios"}}
     if cache:
         cache.save(measured)
     return {"entries": entries, **measured}
@@ -148,14 +147,16 @@ class TableCache:
             return None
         if data.get("key") != self.key or set(data.get("ratios", {})) != set(entries):
             return None
-        return {"ratios": data["ratios"], "timing": {**data["timing"], "cached": str(self.path)}}
+        return {"ratios": data["ratios"], "timing": {**data["timing"], "cached": str(self.path),
+                                                     "measured": data.get("measured", "?")}}
 
     def save(self, measured: dict) -> None:
         """Atomically (a table half written is never read); a cache that cannot be written is skipped."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"key": self.key, **measured}, indent=1))
+            when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            tmp.write_text(json.dumps({"key": self.key, "measured": when, **measured}, indent=1))
             tmp.replace(self.path)
         except OSError:
             pass

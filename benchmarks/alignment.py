@@ -166,7 +166,7 @@ def main(argv=None) -> int:
         print("Part B: estimator vs measured", flush=True)
         rows_b, rho = part_b(plan, target, Path(tmp), 4 if args.quick else args.sweep, args.precision, seconds)
     rows = [{"knob": r["knob"], "multiple": r["multiple"], "conv_channels": r["conv_channels"], "macs_m": r["macs_m"],
-             "latency_vs_original": r["ratio"], "median_ms": r["median_ms"]} for r in rows_a]
+             "latency_vs_original": r["ratio"]} for r in rows_a]   # ms (in `alignment`) move with the machine
     result = {"schema": 1, "rows": rows, "quick": args.quick, "cpu": host_cpu(), "threads": args.threads,
               "benchmark": target.profile.benchmark.model_dump(), "precision": args.precision, "seconds_cap": seconds,
               "alignment": rows_a, "estimator": rows_b, "spearman_rho": rho, "seconds": round(time.time() - t0, 1),

@@ -5,7 +5,8 @@ Every table entry is the original with that one removal (a block replaced by ide
 group narrowed to a smaller unit count), built at the probe precision and timed with the
 original in one run of the timing protocol (targets/timing.py): its saving is the original's
 latency times (1 - its paired ratio). Savings below what the protocol resolves (the interval
-reaches 1 - MEASURABLE, or its group's last measurable step's) count as none. Estimated targets take the estimator's figures.
+reaches 1 - MEASURABLE, or its group's last measurable step's) count as none. Estimated targets
+take the estimator's figures.
 
 The table is kept per machine (TableCache): the same model, data, seed, target, precision and
 runtime versions on the same CPU (or ssh device) reuse the ratios measured the first time. The
@@ -134,7 +135,8 @@ class TableCache:
         cfg = ctx.config
         key = {"version": TABLE_VERSION, "target": ctx.profile.name, "precision": precision, "multiple": multiple,
                "where": describe_device() if ctx.target.latency_source == "local" else ctx.target.latency_source,
-               "runtime": [ctx.target.runtime, runtime_version(ctx.target.runtime)], "model": model_digest(ctx.original),
+               "runtime": [ctx.target.runtime, runtime_version(ctx.target.runtime)],
+               "model": model_digest(ctx.original),
                "input": list(ctx.input_shape), "data": ctx.data.name, "seed": cfg.seed, "width_steps": WIDTH_STEPS}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
         return cls(Path(folder) / "latency-tables" / f"{digest}.json", key)
@@ -147,8 +149,8 @@ class TableCache:
             return None
         if data.get("key") != self.key or set(data.get("ratios", {})) != set(entries):
             return None
-        return {"ratios": data["ratios"], "timing": {**data["timing"], "cached": str(self.path),
-                                                     "measured": data.get("measured", "?")}}
+        when = data.get("measured") or data["timing"].get("measured", "?")   # older files kept it in the timing
+        return {"ratios": data["ratios"], "timing": {**data["timing"], "cached": str(self.path), "measured": when}}
 
     def save(self, measured: dict) -> None:
         """Atomically (a table half written is never read); a cache that cannot be written is skipped."""

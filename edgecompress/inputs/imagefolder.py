@@ -62,20 +62,26 @@ def image_folder(root: Path, *, preprocess: Preprocess | None = None, workers: i
                       input_shape=tuple(x0.shape), name=f"imagefolder:{root}", preprocess=pre, workers=workers)
 
 
+class _Raw(Dataset):
+    """The images after geometry, before normalisation (module level: workers receive it pickled)."""
+
+    def __init__(self, images: ImageFolderDataset) -> None:
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images.decode(i), 0
+
+
 def folder_stats(train: ImageFolderDataset, pre: Preprocess, *, workers: int) -> Preprocess:
     """`pre` with the per-channel mean and std of (a seeded sample of) the training images."""
     import numpy as np
 
-    class _Raw(Dataset):  # the images after geometry, before normalisation
-        def __len__(self):
-            return len(train)
-
-        def __getitem__(self, i):
-            return train.decode(i), 0
-
     idx = seeded_indices(len(train), STATS_IMAGES, seed=0)
     total, sq, n = None, None, 0
-    for x, _ in loader(Subset(_Raw(), idx), batch_size=64, workers=workers):
+    for x, _ in loader(Subset(_Raw(train), idx), batch_size=64, workers=workers):
         x = x.double()
         s, q = x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3))
         total, sq = (s, q) if total is None else (total + s, sq + q)

@@ -24,6 +24,9 @@ def default_workers() -> int:
     return max(1, min(MAX_WORKERS, usable_cores() - 1))
 
 
+WORKER_START = "forkserver"
+
+
 def in_memory(ds: Dataset) -> bool:
     """Items are cheap to get (no decoding): read in this process, no workers."""
     while isinstance(ds, Subset):
@@ -34,13 +37,18 @@ def in_memory(ds: Dataset) -> bool:
 def loader(ds: Dataset, *, batch_size: int, workers: int = 0, shuffle: bool = False, seed: int = 0,
            sampler=None, drop_last: bool = False, pin_memory: bool = False) -> DataLoader:
     """A DataLoader over `ds`: worker processes for files, none for tensors in memory.
-    Shuffled order is fixed by `seed`; `pin_memory` (CUDA training) makes `non_blocking` copies real."""
+    Shuffled order is fixed by `seed`; `pin_memory` (CUDA training) makes `non_blocking` copies real.
+
+    Workers start from a fork server, not by forking this process: after the latency table has
+    built and timed a dozen OpenVINO engines, a worker forked from this (threaded) process crashed
+    the run with SIGSEGV (reproduced on a 224x224 image folder; with 0 workers, or with the table
+    reused so nothing was built first, the same run finished)."""
     workers = 0 if in_memory(ds) else workers
     gen = torch.Generator().manual_seed(seed) if shuffle and sampler is None else None
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle and sampler is None, generator=gen,
                       sampler=sampler, drop_last=drop_last, num_workers=workers,
                       persistent_workers=False, prefetch_factor=2 if workers else None,
-                      pin_memory=pin_memory)
+                      pin_memory=pin_memory, multiprocessing_context=WORKER_START if workers else None)
 
 
 class BatchStream:

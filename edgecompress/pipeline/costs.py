@@ -29,6 +29,7 @@ from torch import nn
 
 from edgecompress.pipeline.builder import ORIGINAL
 from edgecompress.pipeline.context import Context
+from edgecompress.pipeline.rundir import write_json
 from edgecompress.pruning import PruningPlan
 from edgecompress.pruning.cost import Removal
 from edgecompress.pruning.depth import Block, remove_blocks
@@ -154,12 +155,10 @@ class TableCache:
 
     def save(self, measured: dict) -> None:
         """Atomically (a table half written is never read); a cache that cannot be written is skipped."""
+        when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-            tmp.write_text(json.dumps({"key": self.key, "measured": when, **measured}, indent=1))
-            tmp.replace(self.path)
+            write_json(self.path, {"key": self.key, "measured": when, **measured})
         except OSError:
             pass
 

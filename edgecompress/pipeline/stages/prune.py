@@ -140,12 +140,14 @@ class PruneStage:
         prober = Prober(ctx, plan, order, reference_ms=reference_ms, probes=state.get("probes", []))
         if budget.max_latency_ms is not None and reference_ms <= budget.max_latency_ms:
             order = prober.order = []   # the unpruned model meets the latency budget: nothing is more accurate
-        searcher, outcome = self._search(ctx, prober, _scaled(budget, state), state, order)
-        chosen_s = prober.structure(outcome.chosen.cr)
-        outcome, chosen_s, skipped = self._skip_ahead(ctx, prober, searcher, outcome, chosen_s, budget)
-        outcome, decision = self._decide(ctx, prober, outcome, chosen_s, budget, precision)
-        decision["skipped_ahead"] = skipped
-        if _over_budget(decision, budget) and "latency_scale" not in state:
+        while True:   # once, or twice when a latency budget measured over what the table predicted
+            searcher, outcome = self._search(ctx, prober, _scaled(budget, state), state, order)
+            chosen_s = prober.structure(outcome.chosen.cr)
+            outcome, chosen_s, skipped = self._skip_ahead(ctx, prober, searcher, outcome, chosen_s, budget)
+            outcome, decision = self._decide(ctx, prober, outcome, chosen_s, budget, precision)
+            decision["skipped_ahead"] = skipped
+            if not _over_budget(decision, budget) or "latency_scale" in state:
+                break
             # the table predicted the budget met, the side-by-side timing says otherwise: scale the
             # prediction by what was measured and search once more (trained probes are reused)
             state["search"] = []
@@ -154,9 +156,6 @@ class PruneStage:
                        f"(or within 3 % of) the {budget.max_latency_ms:g} ms budget the table predicted it meets "
                        f"({decision['predicted_ms']:.3f} ms): searching again with the table scaled by "
                        f"{state['latency_scale']:.3f}")
-            searcher, outcome = self._search(ctx, prober, _scaled(budget, state), state, order)
-            chosen_s = prober.structure(outcome.chosen.cr)
-            outcome, decision = self._decide(ctx, prober, outcome, chosen_s, budget, precision)
         decision["latency_scale"] = state.get("latency_scale", 1.0)
         _check_outcome(outcome, budget, searcher.probes)
         for note in _outcome_notes(outcome, budget):

@@ -89,9 +89,9 @@ def build(target, path: Path, kind: str, fp32: Path, out: Path) -> BuildResult:
 
 def int8_layers(xml: Path) -> str:
     """How many conv/FC layers the OpenVINO CPU plugin actually runs in INT8 ("int8/total")."""
-    from edgecompress.exporters.openvino import compile_openvino
+    from edgecompress.calibration import openvino_runner
     kinds = ("Convolution", "FullyConnected", "MatMul")
-    ops = [op.get_rt_info() for op in compile_openvino(xml).get_runtime_model().get_ordered_ops()]
+    ops = [op.get_rt_info() for op in openvino_runner(xml).handle.get_runtime_model().get_ordered_ops()]
     layers = [i["runtimePrecision"].astype(str) for i in ops if i["layerType"].astype(str) in kinds]
     return f"{sum(p in ('u8', 'i8') for p in layers)}/{len(layers)}"
 

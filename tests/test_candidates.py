@@ -26,8 +26,10 @@ def _ctx(source: str = "local"):
         profile=SimpleNamespace(name="x86-cpu", benchmark=SimpleNamespace(compare_time_s=1.0)),
         target=SimpleNamespace(latency_source=source),
         builder=SimpleNamespace(build=lambda m, **kw: builds.append((m, kw)) or (m, kw.get("key")),
-                                yardstick=lambda m, name: ("yardstick", name)),
-        results=SimpleNamespace(baseline=SimpleNamespace(yardstick="plain-int8", accuracy=95.0, flops=10, params=5)))
+                                engine=lambda m, entry: ("yardstick", entry["tool"])),
+        results=SimpleNamespace(baseline=SimpleNamespace(
+            yardstick="plain-int8", accuracy=95.0, flops=10, params=5,
+            engines={"plain-int8": {"tool": "nncf", "runtime": "openvino", "precision": "int8", "plain": True}})))
 
 
 def _fake_timing(monkeypatch, speedups: dict[str, tuple[float, float, float]]):
@@ -129,20 +131,29 @@ def test_nothing_removed_ships_the_unpruned_model_without_timing(monkeypatch):
     assert any("no pruned model kept the accuracy" in n for n in ctx.notes)
 
 
-def _report(shipped: bool, gain: dict) -> dict:
+def _report(shipped: bool, gain: dict, method: str = "measured", precision: str = "int8") -> dict:
     return {"baseline": {"accuracy": 95.0, "latency_ms": 0.5}, "precision": "int8", "engine": "model.xml",
-            "result": {"accuracy": 94.5, "latency_ms": 0.3, "latency_method": "measured",
+            "result": {"accuracy": 94.5, "latency_ms": 0.3, "latency_method": method,
                        "speedup": {"ratio": 1.67, "low": 1.6, "high": 1.7}},
-            "unpruned": {"tool": "nncf", "precision": "int8", "shipped": shipped}, "pruning_speedup": gain,
+            "unpruned": {"tool": "nncf", "runtime": "openvino", "precision": precision, "shipped": shipped,
+                         "latency_method": method},
+            "pruning_speedup": gain, "pruning_share": None if shipped else {"ratio": 1.1, "low": 1.08, "high": 1.12},
             "budget": {"met": True, "missed": {}}}
 
 
-def test_the_summary_shows_what_pruning_bought_with_its_interval():
+def test_the_summary_headline_is_over_the_plain_engine_and_pruning_gets_only_its_share():
     line = summary(_report(False, {"ratio": 1.27, "low": 1.24, "high": 1.30}), Path("runs/x"))
-    assert "pruning: 1.27x [1.24, 1.30] over plain int8 (nncf)" in line
+    assert "1.27x [1.24, 1.30] over the plain int8 engine (nncf, openvino defaults)" in line
+    assert "pruning: 1.10x [1.08, 1.12] at equal settings and precision" in line
     assert "(measured, 1.67x [1.60, 1.70])" in line
     shipped = pruning_phrase(_report(True, {"ratio": 1.0, "low": 0.99, "high": 1.01}))
-    assert shipped.startswith("pruning: did not measurably pay, the unpruned model ships at int8")
+    assert shipped.endswith("pruning did not measurably pay, the unpruned model ships at int8")
+    assert "pruning:" not in shipped   # a precision change is never credited to pruning
+
+
+def test_the_summary_says_estimated_and_names_a_float_yardstick():
+    line = pruning_phrase(_report(False, {"ratio": 1.35, "low": 1.35, "high": 1.35}, "estimated", "fp32"))
+    assert line.startswith("1.35x (estimated) over the plain fp32 engine")
 
 
 @pytest.mark.slow

@@ -12,9 +12,10 @@ import torch
 
 from _export_fixtures import export_pair, inputs
 from edgecompress.errors import UserError
+from edgecompress.targets.deploy import open_engine
 from edgecompress.exporters import (EXPORTERS, ONNX_TOLERANCE, OPENVINO_INT8_REL_TOLERANCE, OPENVINO_TOLERANCE,
-                                    ORT_TOLERANCE, compile_openvino, is_qdq, onnx_parity, onnx_to_openvino,
-                                    onnx_to_ort, ort_session, to_onnx, write_trtexec_script)
+                                    ORT_TOLERANCE, is_qdq, onnx_parity, onnx_to_openvino,
+                                    onnx_to_ort, to_onnx, write_trtexec_script)
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +28,20 @@ def torch_out(model, x):
         return model(torch.from_numpy(x)).numpy()
 
 
-def test_onnx_opset_dynamic_batch_and_parity(pair):
+def test_onnx_opset_fixed_batch_and_parity(pair):
     model, fp32, _ = pair
     m = onnx.load(str(fp32))
     assert max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) >= 17
-    assert m.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
+    assert [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim] == [1, 1, 28, 28]  # fixed shape
     assert not any(n.op_type == "BatchNormalization" for n in m.graph.node)  # folded
-    assert onnx_parity(model, fp32, inputs(5)) < ONNX_TOLERANCE
+    assert onnx_parity(model, fp32, inputs(5)) < ONNX_TOLERANCE   # 5 images through a batch-1 graph
+
+
+def test_onnx_dynamic_batch_only_when_asked(tmp_path, pair):
+    path = to_onnx(pair[0], tmp_path / "dyn.onnx", input_shape=(1, 28, 28), batch=None)
+    assert onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    engine = open_engine(path, "ort", {})
+    assert not engine.fixed_batch and engine.shape == (1, 1, 28, 28)   # timed at the profile's batch
 
 
 def test_onnx_rejects_old_opset(tmp_path, pair):
@@ -47,13 +55,18 @@ def test_openvino_round_trip(tmp_path, pair, precision):
     xml = onnx_to_openvino(fp32, tmp_path / "model.xml", fp16=(precision == "fp16"))
     assert xml.is_file() and xml.with_suffix(".bin").is_file()
     x = inputs(3)
-    diff = np.abs(compile_openvino(xml)(x)[0] - torch_out(model, x)).max()
+    diff = np.abs(exact_openvino(xml)(x) - torch_out(model, x)).max()
     assert diff < OPENVINO_TOLERANCE[precision]
+
+
+def exact_openvino(xml):
+    return open_engine(xml, "openvino", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
 
 
 def test_openvino_compile_settings_reach_the_plugin(tmp_path, pair):
     xml = onnx_to_openvino(pair[1], tmp_path / "model.xml")
-    compiled = compile_openvino(xml, threads=1, pin_threads=False)
+    compiled = open_engine(xml, "openvino", {"INFERENCE_NUM_THREADS": 1, "ENABLE_CPU_PINNING": False,
+                                             "INFERENCE_PRECISION_HINT": "f32"}).handle
     assert compiled.get_property("ENABLE_CPU_PINNING") is False
     assert compiled.get_property("INFERENCE_NUM_THREADS") == 1
     assert str(compiled.get_property("INFERENCE_PRECISION_HINT")) in ("<Type: 'float32'>", "f32")
@@ -73,8 +86,8 @@ def test_openvino_int8_from_qdq(tmp_path, pair):
     ops = {op.get_type_name() for op in ov.Core().read_model(str(xml)).get_ops()}
     assert "FakeQuantize" in ops
     x = inputs(4)
-    ref = ort_session(int8).run(None, {"input": x})[0]
-    got = compile_openvino(xml)(x)[0]
+    ref = open_engine(int8, "ort", {})(x)
+    got = exact_openvino(xml)(x)
     assert np.abs(got - ref).max() / np.abs(ref).max() < OPENVINO_INT8_REL_TOLERANCE
 
 
@@ -83,16 +96,15 @@ def test_ort_format_round_trip(tmp_path, pair):
     dst = onnx_to_ort(fp32, tmp_path / "model.ort")
     assert dst.read_bytes()[4:8] == b"ORTM"  # flatbuffer file identifier of the ORT format
     x = inputs(3)
-    sess = ort_session(dst)
-    assert np.abs(sess.run(None, {"input": x})[0] - torch_out(model, x)).max() < ORT_TOLERANCE
+    assert np.abs(open_engine(dst, "ort", {})(x) - torch_out(model, x)).max() < ORT_TOLERANCE
 
 
 def test_ort_format_int8_matches_qdq(tmp_path, pair):
     int8 = pair[2]
     dst = onnx_to_ort(int8, tmp_path / "model_int8.ort")
     x = inputs(3)
-    ref = ort_session(int8).run(None, {"input": x})[0]
-    got = ort_session(dst).run(None, {"input": x})[0]
+    ref = open_engine(int8, "ort", {})(x)
+    got = open_engine(dst, "ort", {})(x)
     assert np.abs(got - ref).max() / np.abs(ref).max() < OPENVINO_INT8_REL_TOLERANCE
 
 
@@ -113,6 +125,12 @@ echo "$@" > "$(dirname "$0")/args.txt"
 """
 
 
+def test_trtexec_script_gives_shapes_only_for_a_dynamic_batch(tmp_path):
+    script = write_trtexec_script("m.onnx", tmp_path / "b.sh", precision="fp32", input_shape=(1, 1, 28, 28),
+                                  dynamic_batch=True)
+    assert "--optShapes=input:1x1x28x28" in script.read_text()
+
+
 @pytest.mark.parametrize("generation,precision,want,absent", [
     ("10", "int8", ["--fp16", "--int8"], ["--stronglyTyped"]),
     ("10", "fp32", [], ["--fp16", "--int8", "--stronglyTyped"]),
@@ -130,5 +148,6 @@ def test_trtexec_script_picks_flags_by_tensorrt_generation(tmp_path, generation,
     subprocess.run(["bash", str(script), str(fake)], check=True, capture_output=True, timeout=30)
     args = (fake.parent / "args.txt").read_text().split()
     assert "--onnx=model_int8.onnx" in args and "--saveEngine=model.plan" in args
-    assert "--optShapes=input:1x1x28x28" in args
+    # the ONNX has a fixed shape: trtexec rejects explicit shapes for a static model
+    assert not any(a.startswith(("--minShapes", "--optShapes", "--maxShapes")) for a in args)
     assert all(w in args for w in want) and not any(a in args for a in absent)

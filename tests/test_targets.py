@@ -1,6 +1,8 @@
 """Targets: build per runtime, runner matches PyTorch, probes report method honestly, estimator."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import math
 
 import numpy as np
@@ -51,7 +53,8 @@ def test_local_cpu_targets_build_measure_and_run(tmp_path, pair, name, engine, p
     assert lat.method == want and lat.median_ms > 0 and lat.p90_ms >= lat.median_ms
     assert lat.iterations == (0 if want == "estimated" else 15)
     x = inputs(3)
-    got = target.runner(build)(x)
+    exact = {"openvino": {"INFERENCE_PRECISION_HINT": "f32"}}.get(build.runtime, {})  # this CPU defaults to bf16
+    got = target.runner(replace(build, settings={**target.settings(build), **exact}))(x)
     if precision == "fp32":
         assert np.abs(got - torch_out(model, x)).max() < 1e-4
     else:

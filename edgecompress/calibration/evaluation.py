@@ -1,7 +1,6 @@
 """Run built artifacts in their own runtime: accuracy on the validation split, layer sensitivity.
 
-The runners compile with the exporters' own helpers, so they run an artifact exactly as the
-targets do (without a profile: default threads).
+The runners open artifacts with the one loader (targets/deploy.py), as the targets do.
 """
 from __future__ import annotations
 
@@ -19,20 +18,17 @@ Runner = Callable[[np.ndarray], np.ndarray]
 
 
 def ort_runner(onnx_path: str | Path, *, threads: int | None = None) -> Runner:
-    """Run an ONNX (FP32 or QDQ INT8) in an ONNX Runtime CPU session."""
-    from edgecompress.exporters.onnx import ort_session
-    session = ort_session(onnx_path, threads=threads)
-    name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+    """Run an ONNX (FP32 or QDQ INT8) in an ONNX Runtime CPU session, any batch (the one loader)."""
+    from edgecompress.targets.deploy import open_engine
+    return open_engine(onnx_path, "ort", {"intra_op_num_threads": threads} if threads else {})
 
 
 def openvino_runner(model_path: str | Path, *, threads: int | None = None) -> Runner:
-    """Compile an OpenVINO IR (or ONNX) on CPU with the settings the OpenVINO target uses
-    (FP32 inference precision for float layers, INT8 where the model is quantized)."""
-    from edgecompress.exporters.openvino import compile_openvino
-    compiled = compile_openvino(model_path, threads=threads)
-    request = compiled.create_infer_request()
-    return lambda x: np.asarray(request.infer([np.ascontiguousarray(x, dtype=np.float32)])[0]).copy()
+    """Compile an OpenVINO IR (or ONNX) on CPU at FP32 inference precision (float layers exactly
+    as exported, INT8 where the model is quantized), any batch (the one loader)."""
+    from edgecompress.targets.deploy import open_engine
+    settings = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    return open_engine(model_path, "openvino", {**settings, **({"INFERENCE_NUM_THREADS": threads} if threads else {})})
 
 
 def dataset_arrays(dataset, *, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edgecompress.calibration.readers import check_batches, nncf_dataset, onnx_input
+from edgecompress.calibration.readers import model_batches, nncf_dataset, onnx_input
 from edgecompress.errors import MissingBackendError, UserError
 
 # "minmax": NNCF's default activation range estimator (min/max statistics); "percentile": the
@@ -58,7 +58,7 @@ def quantize_nncf(src_onnx: str | Path, dst_xml: str | Path, batches: Sequence[n
     """Write an OpenVINO INT8 IR (`dst_xml` + .bin) quantized by `nncf.quantize`."""
     nncf, ov = _import()
     _, shape = onnx_input(src_onnx)
-    check_batches(batches, shape)
+    batches = model_batches(batches, shape)
     if method not in METHODS:
         raise UserError(f"calibration method {method!r} is not available with NNCF",
                         f"valid with NNCF: {', '.join(METHODS)}")

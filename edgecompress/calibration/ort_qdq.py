@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edgecompress.calibration.readers import check_batches, onnx_input, ort_reader
+from edgecompress.calibration.readers import model_batches, onnx_input, ort_reader
 from edgecompress.errors import MissingBackendError
 
 METHODS = ("minmax", "entropy", "percentile")
@@ -64,7 +64,7 @@ def quantize_ort(src_onnx: str | Path, dst_onnx: str | Path, batches: Sequence[n
     """
     q = _ort_quantization()
     name, shape = onnx_input(src_onnx)
-    check_batches(batches, shape)
+    batches = model_batches(batches, shape)
     calibrate, activation, extra = _options(method, symmetric_activations)
     dst = Path(dst_onnx)
     dst.parent.mkdir(parents=True, exist_ok=True)

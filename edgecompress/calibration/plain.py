@@ -2,7 +2,9 @@
 
 - OpenVINO: `nncf.quantize(ov_model, dataset)` with NNCF's defaults (preset, 300-image subset,
   range estimators): its output is the OpenVINO INT8 IR itself;
-- ONNX Runtime: `quantize_static` with its defaults (QDQ, per-tensor, uint8 activations);
+- ONNX Runtime: `quant_pre_process` (shape inference + graph optimisation, which its
+  documentation recommends before quantizing a CNN), then `quantize_static` with its defaults
+  (QDQ, per-tensor int8 weights, int8 activations, MinMax);
 - TensorRT: the device builds INT8 from a QDQ ONNX with symmetric (zero-point 0) activations, the
   only kind it takes: `quantize_static` with int8 activations.
 
@@ -16,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from edgecompress.calibration.nncf_backend import quiet_nncf_info
-from edgecompress.calibration.readers import check_batches, nncf_dataset, onnx_input, ort_reader
+from edgecompress.calibration.readers import model_batches, nncf_dataset, onnx_input, ort_reader
 from edgecompress.errors import MissingBackendError
 
 PLAIN_IMAGES = 300   # nncf.quantize's default subset_size: what a user's ten seconds calibrate on
@@ -29,7 +31,7 @@ def plain_int8(runtime: str, src_onnx: str | Path, dst_dir: str | Path, batches:
     dst_dir = Path(dst_dir)
     dst_dir.mkdir(parents=True, exist_ok=True)
     name, shape = onnx_input(src_onnx)
-    check_batches(batches, shape)
+    batches = model_batches(batches, shape)
     if runtime == "openvino":
         return _nncf_defaults(src_onnx, dst_dir / "plain_int8.xml", batches)
     return _ort_defaults(src_onnx, dst_dir / "plain_int8.onnx", batches, name, symmetric=runtime == "tensorrt")
@@ -52,7 +54,10 @@ def _ort_defaults(src_onnx, dst: Path, batches, input_name: str, *, symmetric: b
         from onnxruntime import quantization as q
     except ImportError as exc:
         raise MissingBackendError("onnxruntime", "onnx") from exc
+    from onnxruntime.quantization.shape_inference import quant_pre_process
     extra = {"activation_type": q.QuantType.QInt8, "extra_options": {"ActivationSymmetric": True}} if symmetric else {}
-    q.quantize_static(str(src_onnx), str(dst), ort_reader(batches, input_name), quant_format=q.QuantFormat.QDQ,
-                      **extra)
+    prepared = dst.with_name("prepared.onnx")
+    quant_pre_process(str(src_onnx), str(prepared))
+    q.quantize_static(str(prepared), str(dst), ort_reader(batches, input_name), **extra)
+    prepared.unlink()
     return dst

@@ -73,16 +73,29 @@ def onnx_input(onnx_path: str | Path) -> tuple[str, tuple[int | str | None, ...]
                                  for d in dims)
 
 
+def model_batches(batches: Sequence[np.ndarray], expected: Sequence[int | str | None]) -> list[np.ndarray]:
+    """`batches` re-cut to the model's fixed batch size (engines are exported at the batch that
+    ships, usually 1), after `check_batches`; a dynamic batch dimension takes them as they are.
+    A last partial batch is dropped (it would not fit a fixed-batch model)."""
+    check_batches(batches, expected)
+    size = expected[0] if expected else None
+    if not isinstance(size, int) or size <= 0 or all(len(b) == size for b in batches):
+        return list(batches)
+    images = np.concatenate(list(batches))
+    return [images[i:i + size] for i in range(0, len(images) - size + 1, size)]
+
+
 def check_batches(batches: Sequence[np.ndarray], expected: Sequence[int | str | None]) -> None:
-    """Raise a UserError naming expected vs given shape when a batch does not fit the model input."""
+    """Raise a UserError naming expected vs given shape when a batch does not fit the model input
+    (the batch size aside: `model_batches` re-cuts batches to a fixed one)."""
     if not batches:
         raise UserError("no calibration batches were given", "pass images from the training split")
     for batch in batches:
         given = tuple(batch.shape)
         fits = len(given) == len(expected) and all(
-            not isinstance(e, int) or e <= 0 or e == g for e, g in zip(expected, given))
+            not isinstance(e, int) or e <= 0 or e == g for e, g in zip(expected[1:], given[1:]))
         if not fits:
-            shown = ", ".join(str(e) if isinstance(e, int) and e > 0 else "N" for e in expected)
+            shown = ", ".join(["N", *(str(e) if isinstance(e, int) and e > 0 else "?" for e in expected[1:])])
             raise UserError(f"calibration data has shape {given} but the model input is ({shown})",
                             "calibration images must match the model's input (channels, height, width)")
 

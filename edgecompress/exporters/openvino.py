@@ -26,20 +26,3 @@ def onnx_to_openvino(src: Path | str, dst_xml: Path | str, *, fp16: bool = False
     # save_model compresses float weights to FP16 by default; FP32 must be asked for explicitly.
     ov.save_model(model, str(dst_xml), compress_to_fp16=fp16)
     return dst_xml
-
-
-def compile_openvino(xml: Path | str, *, threads: int | None = None, hint: str = "latency",
-                     pin_threads: bool | None = None, device: str = "CPU"):
-    """Compile an IR with the profile's benchmark settings; used by both runner and probe so the
-    accuracy we report comes from the same configuration we time."""
-    ov = need("openvino", "openvino")
-    config = {"PERFORMANCE_HINT": hint.upper(),
-              # CPUs with AVX512-BF16/AMX default to bf16 execution; keep the IR's own precision
-              # (FP32 math, INT8 where FakeQuantize says so) so accuracy matches what we verified.
-              "INFERENCE_PRECISION_HINT": "f32"}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = int(threads)
-    if pin_threads is not None:
-        config["ENABLE_CPU_PINNING"] = bool(pin_threads)
-    core = ov.Core()
-    return core.compile_model(core.read_model(str(existing(xml, "OpenVINO IR"))), device, config)

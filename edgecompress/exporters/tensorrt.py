@@ -55,12 +55,13 @@ def _config(trt, builder, network, *, precision: str, workspace_mb: int, batch: 
         config.set_flag(trt.BuilderFlag.FP16)  # int8: let non-quantized layers run in FP16 too
     if flags and precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization from the QDQ nodes
-    profile = builder.create_optimization_profile()
-    for i in range(network.num_inputs):
-        inp = network.get_input(i)
-        shape = (batch, *tuple(inp.shape)[1:])  # the batch dim is dynamic in our ONNX
-        profile.set_shape(inp.name, shape, shape, shape)
-    config.add_optimization_profile(profile)
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    if any(-1 in tuple(inp.shape) for inp in inputs):   # a dynamic batch, asked for: one shape, the profile's
+        profile = builder.create_optimization_profile()
+        for inp in inputs:
+            shape = (batch, *tuple(inp.shape)[1:])
+            profile.set_shape(inp.name, shape, shape, shape)
+        config.add_optimization_profile(profile)
     return config
 
 
@@ -118,16 +119,20 @@ echo "engine written to $(pwd)/{plan}"
 
 def write_trtexec_script(onnx_name: str, dst_sh: Path | str, *, precision: str,
                          input_shape: tuple[int, ...] | list[int], input_name: str = "input",
-                         plan_name: str = "model.plan", workspace_mb: int = 1024) -> Path:
+                         plan_name: str = "model.plan", workspace_mb: int = 1024,
+                         dynamic_batch: bool = False) -> Path:
     """Write build_engine.sh with the trtexec equivalent of `onnx_to_tensorrt`.
 
-    `input_shape` is the full [N, C, H, W] the engine is built for (N = the profile's batch).
+    `input_shape` is the full [N, C, H, W] the engine is built for (N = the profile's batch). A
+    fixed-shape ONNX takes no shape flags (trtexec rejects explicit shapes for a static model);
+    a dynamic batch gets one optimization profile at that shape.
     """
     flags10 = {"fp32": "", "fp16": "--fp16", "int8": "--fp16 --int8"}
     if precision not in flags10:
         raise UserError(f"unknown TensorRT precision {precision!r}", "use fp32, fp16 or int8")
     dims = "x".join(str(int(d)) for d in input_shape)
-    shapes = f"--minShapes={input_name}:{dims} --optShapes={input_name}:{dims} --maxShapes={input_name}:{dims}"
+    shapes = f"--minShapes={input_name}:{dims} --optShapes={input_name}:{dims} --maxShapes={input_name}:{dims}" \
+        if dynamic_batch else ""
     warn11 = ""
     if precision == "fp16":
         warn11 = ('\n  echo "warning: TensorRT 11 is strongly typed; this FP32 ONNX builds an FP32 '

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import replace
 import shutil
 import sys
 import tempfile
@@ -29,6 +30,12 @@ PROBE_CALIBRATION = 64      # training images that calibrate an INT8 probe (its 
 SHIPPED_CALIBRATION = 512   # training images that calibrate the engine that ships (and the unpruned one)
 ORIGINAL = "original"       # the build key of the user's unchanged model
 PLAIN = "plain-int8"        # the original quantized by the target's own tool at its defaults
+ENGINE_FORMAT = {"openvino": "openvino-ir", "ort": "onnx", "tensorrt": "tensorrt-plan"}
+
+
+def plain_name(runtime: str, precision: str, main_runtime: str) -> str:
+    """The baseline's name of a plain engine: plain-int8 on the target's runtime, ort-plain-int8 on another."""
+    return f"plain-{precision}" if runtime == main_runtime else f"{runtime}-plain-{precision}"
 
 
 def search_precision(profile: Profile, requested: str) -> str:
@@ -64,8 +71,23 @@ class Builder:
         # (a latency table is dozens of engines; a small disk for the run must not fill with them).
         self.work = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="edgecompress-builds-"))
         self.target, self.data, self.seed, self.method = target, data, seed, method
+        # engines are exported at the batch that ships; a dynamic batch only when the profile asks
+        self.batch = None if target.profile.dynamic_batch else target.profile.batch
+        # the runtime settings our engines are loaded with (chosen by the baseline stage; None:
+        # the runtime's defaults until then). Plain engines always keep the defaults.
+        self.settings: dict | None = None
+        self._targets: dict[str, Target] = {target.runtime: target}
         self._built: dict[tuple, BuildResult] = {}
         self._calibration: dict[bool, list] = {}
+
+    def target_for(self, runtime: str) -> Target:
+        """The target's device with another runtime it offers (profile `other_runtimes`), local."""
+        if runtime not in self._targets:
+            from edgecompress.targets import get_target
+            profile = self.target.profile.model_copy(update={"runtime": runtime, "engine_format": ENGINE_FORMAT[runtime],
+                                                             "other_runtimes": [], "latency": "local"})
+            self._targets[runtime] = get_target(profile)
+        return self._targets[runtime]
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -83,42 +105,49 @@ class Builder:
 
     def build(self, model: nn.Module, *, precision: str, key: str | None = None, shipped: bool = False) -> BuildResult:
         cache_key = (key, precision, shipped)
-        if key is not None and cache_key in self._built:
-            return self._built[cache_key]
-        work = self.work / f"{len(self._built):04d}-{precision}"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        onnx_path = export_onnx(model, work / "model.onnx", input_shape=self.input_shape)
-        if precision == "int8":
-            onnx_path = quantize_int8(onnx_path, work / "model_int8.onnx", self.calibration(shipped=shipped),
-                                      method=self.method,
-                                      symmetric_activations=SYMMETRIC_ACTIVATIONS.get(self.target.runtime, False))
-        built = self.target.build(onnx_path, work, precision=precision)
-        self._built[cache_key if key is not None else (str(work),)] = built
-        return built
-
-    def plain(self, model: nn.Module) -> BuildResult:
-        """`model` quantized by the target's own tool with its defaults (calibration/plain.py) on
-        PLAIN_IMAGES seeded training images, one per item as its examples feed them; cached."""
-        cache_key = (PLAIN,)
-        if cache_key not in self._built:
-            work = self.work / f"{len(self._built):04d}-plain"
+        if key is None or cache_key not in self._built:
+            work = self.work / f"{len(self._built):04d}-{precision}"
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
-            onnx_path = export_onnx(model, work / "model.onnx", input_shape=self.input_shape)
-            images = calibration_batches(self.data.train, count=min(PLAIN_IMAGES, len(self.data.train)),
-                                         seed=self.seed, batch_size=1, workers=self.data.workers)
-            artifact = plain_int8(self.target.runtime, onnx_path, work / "plain", images)
-            self._built[cache_key] = self.target.build(artifact, work, precision="int8")
+            onnx_path = export_onnx(model, work / "model.onnx", input_shape=self.input_shape, batch=self.batch)
+            if precision == "int8":
+                onnx_path = quantize_int8(onnx_path, work / "model_int8.onnx", self.calibration(shipped=shipped),
+                                          method=self.method,
+                                          symmetric_activations=SYMMETRIC_ACTIVATIONS.get(self.target.runtime, False))
+            built = self.target.build(onnx_path, work, precision=precision)
+            cache_key = cache_key if key is not None else (str(work),)
+            self._built[cache_key] = built
+        return replace(self._built[cache_key], settings=self.settings)
+
+    def plain(self, model: nn.Module, *, runtime: str, precision: str) -> BuildResult:
+        """The engine a user makes from `model` without us, the way each runtime documents it:
+        exported with a fixed input (torch.onnx.export, no onnxsim), FP32 as exported or INT8 by
+        the runtime's own tool at its defaults (calibration/plain.py, on PLAIN_IMAGES seeded
+        training images, one per item as its examples feed them), loaded with the runtime's
+        default settings; cached."""
+        cache_key = (PLAIN, runtime, precision)
+        if cache_key not in self._built:
+            work = self.work / f"{len(self._built):04d}-{runtime}-plain-{precision}"
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            artifact = export_onnx(model, work / "model.onnx", input_shape=self.input_shape, batch=self.batch,
+                                   simplify=False)
+            if precision == "int8":
+                images = calibration_batches(self.data.train, count=min(PLAIN_IMAGES, len(self.data.train)),
+                                             seed=self.seed, batch_size=1, workers=self.data.workers)
+                artifact = plain_int8(runtime, artifact, work / "plain", images)
+            self._built[cache_key] = self.target_for(runtime).build(artifact, work, precision=precision)
         return self._built[cache_key]
 
-    def yardstick(self, model: nn.Module, name: str) -> BuildResult:
-        """The engine a baseline named: PLAIN, or the original at a float precision."""
-        return self.plain(model) if name == PLAIN else self.build(model, precision=name, key=ORIGINAL)
+    def engine(self, model: nn.Module, entry: dict) -> BuildResult:
+        """The engine a baseline entry names ({runtime, precision, plain}): a plain one, or ours."""
+        if entry.get("plain"):
+            return self.plain(model, runtime=entry["runtime"], precision=entry["precision"])
+        return self.build(model, precision=entry["precision"], key=ORIGINAL)
 
     def forget(self, prefix: str) -> None:
         """Drop the cached builds whose key starts with `prefix` (and their folders)."""
-        for key in [k for k in self._built if isinstance(k[0], str) and k[0].startswith(prefix)]:
+        for key in [k for k in self._built if isinstance(k[0], str) and k[0].startswith(prefix) and k[0] != PLAIN]:
             shutil.rmtree(Path(self._built.pop(key).engine).parent, ignore_errors=True)
 
     def close(self) -> None:
@@ -126,11 +155,12 @@ class Builder:
         shutil.rmtree(self.work, ignore_errors=True)
 
 
-def export_onnx(model: nn.Module, dst: Path, *, input_shape: tuple[int, ...]) -> Path:
+def export_onnx(model: nn.Module, dst: Path, *, input_shape: tuple[int, ...], batch: int | None,
+                simplify: bool = True) -> Path:
     """to_onnx with the export failure turned into the user's message naming the operation."""
     try:
         with quiet_stdout():
-            return to_onnx(model, dst, input_shape=input_shape)
+            return to_onnx(model, dst, input_shape=input_shape, batch=batch, simplify=simplify)
     except (UserError, InternalError):
         raise
     except OSError:

@@ -38,8 +38,10 @@ class BaselineRecord(Record):
     precision: str                  # the float precision the baseline is timed at
     widths: dict[str, int]
     yardstick: str                  # the engine name (in `engines`) of the user's best plain engine
-    engines: dict[str, dict]        # name -> tool, precision, latency_ms, ratio to the float engine, accuracy
+    engines: dict[str, dict]        # name -> tool, runtime, precision, plain, latency_ms, ratio to the float engine, accuracy
     timing: dict
+    settings: dict | None = None    # the runtime settings our engines ship with (None: the runtime's defaults)
+    settings_choice: dict = field(default_factory=dict)   # how they were chosen: candidates' ratios to the defaults
 
 
 @dataclass
@@ -118,6 +120,8 @@ class VerifyRecord(Record):
     result: dict
     timing: dict
     speedups: dict
+    steps: list[dict] = field(default_factory=list)   # where the speed came from (verify.speed_steps)
+    settings: dict | None = None    # the runtime settings the engine was timed with: deploy.json's
 
 
 RECORDS: dict[str, type[Record]] = {"baseline": BaselineRecord, "prune": PruneRecord, "finetune": FinetuneRecord,

@@ -104,7 +104,9 @@ def _run_stages(ctx: Context) -> None:
     ctx.notes.extend(n for n in ctx.rundir.manifest.get("notes", []) if n not in ctx.notes)
     for i, stage in enumerate(stages):
         if ctx.rundir.stage_done(stage.name):
-            ctx.results.set(stage.name, ctx.rundir.stage_record(stage.name)["data"])
+            record = ctx.results.set(stage.name, ctx.rundir.stage_record(stage.name)["data"])
+            if stage.name == "baseline":   # the runtime settings it chose load every later engine
+                ctx.builder.settings = record.settings
             ctx.ui.say(f"✓ {stage.name}: finished earlier, kept")
             continue
         for note in ctx.rundir.notes:

@@ -69,6 +69,12 @@ class Profile(_Frozen):
     min_channels: int = Field(8, ge=1)
     input_shape: Optional[list[int]] = None  # [C, H, W]; None: taken from the data
     batch: int = Field(1, ge=1)
+    # Engines are exported and built at [batch, *input_shape]; a dynamic batch dimension only when
+    # asked (it measured 14-19 % slower on OpenVINO CPU here), and then timed at `batch`.
+    dynamic_batch: bool = False
+    # Other runtimes this device runs: their plain engines (FP32, and INT8 by their own tool at
+    # its defaults) are candidates for the yardstick, timed side by side with ours.
+    other_runtimes: list[Literal["openvino", "ort"]] = Field(default_factory=list)
     latency: str = "local"                   # "local" | "estimate" | "ssh://user@host[:port]"
     benchmark: Benchmark = Benchmark()
     device: Device

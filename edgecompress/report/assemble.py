@@ -44,9 +44,13 @@ def assemble_report(*, config, results, run: dict, result: dict, extra: dict, un
         "schema": 1, "target": run["target"], "precision": r.calibrate.precision,
         "max_acc_drop": cfg.max_acc_drop, "latency_budget_ms": cfg.latency_budget_ms,
         "baseline": base, "result": result,
-        "unpruned": {k: unpruned[k] for k in ("tool", "precision", "accuracy", "test_accuracy", "latency_ms",
-                                              "latency_method", "shipped")},
+        "unpruned": {k: unpruned[k] for k in ("tool", "runtime", "precision", "accuracy", "test_accuracy", "latency_ms",
+                                              "latency_method", "shipped", "settings")},
         "pruning_speedup": unpruned["speedup"],   # {ratio, low, high}: the yardstick's latency / the engine's
+        # our unpruned engine at the same precision and settings / the engine: pruning's own share
+        "pruning_share": unpruned["pruning_share"],
+        "speed_steps": extra.get("steps", []),
+        "deploy": {"settings": extra.get("settings"), "settings_choice": r.baseline.settings_choice},
         "pruning": {k: getattr(r.prune, k) for k in ("mode", "unpruned", "blocks_removed", "blocks", "unprunable",
                                                     "decision", "probe_precision", "channel_multiple",
                                                     "latency_table", "table_timing", "removal_order")},
@@ -86,15 +90,20 @@ def summary(report: dict, run_dir: Path) -> str:
 
 
 def pruning_phrase(report: dict) -> str:
-    """What the engine buys over the user's best plain engine of the unpruned model (the
-    yardstick), with the 95 % interval of the side-by-side ratio."""
+    """The headline: what the engine buys over the user's fastest plain engine of the unpruned
+    model at its runtime's defaults (the yardstick), with the 95 % interval of the side-by-side
+    ratio; then pruning's own share, at equal shape, settings and precision (never a precision
+    change credited to pruning)."""
     unpruned, gain = report.get("unpruned"), report.get("pruning_speedup")
     if not unpruned or not isinstance(gain, dict):
-        return "pruning: n/a"
-    over = f"{ratio_text(gain)} over plain {unpruned['precision']} ({unpruned.get('tool', '?')})"
+        return "vs plain: n/a"
+    estimated = " (estimated)" if unpruned.get("latency_method") == "estimated" else ""
+    over = (f"{ratio_text(gain)}{estimated} over the plain {unpruned['precision']} engine "
+            f"({unpruned.get('tool', '?')}, {unpruned.get('runtime', '?')} defaults)")
+    share = report.get("pruning_share")
     if unpruned.get("shipped"):
-        return f"pruning: did not measurably pay, the unpruned model ships at {report['precision']}: {over}"
-    return f"pruning: {over}"
+        return f"{over}; pruning did not measurably pay, the unpruned model ships at {report['precision']}"
+    return f"{over}; pruning: {ratio_text(share)} at equal settings and precision" if share else over
 
 
 def ratio_text(r: dict) -> str:

@@ -128,11 +128,45 @@ def _pruning_paragraph(report: dict) -> str:
     removed = pruning.get("blocks_removed") or []
     what = f"mode {_e(pruning.get('mode'))}" + (f", {len(removed)} residual block(s) removed" if removed else "")
     gain = report.get("pruning_speedup") or {}
-    return (f"<p><b>pruning: {_num(gain.get('ratio'))}x [{_num(gain.get('low'))}, {_num(gain.get('high'))}] over "
-            f"plain {_e(unpruned.get('precision'))} ({_e(unpruned.get('tool'))})</b> "
-            f"({what}); the unpruned model at {_e(unpruned.get('precision'))}: {_num(unpruned.get('latency_ms'))} ms "
+    share = report.get("pruning_share") or {}
+    return (f"<p><b>{_num(gain.get('ratio'))}x [{_num(gain.get('low'))}, {_num(gain.get('high'))}] over the user's "
+            f"fastest plain engine</b>: {_e(unpruned.get('tool'))} {_e(unpruned.get('precision'))} on "
+            f"{_e(unpruned.get('runtime'))} at its defaults, {_num(unpruned.get('latency_ms'))} ms "
             f"({_e(unpruned.get('latency_method'))}), validation accuracy {_num(unpruned.get('accuracy'))} %, "
-            f"timed side by side with the engine.</p>")
+            f"timed side by side with the engine. Pruning's own share, at equal shape, settings and precision: "
+            f"<b>{_num(share.get('ratio'))}x [{_num(share.get('low'))}, {_num(share.get('high'))}]</b> ({what}).</p>"
+            + _steps_table(report) + _loading_snippet(report))
+
+
+def _steps_table(report: dict) -> str:
+    """Where the speed came from: each step timed in one session of the protocol, with its interval."""
+    steps = report.get("speed_steps") or []
+    if not steps:
+        return ""
+    rows = "".join(
+        f"<tr><td class=l>{_e(s['step'])}</td><td class=l>{_e(s['tool'])}</td><td>{_num(s['latency_ms'])} ms</td>"
+        f"<td>{_num(s['gain']['ratio'])}x [{_num(s['gain']['low'])}, {_num(s['gain']['high'])}]</td>"
+        f"<td>{_num(s['total']['ratio'])}x [{_num(s['total']['low'])}, {_num(s['total']['high'])}]</td>"
+        f"<td class=l><code>{_e(json.dumps(s['settings']))}</code></td></tr>" for s in steps)
+    return ("<h3>Where the speed came from</h3><table><tr><th class=l>step</th><th class=l>engine</th>"
+            "<th>latency</th><th>this step</th><th>in all</th><th class=l>runtime settings</th></tr>"
+            f"{rows}</table>")
+
+
+def _loading_snippet(report: dict) -> str:
+    """How to load the engine exactly as it was timed (deploy.json, the one loader)."""
+    settings = (report.get("deploy") or {}).get("settings")
+    engine = report.get("engine", "")
+    raw = ""
+    if str(engine).endswith(".xml"):
+        raw = (f"\n# or with OpenVINO alone:\nimport openvino as ov\ncore = ov.Core()\n"
+               f"compiled = core.compile_model(core.read_model('{engine}'), 'CPU', {settings!r})")
+    elif str(engine).endswith((".onnx", ".ort")):
+        raw = (f"\n# or with ONNX Runtime alone: SessionOptions with {settings!r}\nimport onnxruntime as ort\n"
+               f"session = ort.InferenceSession('{engine}', providers=['CPUExecutionProvider'])")
+    return ("<h3>How to load this engine</h3><pre>import edgecompress\n"
+            "engine = edgecompress.load('RUN_DIR')   # deploy.json: the engine, its runtime and settings\n"
+            f"logits = engine(images)                  # NCHW float32, any batch{_e(raw)}</pre>")
 
 
 def _probes_section(report: dict) -> str:

@@ -19,6 +19,7 @@ from edgecompress.errors import InternalError, UserError
 from edgecompress.exporters import is_qdq
 from edgecompress.profiles import Benchmark, Profile
 from edgecompress.registry import Registry
+from edgecompress.targets.deploy import DEFAULT_SETTINGS, THREADS_KEY, Engine, open_engine
 
 Runner = Callable[[np.ndarray], np.ndarray]
 Probe = Callable[["BuildResult"], "Latency"]
@@ -49,6 +50,7 @@ class BuildResult:
     files: dict[str, Path] = field(default_factory=dict)   # artifact name -> path (engine, weights, script)
     built_here: bool = True        # False: the engine must be built on the device (build_engine.sh)
     notes: tuple[str, ...] = ()
+    settings: dict | None = None   # runtime settings it is loaded with (targets/deploy.py); None: the defaults
 
 
 class Target:
@@ -83,13 +85,28 @@ class Target:
     def measure(self, build: BuildResult) -> Latency:
         return self._probe(build)
 
+    def settings(self, build: BuildResult) -> dict:
+        """The settings `build` is loaded with: its own, else its runtime's documented defaults
+        (with the profile's thread count, when it names one)."""
+        if build.settings is not None:
+            return dict(build.settings)
+        settings = dict(DEFAULT_SETTINGS.get(build.runtime, {}))
+        if self.profile.benchmark.threads and build.runtime in THREADS_KEY:
+            settings[THREADS_KEY[build.runtime]] = int(self.profile.benchmark.threads)
+        return settings
+
+    def open(self, build: BuildResult) -> Engine:
+        """`build` opened by the one loader (targets/deploy.py) with its settings: a runner
+        (`engine(x)`) and the caller the timing protocol interleaves (`engine.caller()`)."""
+        return open_engine(build.engine, build.runtime, self.settings(build), batch=self.profile.batch)
+
     def runner(self, build: BuildResult) -> Runner:
-        raise NotImplementedError
+        return self.open(build)
 
     def caller(self, build: BuildResult) -> Callable[[], object]:
-        """One inference of the built engine on a fixed random input of `input_dims(build.onnx,
-        profile)`, configured as the probe times it: what `timing.compare` interleaves."""
-        raise InternalError(f"the {self.runtime or type(self).__name__} target has no caller")
+        """One inference of the built engine on a fixed random input at the engine's shape, loaded
+        as the user loads it: what `timing.compare` interleaves."""
+        return self.open(build).caller()
 
 
 def input_dims(onnx_path: Path | str, profile: Profile) -> tuple[int, ...]:

@@ -1,14 +1,13 @@
-"""OpenVINO target (x86 CPU): IR build, runner and local latency probe."""
+"""OpenVINO target (x86 CPU): IR build and local latency probe; engines are opened by the one
+loader (targets/deploy.py) with their settings."""
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Callable
 
-from edgecompress.exporters import compile_openvino, onnx_to_openvino
+from edgecompress.exporters import onnx_to_openvino
 from edgecompress.profiles import Profile
-from edgecompress.targets.base import (PROBES, RUNTIMES, BuildResult, Latency, Probe, Runner, Target,
-                                       host_cpu, input_dims, random_input, summarize, time_calls)
+from edgecompress.targets.base import PROBES, RUNTIMES, BuildResult, Latency, Probe, Target, host_cpu, summarize, time_calls
 
 
 @RUNTIMES.register("openvino")
@@ -29,30 +28,12 @@ class OpenVINOTarget(Target):
         return BuildResult(engine=xml, onnx=onnx_path, precision=precision, runtime=self.runtime,
                            files={"engine": xml, "weights": xml.with_suffix(".bin")})
 
-    def runner(self, build: BuildResult) -> Runner:
-        b = self.profile.benchmark
-        compiled = compile_openvino(build.engine, threads=b.threads, hint=b.hint, pin_threads=b.pin_threads)
-        return lambda x: compiled(x)[0]
-
-    def caller(self, build: BuildResult) -> Callable[[], object]:
-        return openvino_call(build, self.profile)
-
-
-def openvino_call(build: BuildResult, profile: Profile) -> Callable[[], object]:
-    """One synchronous inference of the IR on a fixed random input, compiled as the profile says.
-    (The infer request keeps its compiled model alive.)"""
-    bench = profile.benchmark
-    compiled = compile_openvino(build.engine, threads=bench.threads, hint=bench.hint,
-                                pin_threads=bench.pin_threads)
-    request = compiled.create_infer_request()
-    x = random_input(input_dims(build.onnx, profile))
-    return lambda: request.infer({0: x})
-
 
 @PROBES.register("openvino")
 def openvino_probe(profile: Profile) -> Probe:
-    """Time synchronous inference of the IR, configured as the profile says."""
+    """Time synchronous inference of the IR, loaded with its settings."""
     def probe(build: BuildResult) -> Latency:
-        times = time_calls(openvino_call(build, profile), profile.benchmark)
+        target = OpenVINOTarget(profile, probe=probe, latency_source="local")
+        times = time_calls(target.caller(build), profile.benchmark)
         return summarize(times, runtime="openvino", device=host_cpu())
     return probe

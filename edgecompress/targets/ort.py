@@ -1,14 +1,13 @@
-"""ONNX Runtime target (x86 CPU with the ONNX itself, mobile with .ort): build, runner, local probe."""
+"""ONNX Runtime target (x86 CPU with the ONNX itself, mobile with .ort): build and local probe;
+engines are opened by the one loader (targets/deploy.py) with their settings."""
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Callable
 
-from edgecompress.exporters import onnx_to_ort, ort_session
+from edgecompress.exporters import onnx_to_ort
 from edgecompress.profiles import Profile
-from edgecompress.targets.base import (PROBES, RUNTIMES, BuildResult, Latency, Probe, Runner, Target,
-                                       host_cpu, input_dims, random_input, summarize, time_calls)
+from edgecompress.targets.base import PROBES, RUNTIMES, BuildResult, Latency, Probe, Target, host_cpu, summarize, time_calls
 
 
 @RUNTIMES.register("ort")
@@ -29,26 +28,12 @@ class OrtTarget(Target):
         return BuildResult(engine=engine, onnx=onnx_path, precision=precision, runtime=self.runtime,
                            files={"engine": engine})
 
-    def runner(self, build: BuildResult) -> Runner:
-        sess = ort_session(build.engine, threads=self.profile.benchmark.threads)
-        name = sess.get_inputs()[0].name
-        return lambda x: sess.run(None, {name: x})[0]
-
-    def caller(self, build: BuildResult) -> Callable[[], object]:
-        return ort_call(build, self.profile)
-
-
-def ort_call(build: BuildResult, profile: Profile) -> Callable[[], object]:
-    """One `session.run` on a fixed random input, with the profile's intra-op thread count."""
-    sess = ort_session(build.engine, threads=profile.benchmark.threads)
-    feed = {sess.get_inputs()[0].name: random_input(input_dims(build.onnx, profile))}
-    return lambda: sess.run(None, feed)
-
 
 @PROBES.register("ort")
 def ort_probe(profile: Profile) -> Probe:
-    """Time `session.run` on this CPU with the profile's intra-op thread count."""
+    """Time `session.run` on this CPU, loaded with the engine's settings."""
     def probe(build: BuildResult) -> Latency:
-        times = time_calls(ort_call(build, profile), profile.benchmark)
+        target = OrtTarget(profile, probe=probe, latency_source="local")
+        times = time_calls(target.caller(build), profile.benchmark)
         return summarize(times, runtime="ort", device=host_cpu())
     return probe

@@ -10,10 +10,11 @@ from typing import Callable
 
 import numpy as np
 
-from edgecompress.exporters import is_qdq, onnx_to_tensorrt, ort_session, write_trtexec_script
+from edgecompress.exporters import is_qdq, onnx_to_tensorrt, write_trtexec_script
 from edgecompress.exporters.common import need
 from edgecompress.errors import UserError
 from edgecompress.profiles import Profile
+from edgecompress.targets.deploy import OPENERS
 from edgecompress.targets.base import (PROBES, RUNTIMES, BuildResult, Latency, Probe, Runner, Target,
                                        input_dims, random_input, summarize, time_calls)
 
@@ -42,7 +43,9 @@ class TrtEngine:
         is_in = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self.inp = next(n for n in names if is_in[n])
         self.out = next(n for n in names if not is_in[n])
-        self.batch = self.engine.get_tensor_profile_shape(self.inp, 0)[2][0]   # max batch of profile 0
+        fixed = self.engine.get_tensor_shape(self.inp)[0]
+        # a fixed-shape plan has no optimization profile; a dynamic one has the profile's batch
+        self.batch = fixed if fixed > 0 else self.engine.get_tensor_profile_shape(self.inp, 0)[2][0]
         self.stream = torch.cuda.Stream()
 
     def bind(self, x: np.ndarray):
@@ -89,7 +92,8 @@ class TensorRTTarget(Target):
         if local_onnx.resolve() != onnx_path.resolve():
             shutil.copy(onnx_path, local_onnx)
         script = write_trtexec_script(local_onnx.name, out_dir / "build_engine.sh", precision=precision,
-                                      input_shape=input_dims(onnx_path, self.profile))
+                                      input_shape=input_dims(onnx_path, self.profile),
+                                      dynamic_batch=self.profile.dynamic_batch)
         files = {"onnx": local_onnx, "build_script": script}
         if not tensorrt_local():
             return BuildResult(engine=local_onnx, onnx=onnx_path, precision=precision, runtime=self.runtime,
@@ -103,9 +107,8 @@ class TensorRTTarget(Target):
         if build.built_here and build.engine.suffix == ".plan":
             return TrtEngine(build.engine)
         # No engine here: accuracy is checked on the same ONNX with ONNX Runtime.
-        sess = ort_session(build.onnx)
-        name = sess.get_inputs()[0].name
-        return lambda x: sess.run(None, {name: x})[0]
+        from edgecompress.targets.deploy import open_engine
+        return open_engine(build.onnx, "ort", {})
 
     def caller(self, build: BuildResult) -> Callable[[], object]:
         return tensorrt_call(build, self.profile)
@@ -132,3 +135,19 @@ def tensorrt_probe(profile: Profile) -> Probe:
         import torch
         return summarize(times, runtime="tensorrt", device=f"{torch.cuda.get_device_name()} (local)")
     return probe
+
+
+@OPENERS.register("tensorrt")
+def open_plan(path: Path, settings: dict):
+    """The one loader's TensorRT entry (targets/deploy.py): a plan built on this GPU. An ONNX
+    (no TensorRT here) is built on the device first: build_engine.sh."""
+    if Path(path).suffix != ".plan":
+        raise UserError(f"{path} is the ONNX for the device, not a TensorRT engine",
+                        "build the engine on the device with build_engine.sh, then load model.plan there")
+    engine = TrtEngine(Path(path))
+
+    def infer(x: np.ndarray) -> np.ndarray:
+        _keep = engine.bind(x)
+        engine.execute()
+        return _keep[1].cpu().numpy()
+    return infer, (int(engine.batch), *(int(d) for d in tuple(engine.engine.get_tensor_shape(engine.inp))[1:])), engine

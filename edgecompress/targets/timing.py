@@ -82,10 +82,19 @@ class Timing:
     runs_per_block: int            # lower than asked when calls are slow (BLOCK_BUDGET_S)
     seconds: float                 # wall time of the whole comparison, warm-up included
     stopped: Literal["precise", "time cap", "estimate", "remote"]
+    rows: dict[str, tuple[float, ...]] | None = None   # each engine's ms per block (None: not timed here)
 
     def speedup(self, name: str) -> Ratio:
         """latency(reference) / latency(name)."""
         return self.ratios[name].inverse()
+
+    def between(self, name: str, other: str) -> Ratio:
+        """latency(name) / latency(other) from the same blocks (paired), with its interval; for
+        one engine against another that was not the reference. Estimated or remote: the point."""
+        if self.rows is None:
+            value = self.ratios[name].median / self.ratios[other].median
+            return Ratio(value, value, value)
+        return Ratio(*median_interval(np.asarray(self.rows[name]) / np.asarray(self.rows[other])))
 
     def to_dict(self) -> dict:
         return {"reference": self.reference, "ratios": {k: r.to_dict() for k, r in self.ratios.items()},
@@ -130,7 +139,7 @@ def compare(calls: dict[str, Callable[[], object]], *, reference: str, runs_per_
 
 
 def time_builds(target: Target, builds: dict[str, BuildResult], *, reference: str, **kw) -> Timing:
-    """`compare` the engines of `builds` on this machine with `target`'s settings. The warm-up
+    """`compare` the engines of `builds` on this machine, each loaded with its own settings. The warm-up
     defaults to the profile's (a runtime's first calls compile and allocate)."""
     if target.latency_source != "local":
         raise UserError(f"{target.profile.name} latency is {target.latency_source}, not timed on this machine",
@@ -244,4 +253,5 @@ def _timing(rows: list[np.ndarray], names: list[str], reference: str, runs: int,
     ms = np.median(np.stack(rows), axis=0)
     return Timing(reference=reference, ratios=_ratios(rows, names, reference),
                   ms={name: float(ms[j]) for j, name in enumerate(names)}, blocks=len(rows),
-                  runs_per_block=runs, seconds=seconds, stopped=stopped)
+                  runs_per_block=runs, seconds=seconds, stopped=stopped,
+                  rows={name: tuple(float(r[j]) for r in rows) for j, name in enumerate(names)})

@@ -1,23 +1,28 @@
-"""Stage `baseline`: the original model measured (validation/test accuracy, MACs), and the engines
-a user gets from it without us, timed side by side: the float engine, the target's own INT8 tool
-at its defaults, and our INT8 of the unpruned model (what probes are priced against). The
-yardstick is the fastest plain engine that keeps the accuracy promise."""
+"""Stage `baseline`: the original model measured (validation/test accuracy, MACs); the runtime
+settings our engines ship with, chosen by measurement; and the engines a user gets from the
+original without us, made the way each runtime documents it (fixed-input export, the runtime's own
+INT8 tool at its defaults, default settings) on every runtime the target offers, timed side by
+side with ours. The yardstick is the fastest plain engine that keeps the accuracy promise."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from edgecompress.calibration.plain import TOOLS
-from edgecompress.pipeline.builder import ORIGINAL, PLAIN, probe_precision, search_precision
+from edgecompress.pipeline.builder import ORIGINAL, plain_name, probe_precision, search_precision
 from edgecompress.pipeline.context import Context
 from edgecompress.pipeline.measure import accuracy, original_accuracy, run_accuracy
 from edgecompress.pipeline.records import BaselineRecord
 from edgecompress.pipeline.stage import StageOutput
 from edgecompress.pruning.structure import widths_of
+from edgecompress.targets.settings import DEFAULTS, choose_settings
 from edgecompress.targets.timing import relative_timing
 from edgecompress.training.evaluation import macs_and_params
 
+OURS_INT8 = "int8"
+
+
 class BaselineStage:
-    name, what = "baseline", "the original model, and the plain engines a user gets from it, side by side"
+    name, what = "baseline", "the original model, our runtime settings, and the plain engines a user gets, side by side"
 
     def run(self, ctx: Context, out: Path) -> StageOutput:
         model = ctx.original
@@ -25,18 +30,19 @@ class BaselineStage:
         test_acc = accuracy(ctx, model, "test")
         macs, params = macs_and_params(model, ctx.input_shape)
         precision = search_precision(ctx.profile, ctx.config.precision)
+        settings, choice = self._settings(ctx)
+        ctx.builder.settings = settings
         engines = self._engines(ctx, precision)
         timing = relative_timing(ctx.target, {n: e["build"] for n, e in engines.items()}, reference=precision,
                                  max_time_s=ctx.profile.benchmark.compare_time_s)
         base_ms = timing.ms[precision]
         for name, e in engines.items():
             e.update(latency_ms=base_ms * timing.ratios[name].median, ratio=timing.ratios[name].to_dict())
-        engines[precision]["accuracy"] = acc
-        if PLAIN in engines:
-            engines[PLAIN]["accuracy"] = run_accuracy(ctx, ctx.target.runner(engines[PLAIN]["build"]))
+            e["accuracy"] = acc if name == precision else \
+                run_accuracy(ctx, ctx.target.runner(e["build"])) if e["plain"] else None
         yardstick = self._yardstick(ctx, engines, acc)
         for name, e in engines.items():
-            ctx.ui.say(f"  {name:<10} {e['tool']:<22} {e['latency_ms']:7.3f} ms  {timing.ratios[name]} of {precision}"
+            ctx.ui.say(f"  {name:<20} {e['tool']:<26} {e['latency_ms']:7.3f} ms  {timing.ratios[name]} of {precision}"
                        + (f"  val {e['accuracy']:.2f} %" if e.get("accuracy") is not None else "")
                        + ("  <- yardstick" if name == yardstick else ""))
         ctx.ui.say(f"  original: val {acc:.2f} %, test {_pct(test_acc)}, {macs / 1e6:.1f} M MACs ({timing.stopped}, "
@@ -46,28 +52,58 @@ class BaselineStage:
             "latency_ms": base_ms, "latency_method": "estimated" if timing.stopped == "estimate" else "measured",
             "precision": precision, "widths": widths_of(model), "yardstick": yardstick,
             "engines": {n: {k: v for k, v in e.items() if k != "build"} for n, e in engines.items()},
-            "timing": {k: v for k, v in timing.to_dict().items() if k != "ratios"}}))
+            "timing": {k: v for k, v in timing.to_dict().items() if k != "ratios"},
+            "settings": settings, "settings_choice": choice}))
+
+    @staticmethod
+    def _settings(ctx: Context) -> tuple[dict | None, dict]:
+        """The runtime settings our engines ship with: chosen by timing the original at the
+        precision probes use under every candidate (targets/deploy.py); where nothing is timed
+        here (estimated, remote), the runtime's defaults."""
+        if ctx.target.latency_source != "local":
+            return None, {"chosen": DEFAULTS, "why": f"latency is {ctx.target.latency_source}: nothing timed here"}
+        precision = probe_precision(ctx.profile, ctx.config.precision)
+        build = ctx.builder.build(ctx.original, precision=precision, key=ORIGINAL)
+        settings, choice = choose_settings(ctx.target, build, max_time_s=ctx.profile.benchmark.compare_time_s)
+        ratio = choice["ratios"].get(choice["chosen"])
+        ctx.ui.say(f"  runtime settings ({ctx.target.runtime}, {precision}): {choice['chosen']}"
+                   + (f", {ratio['ratio']:.3f}x [{ratio['low']:.3f}, {ratio['high']:.3f}] of the defaults' latency"
+                      if ratio and choice["chosen"] != DEFAULTS else "") + f"  {settings}")
+        return settings, {**choice, "precision": precision}
 
     @staticmethod
     def _engines(ctx: Context, precision: str) -> dict[str, dict]:
-        """The float engine; with INT8 allowed, the target tool's plain INT8 and ours (probe calibration)."""
-        engines = {precision: {"precision": precision, "tool": f"{ctx.profile.runtime} {precision}",
-                               "build": ctx.builder.build(ctx.original, precision=precision, key=ORIGINAL)}}
-        probe = probe_precision(ctx.profile, ctx.config.precision)
-        if probe == "int8":
-            engines[PLAIN] = {"precision": "int8", "tool": TOOLS[ctx.profile.runtime],
-                              "build": ctx.builder.plain(ctx.original)}
-            engines["int8"] = {"precision": "int8", "tool": "edgecompress int8",
-                               "build": ctx.builder.build(ctx.original, precision="int8", key=ORIGINAL)}
+        """Ours: the original at the float precision (the latency scale) and, with INT8 allowed,
+        our INT8 (probe calibration), both with our settings. Plain: on every runtime the target
+        offers, the float engine and, with INT8 allowed, the runtime's own INT8 tool at its defaults."""
+        main = ctx.profile.runtime
+        engines = {precision: {"precision": precision, "tool": f"edgecompress {main} {precision}", "runtime": main,
+                               "plain": False, "build": ctx.builder.build(ctx.original, precision=precision, key=ORIGINAL)}}
+        int8 = probe_precision(ctx.profile, ctx.config.precision) == "int8"
+        if int8:
+            engines[OURS_INT8] = {"precision": "int8", "tool": f"edgecompress {main} int8", "runtime": main,
+                                  "plain": False,
+                                  "build": ctx.builder.build(ctx.original, precision="int8", key=ORIGINAL)}
+        local = ctx.target.latency_source == "local"
+        for runtime in [main, *(ctx.profile.other_runtimes if local else [])]:
+            for p in [precision, *(["int8"] if int8 else [])]:
+                tool = TOOLS[runtime] if p == "int8" else f"{runtime} {p}"
+                engines[plain_name(runtime, p, main)] = {
+                    "precision": p, "tool": tool, "runtime": runtime, "plain": True,
+                    "build": ctx.builder.plain(ctx.original, runtime=runtime, precision=p)}
         return engines
 
     @staticmethod
     def _yardstick(ctx: Context, engines: dict[str, dict], acc: float) -> str:
-        """The fastest plain engine (not ours) whose accuracy keeps the promise."""
+        """The fastest plain engine whose accuracy keeps the promise (the fastest plain one when none does)."""
         floor = ctx.config.accuracy_floor(acc)
-        plain = [n for n, e in engines.items() if n != "int8"
-                 and (floor is None or e.get("accuracy") is None or e["accuracy"] >= floor - 1e-9)]
-        return min(plain, key=lambda n: engines[n]["ratio"]["ratio"])
+        plain = [n for n, e in engines.items() if e["plain"]]
+        keep = [n for n in plain if floor is None or e_acc(engines[n]) >= floor - 1e-9] or plain
+        return min(keep, key=lambda n: engines[n]["ratio"]["ratio"])
+
+
+def e_acc(engine: dict) -> float:
+    return float("inf") if engine.get("accuracy") is None else engine["accuracy"]
 
 
 def _pct(v: float | None) -> str:

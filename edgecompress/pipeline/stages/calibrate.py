@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -50,14 +51,16 @@ class Evaluator:
         runtime = ctx.profile.runtime
         self.backends = ["ort", "nncf"] if runtime == "openvino" else [_backend(runtime)]
         fp32 = ctx.rundir.artifact("export", "onnx")
-        self.reference = ctx.target.build(fp32, work / "reference", precision="fp32") \
-            if "fp32" in ctx.profile.precisions else None
+        self.reference = self.build(fp32, "fp32", work / "reference") if "fp32" in ctx.profile.precisions else None
         self.builds = {b: artifact_evaluator(
             fp32_onnx=fp32, work_dir=work / b, calib_batches=ctx.builder.calibration(shipped=True),
-            val_batches=lambda: ctx.data.batches("val"),
-            build=lambda src, precision, d: ctx.target.build(src, d, precision=precision),
+            val_batches=lambda: ctx.data.batches("val"), build=self.build,
             run=ctx.target.runner, measure=lambda built: None, backend=b, method=_method(ctx, b),
             symmetric_activations=SYMMETRIC_ACTIVATIONS.get(runtime, False)) for b in self.backends}
+
+    def build(self, src: Path, precision: str, out: Path):
+        """Built for the target and loaded with the settings that ship: accuracy and latency as the user gets them."""
+        return replace(self.ctx.target.build(src, out, precision=precision), settings=self.ctx.builder.settings)
 
     def __call__(self, precision: str, keep_float: tuple[str, ...]):
         backends = self.backends if precision == "int8" else self.backends[:1]

@@ -16,7 +16,7 @@ class ExportStage:
 
     def run(self, ctx: Context, out: Path) -> StageOutput:
         model = ctx.rundir.load_model("finetune", "pruned_model")
-        onnx_path = export_onnx(model, out / "model.onnx", input_shape=ctx.input_shape)
+        onnx_path = export_onnx(model, out / "model.onnx", input_shape=ctx.input_shape, batch=ctx.builder.batch)
         images = ctx.data.images(ctx.config.parity_images)
         diff = onnx_parity(model, onnx_path, images)
         ctx.ui.say(f"  parity on {len(images)} validation images: max |PyTorch - ONNX Runtime| = {diff:.2e}")

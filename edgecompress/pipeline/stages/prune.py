@@ -14,7 +14,7 @@ from torch import nn
 
 from edgecompress.errors import UserError
 from edgecompress.pipeline import costs
-from edgecompress.pipeline.builder import ORIGINAL, PLAIN, probe_precision
+from edgecompress.pipeline.builder import ORIGINAL, probe_precision
 from edgecompress.pipeline.context import Context
 from edgecompress.pipeline.measure import accuracy
 from edgecompress.pipeline.records import PruneRecord
@@ -227,9 +227,8 @@ class PruneStage:
             return _unpruned_outcome(ctx, budget, why, prober.reference_ms), {"unpruned": True, "why": why}
         builds = {UNPRUNED: ctx.builder.build(ctx.original, precision=precision, key=ORIGINAL),
                   MODE: ctx.builder.build(prober.pruned(chosen), precision=precision, key=chosen.key())}
-        yardstick = ctx.results.baseline.yardstick
-        if yardstick not in (precision,):
-            builds["yardstick"] = ctx.builder.yardstick(ctx.original, yardstick)
+        base = ctx.results.baseline
+        builds["yardstick"] = ctx.builder.engine(ctx.original, base.engines[base.yardstick])
         threshold = 1.0 if ctx.target.latency_source != "estimate" else 1 / PAYS_ESTIMATED
         until = decided(threshold)
         if budget.max_latency_ms is not None:   # and whether it meets the latency budget, as clearly

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from edgecompress.inputs.splits import EVAL_BATCH
@@ -18,10 +19,12 @@ from edgecompress.pipeline.stages.build import build_result
 from edgecompress.report import assemble_report, write_latency_baseline, write_regression_test, write_report_html
 from edgecompress.targets import Latency
 from edgecompress.targets.base import host_cpu
+from edgecompress.targets.deploy import OPENERS, load
 from edgecompress.targets.timing import relative_timing
 from edgecompress.training.evaluation import macs_and_params
 
 ENGINE, ORIGINAL_FLOAT, YARDSTICK, UNPRUNED = "engine", "original", "yardstick", "unpruned"
+TUNED = "yardstick-settings"   # the yardstick's own file loaded with our settings: what the settings alone buy
 REFERENCE_DIR = "reference"   # the original's float engine: what `compress check` times the engine against
 HALF_WIDTH = 0.01   # stop once every ratio is known to +-1 % (or at the profile's compare_time_s)
 VERIFY_FILES = {"report": "report.json", "report_html": "report.html", "latency_baseline": "latency_baseline.json",
@@ -34,7 +37,8 @@ class VerifyStage:
     def run(self, ctx: Context, out: Path) -> StageOutput:
         start = time.perf_counter()
         build = build_result(ctx)
-        run = ctx.target.runner(build)
+        # the engine as the user loads it (deploy.json); a TensorRT ONNX not built here runs on ONNX Runtime
+        run = load(ctx.rundir.path) if build.built_here and build.runtime in OPENERS else ctx.target.runner(build)
         with ctx.ui.progress("validation on the engine", len(ctx.data.val)) as bar:
             val_acc = run_accuracy(ctx, run, "val", on_batch=bar.update)
         test_acc = run_accuracy(ctx, run, "test")
@@ -62,7 +66,12 @@ class VerifyStage:
                   "flops": macs, "params": params, "cr": ctx.results.prune.cr,
                   "speedup": vs_float.to_dict()}
         unpruned = yardstick_record(ctx, builds, speedups, latency_ms)
-        extra = {"timing": timing.to_dict(), "speedups": {n: r.to_dict() for n, r in speedups.items()}}
+        steps = speed_steps(ctx, builds, timing, latency_ms)
+        for step in steps:
+            ctx.ui.say(f"  {step['step']:<22} {step['latency_ms']:7.3f} ms  {_ratio(step['gain'])} this step, "
+                       f"{_ratio(step['total'])} in all  ({step['tool']}, {step['runtime']} {step['settings']})")
+        extra = {"timing": timing.to_dict(), "speedups": {n: r.to_dict() for n, r in speedups.items()},
+                 "steps": steps, "settings": build.settings}
         report = assemble_report(config=ctx.config, results=ctx.results, run=run_facts(ctx, time.perf_counter() - start),
                                  result=result, extra=extra, unpruned=unpruned)
         write_json(out / "report.json", report)
@@ -71,31 +80,62 @@ class VerifyStage:
 
 
 def engines_to_time(ctx: Context, build) -> dict:
-    """The engine, the original at the baseline's float precision, the yardstick (the user's best
-    plain engine) and, when something was pruned, our own INT8 of the unpruned model with the
-    engine's calibration: all timed in one run of the protocol, ratios to the engine."""
+    """The engine (loaded as deploy.json says), the original at the baseline's float precision
+    (the reference engine `compress check` keeps), the yardstick (the user's fastest plain engine,
+    at its runtime's defaults) and the same file with our settings, and, when something was
+    pruned, our INT8 of the unpruned model with the engine's calibration and settings: all timed
+    in one run of the protocol, ratios to the engine."""
     base = ctx.results.baseline
     builds = {ENGINE: build,
-              ORIGINAL_FLOAT: ctx.builder.build(ctx.original, precision=base.precision, key=ORIGINAL)}
-    if base.yardstick != base.precision:
-        builds[YARDSTICK] = ctx.builder.yardstick(ctx.original, base.yardstick)
+              ORIGINAL_FLOAT: ctx.builder.build(ctx.original, precision=base.precision, key=ORIGINAL),
+              YARDSTICK: ctx.builder.engine(ctx.original, base.engines[base.yardstick])}
+    tuned = replace(builds[YARDSTICK], settings=build.settings)
+    if tuned.runtime == build.runtime and ctx.target.settings(tuned) != ctx.target.settings(builds[YARDSTICK]):
+        builds[TUNED] = tuned
     if not ctx.results.prune.unpruned and build.precision == "int8":
         builds[UNPRUNED] = ctx.builder.build(ctx.original, precision="int8", key=ORIGINAL, shipped=True)
     return builds
 
 
+def speed_steps(ctx: Context, builds: dict, timing, latency_ms: float) -> list[dict]:
+    """Where the speed came from, each step timed in the one session above with its interval:
+    the user's fastest plain engine at its defaults -> the same file with our runtime settings ->
+    our precision (the unpruned model) -> pruning (the engine). A step whose engine was not timed
+    (settings the same as the defaults, nothing pruned) is left out."""
+    base, chain = ctx.results.baseline, [n for n in (YARDSTICK, TUNED, UNPRUNED, ENGINE) if n in builds]
+    yard = base.engines[base.yardstick]
+    tools = {YARDSTICK: f"{yard['tool']} (plain {yard['precision']})", TUNED: f"{yard['tool']} (plain {yard['precision']})",
+             UNPRUNED: "edgecompress int8, unpruned", ENGINE: f"edgecompress {builds[ENGINE].precision}, shipped"}
+    names = {YARDSTICK: "plain engine, defaults", TUNED: "runtime settings", UNPRUNED: "our precision",
+             ENGINE: "pruning"}
+    steps = []
+    for i, name in enumerate(chain):
+        gain = timing.between(chain[i - 1], name) if i else timing.between(name, name)
+        steps.append({"step": names[name], "engine": name, "tool": tools[name], "runtime": builds[name].runtime,
+                      "precision": builds[name].precision, "settings": ctx.target.settings(builds[name]),
+                      "latency_ms": latency_ms * timing.ratios[name].median,
+                      "gain": gain.to_dict(), "total": timing.between(YARDSTICK, name).to_dict()})
+    return steps
+
+
+def _ratio(r: dict) -> str:
+    return f"{r['ratio']:.3f}x [{r['low']:.3f}, {r['high']:.3f}]"
+
+
 def yardstick_record(ctx: Context, builds: dict, speedups: dict, latency_ms: float) -> dict:
     """report.json's `unpruned`: the yardstick (the fastest plain engine of the original a user
-    gets without us), its accuracy on the built artifact, and its latency timed with the engine."""
+    gets without us, at its runtime's defaults), its accuracy on the built artifact, and its
+    latency timed with the engine; `pruning_share`: our unpruned engine at the same precision and
+    settings over the engine (what pruning alone buys; None when nothing was pruned)."""
     base = ctx.results.baseline
-    name = YARDSTICK if YARDSTICK in builds else ORIGINAL_FLOAT
     engine = base.engines[base.yardstick]
-    test = run_accuracy(ctx, ctx.target.runner(builds[name]), "test")
-    speedup = speedups[name]
-    return {"tool": engine["tool"], "precision": engine["precision"], "accuracy": engine["accuracy"],
-            "test_accuracy": test, "latency_ms": latency_ms * speedup.median,
+    test = run_accuracy(ctx, ctx.target.runner(builds[YARDSTICK]), "test")
+    speedup = speedups[YARDSTICK]
+    share = speedups[UNPRUNED].to_dict() if UNPRUNED in speedups else None
+    return {"tool": engine["tool"], "runtime": engine["runtime"], "precision": engine["precision"],
+            "accuracy": engine["accuracy"], "test_accuracy": test, "latency_ms": latency_ms * speedup.median,
             "latency_method": base.latency_method, "shipped": bool(ctx.results.prune.unpruned),
-            "speedup": speedup.to_dict()}
+            "settings": ctx.target.settings(builds[YARDSTICK]), "speedup": speedup.to_dict(), "pruning_share": share}
 
 
 def keep_reference(build, out: Path) -> dict:

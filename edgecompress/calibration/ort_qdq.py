@@ -70,7 +70,7 @@ def quantize_ort(src_onnx: str | Path, dst_onnx: str | Path, batches: Sequence[n
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ec-qdq-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
-        _pre_process(src_onnx, prepared)
+        pre_process(src_onnx, prepared)
         # The entropy and percentile calibrators print progress to stdout; keep the CLI's output
         # to what the pipeline reports.
         with contextlib.redirect_stdout(io.StringIO()):
@@ -84,7 +84,7 @@ def quantize_ort(src_onnx: str | Path, dst_onnx: str | Path, batches: Sequence[n
     return dst
 
 
-def _pre_process(src: str | Path, dst: Path) -> None:
+def pre_process(src: str | Path, dst: Path) -> None:
     """Shape inference + graph optimisation before quantization, as ONNX Runtime recommends.
 
     Layer node names survive it, so `keep_float` names from the FP32 model still match. Symbolic

@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from edgecompress.calibration.nncf_backend import quiet_nncf_info
+from edgecompress.calibration.ort_qdq import pre_process
 from edgecompress.calibration.readers import model_batches, nncf_dataset, onnx_input, ort_reader
 from edgecompress.errors import MissingBackendError
 
@@ -54,10 +55,10 @@ def _ort_defaults(src_onnx, dst: Path, batches, input_name: str, *, symmetric: b
         from onnxruntime import quantization as q
     except ImportError as exc:
         raise MissingBackendError("onnxruntime", "onnx") from exc
-    from onnxruntime.quantization.shape_inference import quant_pre_process
     extra = {"activation_type": q.QuantType.QInt8, "extra_options": {"ActivationSymmetric": True}} if symmetric else {}
     prepared = dst.with_name("prepared.onnx")
-    quant_pre_process(str(src_onnx), str(prepared))
-    q.quantize_static(str(prepared), str(dst), ort_reader(batches, input_name), **extra)
-    prepared.unlink()
+    pre_process(src_onnx, prepared)   # as documented; a graph its shape inference rejects is quantized as exported
+    q.quantize_static(str(prepared if prepared.is_file() else src_onnx), str(dst), ort_reader(batches, input_name),
+                      **extra)
+    prepared.unlink(missing_ok=True)
     return dst

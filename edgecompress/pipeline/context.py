@@ -15,6 +15,7 @@ from edgecompress.pipeline.records import Records
 from edgecompress.pipeline.rundir import RunDir
 from edgecompress.pipeline.ui import UI
 from edgecompress.profiles import Profile
+from edgecompress.pruning.search import Budget
 from edgecompress.targets import Target
 from edgecompress.training.distributed import Coordinator
 
@@ -37,6 +38,11 @@ class Context:
     @property
     def profile(self) -> Profile:
         return self.target.profile
+
+    @property
+    def budget(self) -> Budget:
+        """The user's budget, resolved once by the baseline stage (accuracy floor, latency budget)."""
+        return Budget(**self.results.baseline.budget)
 
     @property
     def input_shape(self) -> tuple[int, ...]:

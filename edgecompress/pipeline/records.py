@@ -40,6 +40,7 @@ class BaselineRecord(Record):
     yardstick: str                  # the engine name (in `engines`) of the user's best plain engine
     engines: dict[str, dict]        # name -> tool, runtime, precision, plain, latency_ms, ratio to the float engine, accuracy
     timing: dict
+    budget: dict = field(default_factory=dict)   # {min_accuracy, max_latency_ms}: the one Budget (Context.budget)
     settings: dict | None = None    # the runtime settings our engines ship with (None: the runtime's defaults)
     settings_choice: dict = field(default_factory=dict)   # how they were chosen: candidates' ratios to the defaults
 

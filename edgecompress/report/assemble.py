@@ -3,16 +3,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgecompress.pruning.search import Budget
+
 
 def budget_record(config, results, result: dict) -> dict:
     """Whether what ships meets each budget, and by how much it misses one."""
     cfg, base, prune = config, results.baseline, results.prune
     out = {"met": True, "missed": {}, "search": {"met": prune.met, "missed": prune.missed,
                                                  "alternative": _probe(prune.alternative)}}
-    floor = cfg.accuracy_floor(base.accuracy)
+    budget = Budget(**base.budget)
+    floor = budget.min_accuracy
     if floor is not None:
         out["accuracy_floor"] = floor
-        if result["accuracy"] < floor - 1e-9:
+        if not budget.keeps(result["accuracy"]):
             out["missed"]["accuracy_points"] = floor - result["accuracy"]
     if cfg.latency_budget_ms is not None:
         interval = result.get("latency_interval_ms") or [result["latency_ms"]] * 2

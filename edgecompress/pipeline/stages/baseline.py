@@ -13,6 +13,7 @@ from edgecompress.pipeline.context import Context
 from edgecompress.pipeline.measure import accuracy, original_accuracy, run_accuracy
 from edgecompress.pipeline.records import BaselineRecord
 from edgecompress.pipeline.stage import StageOutput
+from edgecompress.pruning.search import Budget
 from edgecompress.pruning.structure import widths_of
 from edgecompress.targets.settings import DEFAULTS, choose_settings
 from edgecompress.targets.timing import relative_timing
@@ -29,6 +30,7 @@ class BaselineStage:
         acc = original_accuracy(ctx)
         test_acc = accuracy(ctx, model, "test")
         macs, params = macs_and_params(model, ctx.input_shape)
+        budget = Budget(min_accuracy=ctx.config.accuracy_floor(acc), max_latency_ms=ctx.config.latency_budget_ms)
         precision = search_precision(ctx.profile, ctx.config.precision)
         settings, choice = self._settings(ctx)
         ctx.builder.settings = settings
@@ -40,7 +42,7 @@ class BaselineStage:
             e.update(latency_ms=base_ms * timing.ratios[name].median, ratio=timing.ratios[name].to_dict())
             e["accuracy"] = acc if name == precision else \
                 run_accuracy(ctx, ctx.target.runner(e["build"])) if e["plain"] else None
-        yardstick = self._yardstick(ctx, engines, acc)
+        yardstick = self._yardstick(engines, budget)
         for name, e in engines.items():
             ctx.ui.say(f"  {name:<20} {e['tool']:<26} {e['latency_ms']:7.3f} ms  {timing.ratios[name]} of {precision}"
                        + (f"  val {e['accuracy']:.2f} %" if e.get("accuracy") is not None else "")
@@ -53,6 +55,7 @@ class BaselineStage:
             "precision": precision, "widths": widths_of(model), "yardstick": yardstick,
             "engines": {n: {k: v for k, v in e.items() if k != "build"} for n, e in engines.items()},
             "timing": {k: v for k, v in timing.to_dict().items() if k != "ratios"},
+            "budget": {"min_accuracy": budget.min_accuracy, "max_latency_ms": budget.max_latency_ms},
             "settings": settings, "settings_choice": choice}))
 
     @staticmethod
@@ -94,16 +97,11 @@ class BaselineStage:
         return engines
 
     @staticmethod
-    def _yardstick(ctx: Context, engines: dict[str, dict], acc: float) -> str:
+    def _yardstick(engines: dict[str, dict], budget: Budget) -> str:
         """The fastest plain engine whose accuracy keeps the promise (the fastest plain one when none does)."""
-        floor = ctx.config.accuracy_floor(acc)
         plain = [n for n, e in engines.items() if e["plain"]]
-        keep = [n for n in plain if floor is None or e_acc(engines[n]) >= floor - 1e-9] or plain
+        keep = [n for n in plain if budget.keeps(engines[n].get("accuracy"))] or plain
         return min(keep, key=lambda n: engines[n]["ratio"]["ratio"])
-
-
-def e_acc(engine: dict) -> float:
-    return float("inf") if engine.get("accuracy") is None else engine["accuracy"]
 
 
 def _pct(v: float | None) -> str:

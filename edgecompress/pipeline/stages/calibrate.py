@@ -12,6 +12,7 @@ from edgecompress.calibration import (CALIBRATORS, DEFAULT_BACKEND, SYMMETRIC_AC
 from edgecompress.pipeline.context import Context
 from edgecompress.pipeline.records import CalibrateRecord
 from edgecompress.pipeline.stage import StageOutput
+from edgecompress.pruning.search import Budget
 from edgecompress.targets.timing import relative_timing
 
 SENSITIVITY_IMAGES = 256
@@ -70,7 +71,7 @@ class Evaluator:
             return tried[backends[0]]
         timing = relative_timing(self.ctx.target, {"fp32": self.reference, **builds}, reference="fp32",
                                  max_time_s=self.ctx.profile.benchmark.compare_time_s)
-        keep = [b for b in backends if tried[b][0] >= self.budget - 1e-9] or backends
+        keep = [b for b in backends if Budget(min_accuracy=self.budget).keeps(tried[b][0])] or backends
         best = min(keep, key=lambda b: timing.ratios[b].median)
         acc, _, details = tried[best]
         others = {b: {"accuracy": tried[b][0], "ratio": timing.ratios[b].to_dict()} for b in backends if b != best}
@@ -100,7 +101,7 @@ def _measurably_faster(ctx: Context, selection):
 def budget_accuracy(ctx: Context) -> float:
     """The accuracy the shipped engine must keep: baseline - max-acc-drop; with a latency budget
     alone, one point below the fine-tuned model (so INT8 cannot quietly cost more than that)."""
-    floor = ctx.config.accuracy_floor(ctx.results.baseline.accuracy)
+    floor = ctx.budget.min_accuracy
     if floor is not None:
         return floor
     ctx.note("no --max-acc-drop: the precision choice allows 1 point below the fine-tuned model")

@@ -136,7 +136,7 @@ class PruneStage:
         ctx.ui.say(f"  {len(plan.groups)} channel groups, {len(blocks)} removable residual blocks; "
                    f"{sum(r.saving_ms > 0 for r in priced)} of {len(priced)} removals save measurable time at "
                    f"{precision}; the original at {precision}: {reference_ms:.3f} ms")
-        budget = Budget(min_accuracy=cfg.accuracy_floor(base.accuracy), max_latency_ms=cfg.latency_budget_ms)
+        budget = ctx.budget
         prober = Prober(ctx, plan, order, reference_ms=reference_ms, probes=state.get("probes", []))
         if budget.max_latency_ms is not None and reference_ms <= budget.max_latency_ms:
             order = prober.order = []   # the unpruned model meets the latency budget: nothing is more accurate

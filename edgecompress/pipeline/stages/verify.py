@@ -154,7 +154,7 @@ def keep_reference(build, out: Path) -> dict:
         shutil.copy(build.onnx, onnx)
         files["reference_onnx"] = f"{REFERENCE_DIR}/{onnx.name}"
     return {"files": files, "engine": f"{REFERENCE_DIR}/{Path(build.engine).name}", "precision": build.precision,
-            "onnx": f"{REFERENCE_DIR}/{onnx.name}"}
+            "onnx": f"{REFERENCE_DIR}/{onnx.name}", "settings": build.settings}   # loaded as the run timed it
 
 
 def run_facts(ctx: Context, verify_seconds: float) -> dict:

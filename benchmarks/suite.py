@@ -184,6 +184,11 @@ _B("default_run", Benchmark(
     ("benchmarks/default_run.py", "--out", "{work}/default", "--json", "{out}"),
     cost="two `compress --target x86-cpu --max-acc-drop 1` runs",
     about="README's example summary line; docs 'The default run'"))
+_B("user_view", Benchmark(
+    ("benchmarks/user_view.py", "--out", "{work}/user-view", "--json", "{out}"),
+    cost="three `compress --target x86-cpu --max-acc-drop 1` runs (ResNet-20, ResNet-56, MobileNetV2), then one "
+         "timing run per model against plain engines made and loaded independently",
+    about="docs 'The speed a user gets'; issue 26's goals"))
 _B("budget_and_estimate", Benchmark(
     ("benchmarks/budget_and_estimate.py", "--out", "{work}/claims", "--json", "{out}"),
     cost="two `compress` runs: x86-cpu with --latency-budget-ms at half the original's FP32 latency, and "

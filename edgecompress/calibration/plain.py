@@ -23,7 +23,8 @@ from edgecompress.calibration.readers import model_batches, nncf_dataset, onnx_i
 from edgecompress.errors import MissingBackendError
 
 PLAIN_IMAGES = 300   # nncf.quantize's default subset_size: what a user's ten seconds calibrate on
-TOOLS = {"openvino": "nncf", "ort": "ort-quantize_static", "tensorrt": "tensorrt-int8"}
+# what made each plain INT8: on TensorRT it is the QDQ ONNX (built by trtexec on the device, not here)
+TOOLS = {"openvino": "nncf", "ort": "ort-quantize_static", "tensorrt": "ort-quantize_static-symmetric (QDQ for trtexec)"}
 
 
 def plain_int8(runtime: str, src_onnx: str | Path, dst_dir: str | Path, batches: Sequence[np.ndarray]) -> Path:

@@ -77,6 +77,8 @@ class Builder:
         # the runtime's defaults until then). Plain engines always keep the defaults.
         self.settings: dict | None = None
         self._targets: dict[str, Target] = {target.runtime: target}
+        # every runtime the device offers, the profile's own first (its plain engines are yardsticks)
+        self.runtimes = [target.runtime, *(target.profile.other_runtimes if target.latency_source == "local" else [])]
         self._built: dict[tuple, BuildResult] = {}
         self._calibration: dict[bool, list] = {}
 
@@ -84,8 +86,10 @@ class Builder:
         """The target's device with another runtime it offers (profile `other_runtimes`), local."""
         if runtime not in self._targets:
             from edgecompress.targets import get_target
-            profile = self.target.profile.model_copy(update={"runtime": runtime, "engine_format": ENGINE_FORMAT[runtime],
-                                                             "other_runtimes": [], "latency": "local"})
+            main = self.target.profile
+            precisions = [p for p in main.precisions if p != "fp16" or runtime != "ort"]   # ORT CPU: no FP16 engine
+            profile = main.model_copy(update={"runtime": runtime, "engine_format": ENGINE_FORMAT[runtime],
+                                              "precisions": precisions, "other_runtimes": [], "latency": "local"})
             self._targets[runtime] = get_target(profile)
         return self._targets[runtime]
 
@@ -103,8 +107,16 @@ class Builder:
                                                              workers=self.data.workers)
         return self._calibration[shipped]
 
-    def build(self, model: nn.Module, *, precision: str, key: str | None = None, shipped: bool = False) -> BuildResult:
-        cache_key = (key, precision, shipped)
+    def use_runtime(self, runtime: str) -> Target:
+        """Build our engines for another runtime of the device from now on (the baseline measured it faster)."""
+        self.target = self.target_for(runtime)
+        return self.target
+
+    def build(self, model: nn.Module, *, precision: str, key: str | None = None, shipped: bool = False,
+              runtime: str | None = None) -> BuildResult:
+        """Ours, for the target's runtime (or `runtime`, another the device offers), loaded with `settings`."""
+        target = self.target_for(runtime or self.target.runtime)
+        cache_key = (key, precision, shipped, target.runtime)
         if key is None or cache_key not in self._built:
             work = self.work / f"{len(self._built):04d}-{precision}"
             shutil.rmtree(work, ignore_errors=True)
@@ -113,8 +125,8 @@ class Builder:
             if precision == "int8":
                 onnx_path = quantize_int8(onnx_path, work / "model_int8.onnx", self.calibration(shipped=shipped),
                                           method=self.method,
-                                          symmetric_activations=SYMMETRIC_ACTIVATIONS.get(self.target.runtime, False))
-            built = self.target.build(onnx_path, work, precision=precision)
+                                          symmetric_activations=SYMMETRIC_ACTIVATIONS.get(target.runtime, False))
+            built = target.build(onnx_path, work, precision=precision)
             cache_key = cache_key if key is not None else (str(work),)
             self._built[cache_key] = built
         return replace(self._built[cache_key], settings=self.settings)

@@ -48,6 +48,11 @@ class Context:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.data.input_shape)
 
+    def use_runtime(self, runtime: str) -> None:
+        """From now on our engines are built and timed for `runtime` (the baseline chose it)."""
+        if runtime != self.target.runtime:
+            self.target = self.builder.use_runtime(runtime)
+
     def note(self, text: str) -> None:
         if text not in self.notes:
             self.notes.append(text)

@@ -41,6 +41,8 @@ class BaselineRecord(Record):
     engines: dict[str, dict]        # name -> tool, runtime, precision, plain, latency_ms, ratio to the float engine, accuracy
     timing: dict
     budget: dict = field(default_factory=dict)   # {min_accuracy, max_latency_ms}: the one Budget (Context.budget)
+    runtime: str = ""               # the runtime our engines are built for (the fastest the device offers)
+    probe_precision: str = ""       # the precision our engines are searched at (the faster of float and INT8)
     settings: dict | None = None    # the runtime settings our engines ship with (None: the runtime's defaults)
     settings_choice: dict = field(default_factory=dict)   # how they were chosen: candidates' ratios to the defaults
 

@@ -105,7 +105,8 @@ def _run_stages(ctx: Context) -> None:
     for i, stage in enumerate(stages):
         if ctx.rundir.stage_done(stage.name):
             record = ctx.results.set(stage.name, ctx.rundir.stage_record(stage.name)["data"])
-            if stage.name == "baseline":   # the runtime settings it chose load every later engine
+            if stage.name == "baseline":   # the runtime and settings it chose build and load every later engine
+                ctx.use_runtime(record.runtime or ctx.target.runtime)
                 ctx.builder.settings = record.settings
             ctx.ui.say(f"✓ {stage.name}: finished earlier, kept")
             continue

@@ -5,6 +5,7 @@ INT8 tool at its defaults, default settings) on every runtime the target offers,
 side with ours. The yardstick is the fastest plain engine that keeps the accuracy promise."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from edgecompress.calibration.plain import TOOLS
@@ -32,16 +33,19 @@ class BaselineStage:
         macs, params = macs_and_params(model, ctx.input_shape)
         budget = Budget(min_accuracy=ctx.config.accuracy_floor(acc), max_latency_ms=ctx.config.latency_budget_ms)
         precision = search_precision(ctx.profile, ctx.config.precision)
-        settings, choice = self._settings(ctx)
+        runtime, probe, settings, choice = self._deployment(ctx, precision)
+        ctx.use_runtime(runtime)
         ctx.builder.settings = settings
-        engines = self._engines(ctx, precision)
+        engines = self._engines(ctx, precision, probe)
         timing = relative_timing(ctx.target, {n: e["build"] for n, e in engines.items()}, reference=precision,
                                  max_time_s=ctx.profile.benchmark.compare_time_s)
         base_ms = timing.ms[precision]
         for name, e in engines.items():
             e.update(latency_ms=base_ms * timing.ratios[name].median, ratio=timing.ratios[name].to_dict())
-            e["accuracy"] = acc if name == precision else \
-                run_accuracy(ctx, ctx.target.runner(e["build"])) if e["plain"] else None
+            engine = ctx.target.open(e["build"]) if ctx.target.latency_source == "local" else None
+            e["input_shape"] = list(engine.dims) if engine else None   # -1: a dynamic dimension
+            e["accuracy"] = acc if name == precision else run_accuracy(ctx, engine or ctx.target.runner(e["build"])) \
+                if e["plain"] else None
         yardstick = self._yardstick(engines, budget)
         for name, e in engines.items():
             ctx.ui.say(f"  {name:<20} {e['tool']:<26} {e['latency_ms']:7.3f} ms  {timing.ratios[name]} of {precision}"
@@ -56,39 +60,55 @@ class BaselineStage:
             "engines": {n: {k: v for k, v in e.items() if k != "build"} for n, e in engines.items()},
             "timing": {k: v for k, v in timing.to_dict().items() if k != "ratios"},
             "budget": {"min_accuracy": budget.min_accuracy, "max_latency_ms": budget.max_latency_ms},
-            "settings": settings, "settings_choice": choice}))
+            "runtime": runtime, "probe_precision": probe, "settings": settings, "settings_choice": choice}))
 
     @staticmethod
-    def _settings(ctx: Context) -> tuple[dict | None, dict]:
-        """The runtime settings our engines ship with: chosen by timing the original at the
-        precision probes use under every candidate (targets/deploy.py); where nothing is timed
-        here (estimated, remote), the runtime's defaults."""
+    def _deployment(ctx: Context, float_precision: str) -> tuple[str, str, dict | None, dict]:
+        """(runtime, precision, settings) our engines are built, searched and shipped with: on every
+        runtime the device offers, the original at each precision allowed, each with its fastest
+        settings (targets/settings.py); then those side by side. The target's own runtime at the
+        precision `--precision` prefers (INT8 when allowed) stays unless another is measurably faster.
+        Where nothing is timed here (estimated, remote): that one at the runtime's defaults."""
+        main, preferred = ctx.builder.runtimes[0], probe_precision(ctx.profile, ctx.config.precision)
         if ctx.target.latency_source != "local":
-            return None, {"chosen": DEFAULTS, "why": f"latency is {ctx.target.latency_source}: nothing timed here"}
-        precision = probe_precision(ctx.profile, ctx.config.precision)
-        build = ctx.builder.build(ctx.original, precision=precision, key=ORIGINAL)
-        settings, choice = choose_settings(ctx.target, build, max_time_s=ctx.profile.benchmark.compare_time_s)
-        ratio = choice["ratios"].get(choice["chosen"])
-        ctx.ui.say(f"  runtime settings ({ctx.target.runtime}, {precision}): {choice['chosen']}"
-                   + (f", {ratio['ratio']:.3f}x [{ratio['low']:.3f}, {ratio['high']:.3f}] of the defaults' latency"
-                      if ratio and choice["chosen"] != DEFAULTS else "") + f"  {settings}")
-        return settings, {**choice, "precision": precision}
+            return main, preferred, None, {"chosen": DEFAULTS, "why": f"latency is {ctx.target.latency_source}"}
+        precisions = [preferred] if ctx.config.precision != "auto" else list(dict.fromkeys([preferred, float_precision]))
+        cap = ctx.profile.benchmark.compare_time_s / 2
+        tried, builds = {}, {}
+        for runtime in ctx.builder.runtimes:
+            for precision in precisions:
+                name = f"{runtime} {precision}"
+                build = ctx.builder.build(ctx.original, precision=precision, key=ORIGINAL, runtime=runtime)
+                settings, choice = choose_settings(ctx.builder.target_for(runtime), build, max_time_s=cap)
+                tried[name] = {"runtime": runtime, "precision": precision, "settings": settings, **choice}
+                builds[name] = replace(build, settings=settings)
+        first = f"{main} {preferred}"
+        timing = relative_timing(ctx.target, builds, reference=first, max_time_s=cap)
+        faster = [n for n in builds if timing.ratios[n].high < 1.0]
+        best = min(faster, key=lambda n: timing.ratios[n].median) if faster else first
+        for name, t in tried.items():
+            t["ratio"] = timing.ratios[name].to_dict()
+            ctx.ui.say(f"  {name:<14} {timing.ratios[name]} of {first}, settings: {t['chosen']}"
+                       + ("  <- ours" if name == best else ""))
+        chosen = tried[best]
+        return chosen["runtime"], chosen["precision"], chosen["settings"], {
+            "chosen": chosen["chosen"], "runtime": chosen["runtime"], "precision": chosen["precision"],
+            "candidates": tried, "stopped": timing.stopped, "blocks": timing.blocks}
 
     @staticmethod
-    def _engines(ctx: Context, precision: str) -> dict[str, dict]:
+    def _engines(ctx: Context, precision: str, probe: str) -> dict[str, dict]:
         """Ours: the original at the float precision (the latency scale) and, with INT8 allowed,
         our INT8 (probe calibration), both with our settings. Plain: on every runtime the target
         offers, the float engine and, with INT8 allowed, the runtime's own INT8 tool at its defaults."""
-        main = ctx.profile.runtime
-        engines = {precision: {"precision": precision, "tool": f"edgecompress {main} {precision}", "runtime": main,
+        main, ours = ctx.builder.runtimes[0], ctx.target.runtime
+        engines = {precision: {"precision": precision, "tool": f"edgecompress {ours} {precision}", "runtime": ours,
                                "plain": False, "build": ctx.builder.build(ctx.original, precision=precision, key=ORIGINAL)}}
         int8 = probe_precision(ctx.profile, ctx.config.precision) == "int8"
-        if int8:
-            engines[OURS_INT8] = {"precision": "int8", "tool": f"edgecompress {main} int8", "runtime": main,
+        if probe == "int8":
+            engines[OURS_INT8] = {"precision": "int8", "tool": f"edgecompress {ours} int8", "runtime": ours,
                                   "plain": False,
                                   "build": ctx.builder.build(ctx.original, precision="int8", key=ORIGINAL)}
-        local = ctx.target.latency_source == "local"
-        for runtime in [main, *(ctx.profile.other_runtimes if local else [])]:
+        for runtime in ctx.builder.runtimes:
             for p in [precision, *(["int8"] if int8 else [])]:
                 tool = TOOLS[runtime] if p == "int8" else f"{runtime} {p}"
                 engines[plain_name(runtime, p, main)] = {

@@ -121,7 +121,7 @@ class PruneStage:
 
     def run(self, ctx: Context, out: Path) -> StageOutput:
         cfg, base = ctx.config, ctx.results.baseline
-        precision = probe_precision(ctx.profile, cfg.precision)
+        precision = ctx.results.baseline.probe_precision or probe_precision(ctx.profile, cfg.precision)
         plan, blocks = build_plan(ctx), find_blocks(ctx)
         for item in plan.unprunable:
             ctx.note(f"left at full width: {', '.join(item['layers'])} -- {item['reason']}")

@@ -92,8 +92,9 @@ def engines_to_time(ctx: Context, build) -> dict:
     tuned = replace(builds[YARDSTICK], settings=build.settings)
     if tuned.runtime == build.runtime and ctx.target.settings(tuned) != ctx.target.settings(builds[YARDSTICK]):
         builds[TUNED] = tuned
-    if not ctx.results.prune.unpruned and build.precision == "int8":
-        builds[UNPRUNED] = ctx.builder.build(ctx.original, precision="int8", key=ORIGINAL, shipped=True)
+    if not ctx.results.prune.unpruned:   # our unpruned engine at the engine's precision and settings
+        builds[UNPRUNED] = ctx.builder.build(ctx.original, precision=build.precision, key=ORIGINAL,
+                                             shipped=build.precision == "int8")
     return builds
 
 
@@ -105,8 +106,9 @@ def speed_steps(ctx: Context, builds: dict, timing, latency_ms: float) -> list[d
     base, chain = ctx.results.baseline, [n for n in (YARDSTICK, TUNED, UNPRUNED, ENGINE) if n in builds]
     yard = base.engines[base.yardstick]
     tools = {YARDSTICK: f"{yard['tool']} (plain {yard['precision']})", TUNED: f"{yard['tool']} (plain {yard['precision']})",
-             UNPRUNED: "edgecompress int8, unpruned", ENGINE: f"edgecompress {builds[ENGINE].precision}, shipped"}
-    names = {YARDSTICK: "plain engine, defaults", TUNED: "runtime settings", UNPRUNED: "our precision",
+             UNPRUNED: f"edgecompress {builds[ENGINE].precision}, unpruned",
+             ENGINE: f"edgecompress {builds[ENGINE].precision}, shipped"}
+    names = {YARDSTICK: "plain engine, defaults", TUNED: "runtime settings", UNPRUNED: "our precision and export",
              ENGINE: "pruning"}
     steps = []
     for i, name in enumerate(chain):

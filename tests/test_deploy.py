@@ -1,0 +1,118 @@
+"""The one loader and what ships with the engine (issue 26): fixed shapes, deploy.json, runtime
+settings chosen by measurement and applied wherever the engine is run or timed."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from _export_fixtures import export_pair, inputs
+from _faults import REPO, tiny_argv
+from edgecompress.errors import UserError
+from edgecompress.exporters import onnx_to_openvino
+from edgecompress.exporters.common import in_batches
+from edgecompress.targets import get_target
+from edgecompress.targets.deploy import DEPLOY_FILE, Deployment, load, open_engine, read_deployment, write_deployment
+from edgecompress.targets.settings import DEFAULTS, choose_settings, setting_candidates
+
+pytest.importorskip("openvino")
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    return export_pair(tmp_path_factory.mktemp("deploy"))
+
+
+def test_in_batches_runs_any_batch_through_a_fixed_batch_engine():
+    calls = []
+
+    def engine(x):   # a batch-2 engine: rejects any other batch, output = row sums
+        calls.append(len(x))
+        assert x.shape[0] == 2
+        return x.reshape(2, -1).sum(1, keepdims=True)
+    x = np.arange(5 * 3, dtype=np.float32).reshape(5, 3)
+    got = in_batches(engine, 2)(x)
+    assert calls == [2, 2, 2] and np.allclose(got[:, 0], x.sum(1))   # the last chunk padded, cut back to 5
+    assert in_batches(engine, "batch") is engine                      # a symbolic (dynamic) batch runs whole
+
+
+def test_open_engine_applies_its_settings_and_runs_any_batch(tmp_path, pair):
+    xml = onnx_to_openvino(pair[1], tmp_path / "model.xml")
+    engine = open_engine(xml, "openvino", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1,
+                                           "ENABLE_CPU_PINNING": False})
+    assert engine.handle.get_property("INFERENCE_NUM_THREADS") == 1
+    assert engine.handle.get_property("ENABLE_CPU_PINNING") is False
+    assert engine.fixed_batch and engine.dims == (1, 1, 28, 28)
+    assert engine(inputs(3)).shape == (3, 10)
+    ort = open_engine(pair[1], "ort", {"intra_op_num_threads": 1, "session.intra_op.allow_spinning": "0"})
+    assert ort.handle.get_session_options().intra_op_num_threads == 1
+    assert ort.handle.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_load_reads_deploy_json_and_rejects_damage(tmp_path, pair):
+    run = tmp_path / "run"
+    run.mkdir()
+    onnx_to_openvino(pair[1], run / "model.xml")
+    write_deployment(run / DEPLOY_FILE, Deployment(engine="model.xml", runtime="openvino",
+                                                   settings={"INFERENCE_NUM_THREADS": 1}, input_shape=(1, 1, 28, 28)))
+    assert load(run).handle.get_property("INFERENCE_NUM_THREADS") == 1
+    for bad, cause in [("{", "damaged"), (json.dumps({"runtime": "openvino"}), "damaged"),
+                       (json.dumps({"engine": "../x.xml", "runtime": "openvino"}), "outside the run directory")]:
+        (run / DEPLOY_FILE).write_text(bad)
+        with pytest.raises(UserError, match=cause):
+            read_deployment(run)
+
+
+def test_setting_candidates_are_every_combination_with_the_defaults_first():
+    got = setting_candidates("openvino", {"PERFORMANCE_HINT": "LATENCY"})
+    assert list(got)[0] == DEFAULTS and got[DEFAULTS] == {"PERFORMANCE_HINT": "LATENCY"} and len(got) == 8
+    assert got["f32 + unpinned"] == {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
+                                     "ENABLE_CPU_PINNING": False}
+    # a thread count the profile fixes is not searched over
+    assert len(setting_candidates("ort", {"intra_op_num_threads": 4})) == 2
+
+
+def test_choose_settings_keeps_the_defaults_unless_measurably_faster(tmp_path, pair, monkeypatch):
+    from edgecompress.targets import settings as settings_module
+    from edgecompress.targets.timing import Ratio, Timing
+    target = get_target("x86-cpu")
+    build = target.build(pair[1], tmp_path, precision="fp32")
+
+    def fake(ratios):
+        def time_builds(target, builds, *, reference, **kw):
+            assert reference == DEFAULTS and set(builds) == set(setting_candidates("openvino", target.settings(build)))
+            rs = {n: Ratio(*ratios.get(n, (1.0, 0.99, 1.01))) for n in builds}
+            return Timing(reference=reference, ratios=rs, ms={n: 1.0 for n in rs}, blocks=20, runs_per_block=20,
+                          seconds=1.0, stopped="precise")
+        return time_builds
+    monkeypatch.setattr(settings_module, "time_builds", fake({"f32": (0.9, 0.95, 1.02)}))   # faster, not measurably
+    assert choose_settings(target, build, max_time_s=1)[1]["chosen"] == DEFAULTS
+    monkeypatch.setattr(settings_module, "time_builds", fake({"f32": (0.9, 0.88, 0.92), "unpinned": (0.8, 0.7, 0.99)}))
+    settings, record = choose_settings(target, build, max_time_s=1)
+    assert record["chosen"] == "unpinned" and settings["ENABLE_CPU_PINNING"] is False
+
+
+@pytest.mark.slow
+def test_shipped_and_plain_engines_share_one_fixed_shape_and_verify_times_what_load_applies(
+        tmp_path, monkeypatch, fault_weights):
+    from edgecompress.cli import main
+    monkeypatch.chdir(REPO)
+    argv = tiny_argv(tmp_path / "run", fault_weights)
+    argv[argv.index("tiny-estimate")] = "tiny-measured"
+    assert main(argv) == 0
+    run = tmp_path / "run"
+    report, deploy = json.loads((run / "report.json").read_text()), read_deployment(run)
+    shape = list(deploy.input_shape)
+    assert shape[0] == 1 and -1 not in shape   # the profile's batch, fixed
+    engines = report["yardstick"]
+    assert any(e["plain"] for e in engines.values()) and all(e["input_shape"] == shape for e in engines.values())
+    assert list(load(run).dims) == shape       # the shipped engine as the user loads it
+    # verify timed and evaluated the engine with exactly the settings load() applies
+    assert report["result_details"]["settings"] == deploy.settings
+    assert report["speed_steps"][-1]["settings"] == deploy.settings and report["speed_steps"][-1]["engine"] == "engine"
+    baseline = json.loads((run / "latency_baseline.json").read_text())
+    assert baseline["build"]["settings"] == deploy.settings   # what `compress check` loads
+    assert report["speed_steps"][0]["engine"] == "yardstick"
+    assert report["unpruned"]["settings"] == report["speed_steps"][0]["settings"]   # the plain engine at its defaults

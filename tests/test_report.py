@@ -161,12 +161,12 @@ def test_pipeline_staging_folder_is_recognised(run_dir: Path) -> None:
 def test_a_latency_budget_is_judged_on_the_median_and_reports_whether_the_interval_clears_it() -> None:
     from types import SimpleNamespace
     from edgecompress.report.assemble import budget_record
-    cfg = SimpleNamespace(latency_budget_ms=0.30, accuracy_floor=lambda accuracy: None)
-    results = SimpleNamespace(baseline=SimpleNamespace(accuracy=92.0),
+    results = SimpleNamespace(baseline=SimpleNamespace(accuracy=92.0, budget={"min_accuracy": None,
+                                                                              "max_latency_ms": 0.30}),
                               prune=SimpleNamespace(met=True, missed={}, alternative=None))
-    inside = budget_record(cfg, results, {"accuracy": 91.5, "latency_ms": 0.29, "latency_interval_ms": [0.28, 0.31]})
+    inside = budget_record(results, {"accuracy": 91.5, "latency_ms": 0.29, "latency_interval_ms": [0.28, 0.31]})
     assert inside["met"] and not inside["latency"]["clear"] and inside["latency"]["interval_ms"] == [0.28, 0.31]
-    clear = budget_record(cfg, results, {"accuracy": 91.5, "latency_ms": 0.25, "latency_interval_ms": [0.24, 0.26]})
+    clear = budget_record(results, {"accuracy": 91.5, "latency_ms": 0.25, "latency_interval_ms": [0.24, 0.26]})
     assert clear["met"] and clear["latency"]["clear"]
-    over = budget_record(cfg, results, {"accuracy": 91.5, "latency_ms": 0.32, "latency_interval_ms": [0.31, 0.33]})
+    over = budget_record(results, {"accuracy": 91.5, "latency_ms": 0.32, "latency_interval_ms": [0.31, 0.33]})
     assert not over["met"] and over["missed"]["latency_ms"] == pytest.approx(0.02)

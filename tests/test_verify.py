@@ -35,5 +35,5 @@ def test_latencies_are_timed_side_by_side_with_the_original(tmp_path, monkeypatc
     table = report["pruning"]["latency_table"]
     assert table and all(e["ratio"]["low"] <= e["ratio"]["ratio"] <= e["ratio"]["high"] for e in table)
     engines = report["yardstick"]
-    assert {"fp32", "plain-int8", "int8"} <= set(engines) and report["unpruned"]["tool"] in \
+    assert {"fp32", "plain-fp32", "plain-int8"} <= set(engines) and report["unpruned"]["tool"] in \
         {e["tool"] for e in engines.values()}

@@ -1,0 +1,59 @@
+"""Hostile inputs of issue 27: each gives one `error:` line naming the file and its cause, a `hint:`
+line, exit code 2, and writes nothing. The exact lines are in docs/reliability.md ("Hostile input")."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgecompress.errors import UserError
+
+
+def _image_folder(root: Path, suffix: str) -> None:
+    from PIL import Image
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(3):
+                pixels = np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}{suffix}")
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_truncated_image_in_a_worker_is_one_user_error_with_its_hint(tmp_path, suffix):
+    """The file passes the header check and fails when a DataLoader worker decodes it: the user
+    gets the worker's cause and hint, not "Caught UserError in DataLoader worker process 0"."""
+    from edgecompress.inputs.imagefolder import image_folder
+    root = tmp_path / "images"
+    _image_folder(root, suffix)
+    broken = root / "train" / "b" / f"2{suffix}"
+    data = broken.read_bytes()
+    broken.write_bytes(data[:len(data) // 2])
+    with pytest.raises(UserError) as info:
+        image_folder(root, workers=1)   # folder-stats decodes the training images in a worker
+    assert info.value.cause.startswith(f"cannot read image {broken}: "), info.value.cause
+    assert "\n" not in info.value.cause and "DataLoader worker" not in info.value.cause
+    assert info.value.hint == "remove or replace the broken file"
+
+
+def test_a_workers_user_error_reaches_the_main_process_whole(tmp_path):
+    """Any dataset's UserError, raised in a worker process, keeps its cause and hint."""
+    from edgecompress.inputs.loaders import loader
+    with pytest.raises(UserError) as info:
+        for _ in loader(_Refuses(), batch_size=2, workers=1):
+            pass
+    assert (info.value.cause, info.value.hint) == ("item 3 is bad", "fix item 3")
+
+
+class _Refuses:
+    """Four items, the last one refused (module level: workers receive it pickled)."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        if i == 3:
+            raise UserError("item 3 is bad", "fix item 3")
+        return np.zeros(2, np.float32), 0

@@ -57,3 +57,57 @@ class _Refuses:
         if i == 3:
             raise UserError("item 3 is bad", "fix item 3")
         return np.zeros(2, np.float32), 0
+
+
+# ---------------------------------------------------------------- --resume loads no code
+
+
+class _Planted:
+    """What an attacker could put in a run directory: unpickling it calls open(marker, "w")."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def _rundir_with(tmp_path: Path, saved) -> "RunDir":
+    import torch
+    from edgecompress.pipeline.rundir import RunDir
+    torch.save(saved, tmp_path / "model_pruned.pt")
+    manifest = {"stages": {"finetune": {"finished": True, "artifacts": {"pruned_model": {"path": "model_pruned.pt"}}}}}
+    return RunDir(tmp_path, manifest)
+
+
+def test_resume_does_not_run_code_from_a_planted_model_file(tmp_path):
+    marker = tmp_path / "pwned"
+    rundir = _rundir_with(tmp_path, {"model": _Planted(marker)})
+    with pytest.raises(UserError) as info:
+        rundir.load_model("finetune", "pruned_model")
+    assert not marker.exists(), "unpickling ran code from the run directory"
+    assert info.value.cause.startswith(f"cannot load {tmp_path / 'model_pruned.pt'} safely: ")
+    assert "\n" not in info.value.cause
+
+
+def test_resume_still_loads_the_modules_a_run_saved(tmp_path):
+    import torch
+    from edgecompress.zoo import create_model
+    torch.manual_seed(0)
+    model = create_model("tiny-resnet").eval()
+    loaded = _rundir_with(tmp_path, model).load_model("finetune", "pruned_model")
+    x = torch.randn(2, 1, 16, 16)
+    assert type(loaded) is type(model) and not loaded.training
+    assert torch.equal(loaded(x), model(x))
+
+
+def test_a_module_class_that_was_never_imported_is_not_imported_to_load_it(tmp_path):
+    """Only classes of modules already imported are allowed; naming another module imports nothing."""
+    import sys
+
+    import torch
+    from edgecompress.pipeline.rundir import _imported, _module_classes
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "m.pt")
+    assert _module_classes(tmp_path / "m.pt") == [torch.nn.Linear]
+    assert "antigravity" not in sys.modules
+    assert _imported("antigravity.Thing", sys.modules) is None and "antigravity" not in sys.modules

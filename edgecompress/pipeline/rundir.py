@@ -284,8 +284,24 @@ class RunDir:
         return self.path / self.manifest["stages"][stage]["artifacts"][name]["path"]
 
     def load_model(self, stage: str, name: str) -> nn.Module:
-        """A whole PyTorch module a finished stage saved (torch.save(model)), in eval mode."""
-        return torch.load(self.artifact(stage, name), map_location="cpu", weights_only=False).eval()
+        """A whole PyTorch module a finished stage saved (torch.save(model)), in eval mode.
+
+        Loaded with `weights_only=True`: the run directory is just files (its sha256 manifest sits
+        beside them and is as easy to rewrite), so a planted pickle must not run code on --resume.
+        The unpickler may build only the module classes this process has already imported (the
+        user's model, torch.nn, edgecompress); anything else named in the file is refused."""
+        path = self.artifact(stage, name)
+        allowed = _module_classes(path)
+        with torch.serialization.safe_globals(allowed):
+            try:
+                model = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:   # pickle.UnpicklingError (a refused global), a damaged zip
+                raise UserError(f"cannot load {path} safely: {str(exc).splitlines()[0]}",
+                                "delete the run directory and start again; it holds a file this run did not write") from exc
+        if not isinstance(model, nn.Module):
+            raise UserError(f"{path} holds a {type(model).__name__}, not a PyTorch module",
+                            "delete the run directory and start again; it holds a file this run did not write")
+        return model.eval()
 
     # -- checkpoints: a stage's work in progress, beside the manifest's finished stages ----------
     def checkpoint_path(self, name: str) -> Path:
@@ -306,6 +322,36 @@ class RunDir:
         for record in self.manifest["stages"].values():
             out.update({k: v["path"] for k, v in record.get("artifacts", {}).items()})
         return out
+
+
+def _module_classes(path: Path) -> list[type]:
+    """The globals `path` names that are nn.Module subclasses of already imported modules. Nothing
+    is imported here: importing a module the file names would itself run code."""
+    import sys
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception as exc:
+        raise UserError(f"cannot load {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                        "delete the damaged file and run again with --resume") from exc
+    out = []
+    for name in names:
+        obj = _imported(name, sys.modules)
+        if isinstance(obj, type) and issubclass(obj, nn.Module):
+            out.append(obj)
+    return out
+
+
+def _imported(qualified: str, modules: dict) -> Any:
+    """`qualified` ("pkg.mod.Class") looked up in already imported modules only; None if absent."""
+    parts = qualified.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        obj = modules.get(".".join(parts[:cut]))
+        if obj is None:
+            continue
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr, None)
+        return obj
+    return None
 
 
 def check_writable(path: Path) -> None:

@@ -111,3 +111,42 @@ def test_a_module_class_that_was_never_imported_is_not_imported_to_load_it(tmp_p
     assert _module_classes(tmp_path / "m.pt") == [torch.nn.Linear]
     assert "antigravity" not in sys.modules
     assert _imported("antigravity.Thing", sys.modules) is None and "antigravity" not in sys.modules
+
+
+# ---------------------------------------------------------------- ssh addresses that would be options
+
+
+@pytest.mark.parametrize("url", ["ssh://-oProxyCommand=touch%20/tmp/x@host", "ssh://me@-oProxyCommand=sh",
+                                 "ssh://-me@host:22"])
+def test_an_ssh_user_or_host_starting_with_a_dash_is_refused(url):
+    from edgecompress.profiles import SSH_URL, load_profile
+    from edgecompress.targets.ssh import SSHDevice, SSHProbe
+    assert not SSH_URL.match(url)
+    with pytest.raises(UserError, match="may not start with '-'"):
+        SSHDevice.parse(url)
+    with pytest.raises(UserError, match="may not start with '-'"):
+        SSHProbe(url, load_profile("x86-cpu"))
+
+
+def test_a_profile_with_an_option_like_ssh_address_is_invalid():
+    import pydantic
+
+    from edgecompress.profiles import load_profile
+    data = load_profile("x86-cpu").model_dump()
+    with pytest.raises(pydantic.ValidationError, match="may not start with '-'"):
+        type(load_profile("x86-cpu")).model_validate({**data, "latency": "ssh://-oProxyCommand=sh@host"})
+
+
+def test_ssh_and_scp_end_their_options_before_the_address(monkeypatch, tmp_path):
+    import subprocess
+
+    from edgecompress.profiles import load_profile
+    from edgecompress.targets.ssh import SSHProbe
+    seen = []
+    monkeypatch.setattr(subprocess, "run", lambda argv, **kw: seen.append(argv) or
+                        subprocess.CompletedProcess(argv, 0, "", ""))
+    probe = SSHProbe("ssh://me@board:2222", load_profile("x86-cpu"))
+    probe.ssh("true", timeout=5)
+    probe.copy([tmp_path / "model.xml"], "/tmp/d")
+    for argv in seen:
+        assert argv.index("--") < min(i for i, a in enumerate(argv) if a.startswith("me@board"))

@@ -9,7 +9,6 @@ that stage (and every later one) run again.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -19,13 +18,15 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
 from edgecompress import __version__
 from edgecompress.errors import UserError
+from edgecompress.util import atomic_write, write_json  # noqa: F401 (re-exported: tests and stages use them from here)
+from edgecompress.util import disk_error as _disk_error, fsync_dir as _fsync_dir
 
 MANIFEST = "manifest.json"
 CHECKPOINTS = ".checkpoints"   # work in progress a stage resumes from (the search state)
@@ -39,54 +40,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems (tmpfs on old kernels) refuse fsync on directories
-    finally:
-        os.close(fd)
-
-
-def _disk_error(exc: OSError, path: Path) -> UserError:
-    if exc.errno == errno.ENOSPC:
-        return UserError(f"no space left on the device while writing {path}",
-                         "free some disk space, then run again with --resume")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return UserError(f"cannot write {path}: {exc.strerror}", "choose a writable --out")
-    return UserError(f"cannot write {path}: {exc.strerror or exc}", "check the disk, then run again with --resume")
-
-
-def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    """Call `write(tmp)` on a temporary name next to `path`, fsync it, then rename it to `path`."""
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; artifacts are meant to be shared like any output
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise _disk_error(exc, path) from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
-    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _proc_start(pid: int) -> str | None:

@@ -150,3 +150,178 @@ def test_ssh_and_scp_end_their_options_before_the_address(monkeypatch, tmp_path)
     probe.copy([tmp_path / "model.xml"], "/tmp/d")
     for argv in seen:
         assert argv.index("--") < min(i for i, a in enumerate(argv) if a.startswith("me@board"))
+
+
+# ---------------------------------------------------------------- compress check on a damaged run directory
+
+
+@pytest.fixture(scope="module")
+def check_run_dir(tmp_path_factory) -> Path:
+    """A run directory as verify leaves it (tiny OpenVINO engine, baseline, samples)."""
+    pytest.importorskip("openvino")
+    import torch
+
+    from edgecompress.exporters import to_onnx
+    from edgecompress.profiles import load_profile
+    from edgecompress.report.baseline import write_latency_baseline
+    from edgecompress.targets import get_target
+    from edgecompress.zoo import create_model
+    run = tmp_path_factory.mktemp("check") / "run"
+    run.mkdir()
+    torch.manual_seed(0)
+    onnx = to_onnx(create_model("tiny-resnet"), run / "model.onnx", input_shape=(1, 16, 16))
+    profile = load_profile("x86-cpu")
+    bench = profile.benchmark.model_copy(update={"warmup": 2, "iterations": 10, "min_time_s": 0.0, "threads": 1})
+    target = get_target(profile.model_copy(update={"benchmark": bench}))
+    build = target.build(onnx, run, precision="fp32")
+    inputs = np.random.default_rng(0).standard_normal((4, 1, 16, 16)).astype(np.float32)
+    write_latency_baseline(run, target=target, build=build, latency=target.measure(build), precision="fp32",
+                           inputs=inputs)
+    return run
+
+
+def _json_edit(**changes):
+    def edit(run: Path) -> None:
+        import json
+        path = run / "latency_baseline.json"
+        data = json.loads(path.read_text())
+        for key, value in changes.items():
+            if value is _DROP:
+                del data[key]
+            elif callable(value):
+                value(data)
+            else:
+                data[key] = value
+        path.write_text(json.dumps(data))
+    return edit
+
+
+_DROP = object()
+
+
+def _write(name: str, data: bytes):
+    return lambda run: (run / name).write_bytes(data)
+
+
+def _truncate(name: str):
+    return lambda run: (run / name).write_bytes((run / name).read_bytes()[:200])
+
+
+def _npz_without_outputs(run: Path) -> None:
+    with np.load(run / "latency_baseline.npz") as d:
+        inputs = d["inputs"]
+    with open(run / "latency_baseline.npz", "wb") as f:
+        np.savez(f, inputs=inputs)
+
+
+def _link_samples_out(run: Path) -> None:
+    (run / "latency_baseline.npz").unlink()
+    (run / "latency_baseline.npz").symlink_to(run.parent.parent / "elsewhere.npz")
+
+
+DAMAGED = [
+    # id, what (docs), damage, expected error line (<run> = the run directory)
+    ("baseline-not-json", "latency_baseline.json cut to `{not json`", _write("latency_baseline.json", b"{not json"),
+     "error: <run>/latency_baseline.json: not valid JSON (Expecting property name enclosed in double quotes: "
+     "line 1 column 2 (char 1))"),
+    ("baseline-not-object", "latency_baseline.json is a JSON list", _write("latency_baseline.json", b"[1, 2]"),
+     "error: <run>/latency_baseline.json: not a JSON object (a list)"),
+    ("baseline-missing-key", "latency_baseline.json without `engine` and `samples`",
+     _json_edit(engine=_DROP, samples=_DROP), "error: <run>/latency_baseline.json: no engine, no samples"),
+    ("baseline-wrong-type", "`median_ms` is a string", _json_edit(median_ms="fast"),
+     "error: <run>/latency_baseline.json: median_ms is str"),
+    ("baseline-bad-profile", "the stored profile's runtime is `cuda`",
+     _json_edit(profile=lambda d: d["profile"].update(runtime="cuda")),
+     "error: <run>/latency_baseline.json: bad stored profile: runtime: Input should be 'openvino', 'tensorrt' or 'ort'"),
+    ("baseline-build-unknown-key", "the stored build has a key BuildResult does not know",
+     _json_edit(build=lambda d: d["build"].update(evil=1)),
+     "error: <run>/latency_baseline.json: build has unknown keys evil"),
+    ("baseline-absolute-path", "`engine` is `/etc/passwd`", _json_edit(engine="/etc/passwd"),
+     "error: <run>/latency_baseline.json: path '/etc/passwd' leaves the run directory"),
+    ("baseline-dotdot-path", "the build's engine is `../outside/model.xml`",
+     _json_edit(build=lambda d: d["build"].update(engine={"path": "../outside/model.xml"})),
+     "error: <run>/latency_baseline.json: path '../outside/model.xml' leaves the run directory"),
+    ("reference-dotdot-path", "the reference engine is `reference/../../x.xml`",
+     _json_edit(reference={"engine": "reference/../../x.xml", "onnx": "model.onnx", "precision": "fp32",
+                           "ratio": {"ratio": 1.0, "low": 1.0, "high": 1.0}}),
+     "error: <run>/latency_baseline.json: path 'reference/../../x.xml' leaves the run directory"),
+    ("samples-link-out", "latency_baseline.npz is a symbolic link out of the run", _link_samples_out,
+     "error: <run>/latency_baseline.json: path 'latency_baseline.npz' leads out of the run directory (a link)"),
+    ("samples-corrupt", "latency_baseline.npz of random bytes",
+     _write("latency_baseline.npz", np.random.default_rng(0).integers(0, 256, 512, dtype=np.uint8).tobytes()),
+     "error: <run>/latency_baseline.npz: damaged: This file contains pickled (object) data"),
+    ("samples-truncated", "latency_baseline.npz cut to 200 bytes", _truncate("latency_baseline.npz"),
+     "error: <run>/latency_baseline.npz: damaged: "),
+    ("samples-missing-array", "latency_baseline.npz without its `outputs` array", _npz_without_outputs,
+     "error: <run>/latency_baseline.npz: damaged: no outputs array"),
+    ("device-baselines-corrupt", "latency_baseline.device.json is `{\"cpu\": 3}`",
+     _write("latency_baseline.device.json", b'{"cpu": 3}'),
+     "error: <run>/latency_baseline.device.json: not a map of device -> {median_ms, ...}"),
+    ("engine-missing", "model.bin deleted", lambda run: (run / "model.bin").unlink(),
+     "error: <run>/model.bin is missing: the run's engine is incomplete"),
+]
+
+
+_WHAT = {c[0]: c[1] for c in DAMAGED} | {"image-truncated-png": "`imagefolder:DIR` with a PNG cut to half (its header reads, its pixels do not)", "image-truncated-jpg": "`imagefolder:DIR` with a JPEG cut to half"}
+
+
+def _tree(root: Path) -> dict:
+    import hashlib
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(root.rglob("*")) if not p.is_symlink()}
+
+
+@pytest.mark.parametrize("case", DAMAGED, ids=[c[0] for c in DAMAGED])
+def test_check_on_a_damaged_run_is_one_line_exit_2_and_writes_nothing(case, check_run_dir, tmp_path, capfd):
+    import shutil
+
+    from edgecompress.cli import main
+    case_id, _what, damage, expected = case
+    run = tmp_path / "copy" / "run"
+    shutil.copytree(check_run_dir, run)
+    damage(run)
+    before = _tree(run)
+    code = main(["check", str(run)])
+    out, err = capfd.readouterr()
+    lines = err.replace(str(run), "<run>").splitlines()
+    assert code == 2 and "Traceback" not in err and out == "", err
+    assert len(lines) == 2 and lines[0].startswith(expected) and lines[1].startswith("hint: "), err
+    assert _tree(run) == before, "a check of a damaged run wrote into it"
+    _doc_row_check(case_id, lines)
+
+
+def _doc_row_check(case_id: str, lines: list[str]) -> None:
+    """docs/reliability.md's hostile-input table holds this case's exact lines. To regenerate the
+    rows: HOSTILE_DOC_ROWS=/tmp/rows.jsonl pytest tests/test_hostile_inputs.py (appends, then passes)."""
+    import json
+    import os
+    if os.environ.get("HOSTILE_DOC_ROWS"):
+        with open(os.environ["HOSTILE_DOC_ROWS"], "a") as f:
+            f.write(json.dumps({"id": case_id, "what": _WHAT.get(case_id, ""), "lines": lines}) + "\n")
+        return
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text()
+    row = next((ln for ln in doc.splitlines() if ln.startswith(f"| {case_id} |")), None)
+    assert row is not None, f"docs/reliability.md has no row for {case_id}"
+    for line in lines:
+        assert f"`{line}`".replace("|", "\\|") in row, f"{case_id}: docs/reliability.md shows another line than {line!r}"
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_compress_on_a_folder_with_a_truncated_image_prints_one_line(tmp_path, capfd, monkeypatch, suffix):
+    """The whole command: the folder statistics are decoded in a DataLoader worker."""
+    from edgecompress.cli import main
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])   # the fixture specs import from here
+    root = tmp_path / "images"
+    _image_folder(root, suffix)
+    broken = root / "train" / "b" / f"2{suffix}"
+    broken.write_bytes(broken.read_bytes()[:broken.stat().st_size // 2])
+    code = main(["--target", "tiny-estimate", "--profiles", str(Path(__file__).parent / "fixtures" / "profiles"),
+                 "--model", "tests.fixtures.fault_specs:model", "--data", f"imagefolder:{root}",
+                 "--max-acc-drop", "1", "--out", str(tmp_path / "run")])
+    out, err = capfd.readouterr()
+    lines = [ln for ln in err.replace(str(tmp_path), "<tmp>").splitlines() if not ln.startswith("  note:")]
+    assert code == 2 and "Traceback" not in err and "DataLoader worker" not in err, err
+    assert len(lines) == 2 and lines[1] == "hint: remove or replace the broken file", err
+    assert lines[0].startswith(f"error: cannot read image <tmp>/images/train/b/2{suffix}: image file is truncated")
+    assert not (tmp_path / "run" / "report.json").exists()
+    _doc_row_check(f"image-truncated-{suffix[1:]}", lines)

@@ -37,9 +37,10 @@ def load_baseline(run_dir: Path) -> dict:
         raise UserError(f"{run_dir} is not {what}: it has no {BASELINE_FILE}",
                         "pass the directory of a run that finished its verify stage")
     baseline = read_json(path)
-    if not isinstance(baseline, dict) or baseline.get("schema") != SCHEMA:
-        found = baseline.get("schema") if isinstance(baseline, dict) else type(baseline).__name__
-        raise UserError(f"{path}: schema {found!r}, expected {SCHEMA}", REDO)
+    if not isinstance(baseline, dict):
+        raise UserError(f"{path}: not a JSON object (a {type(baseline).__name__})", REDO)
+    if baseline.get("schema") != SCHEMA:
+        raise UserError(f"{path}: schema {baseline.get('schema')!r}, expected {SCHEMA}", REDO)
     _check_keys(path, baseline)
     if baseline["method"] not in ("measured", "estimated"):
         raise UserError(f"{path}: method {baseline['method']!r} is neither 'measured' nor 'estimated'", REDO)
@@ -98,12 +99,12 @@ def load_samples(run_dir: Path, baseline: dict) -> tuple[np.ndarray, np.ndarray]
         raise UserError(f"stored samples {path} are missing", REDO)
     try:
         with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in ("inputs", "outputs") if k not in data.files]
+            if missing:
+                raise UserError(f"{path}: damaged: no {' and no '.join(missing)} array", REDO)
             inputs, outputs = data["inputs"], data["outputs"]
-    except KeyError as exc:
-        raise UserError(f"{path}: damaged: no array {exc}", REDO) from exc
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise UserError(f"{path}: damaged: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-                        REDO) from exc
+        raise UserError(f"{path}: damaged: {_first_sentence(exc)}", REDO) from exc
     if inputs.dtype.kind != "f" or outputs.dtype.kind != "f" or len(inputs) != len(outputs) or not len(inputs):
         raise UserError(f"{path}: damaged: inputs {inputs.dtype}{inputs.shape}, outputs "
                         f"{outputs.dtype}{outputs.shape}", REDO)
@@ -139,6 +140,12 @@ def build_result(run_dir: Path, baseline: dict) -> Any:
     values = _decode(stored, run_dir, path)
     return BuildResult(**{k: tuple(v) if "tuple" in str(fields[k].type) and isinstance(v, list) else v
                           for k, v in values.items()})
+
+
+def _first_sentence(exc: Exception) -> str:
+    """numpy's own advice ("If you trust the file you can load it unsafely ...") is not for a run file."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text.split(". ")[0].rstrip(".")
 
 
 def _check_keys(path: Path, baseline: dict) -> None:

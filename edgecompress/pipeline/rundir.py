@@ -249,7 +249,7 @@ class RunDir:
             try:
                 model = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as exc:   # pickle.UnpicklingError (a refused global), a damaged zip
-                raise UserError(f"cannot load {path} safely: {str(exc).splitlines()[0]}",
+                raise UserError(f"cannot load {path} safely: {_refusal(exc)}",
                                 "delete the run directory and start again; it holds a file this run did not write") from exc
         if not isinstance(model, nn.Module):
             raise UserError(f"{path} holds a {type(model).__name__}, not a PyTorch module",
@@ -292,6 +292,16 @@ def _module_classes(path: Path) -> list[type]:
         if isinstance(obj, type) and issubclass(obj, nn.Module):
             out.append(obj)
     return out
+
+
+def _refusal(exc: Exception) -> str:
+    """Why torch's weights-only unpickler refused, without its advice to load the file unsafely."""
+    import re
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    if found:
+        return f"it names {found.group(1)}, which is not a module class of this run"
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def _imported(qualified: str, modules: dict) -> Any:

@@ -90,11 +90,11 @@ def describe_device() -> str:
     device."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
+            if line.startswith("model name"):
                 return f"{line.split(':', 1)[1].strip()} (local)"
     except OSError:
         pass
-    return f"{platform.processor() or platform.machine()} (local)"
+    return f"{platform.machine()} (local)"   # the same words as targets/base.py host_cpu(), its duplicate
 
 
 def host_name() -> str:

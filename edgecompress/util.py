@@ -9,7 +9,7 @@ import json
 import os
 import platform
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import ModuleType
 from typing import Any, Callable
 
@@ -67,6 +67,20 @@ def disk_error(exc: OSError, path: Path) -> UserError:
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return UserError(f"cannot write {path}: {exc.strerror}", "choose a writable --out")
     return UserError(f"cannot write {path}: {exc.strerror or exc}", "check the disk, then run again with --resume")
+
+
+def inside(root: Path, rel: Any, source: Path, hint: str) -> Path:
+    """`root / rel` for a path read from a run file (`source`): refused with a one-line UserError
+    when it is absolute, holds `..`, or leads out of `root` through a link."""
+    if not isinstance(rel, str) or not rel:
+        raise UserError(f"{source}: path {rel!r} is not a file name", hint)
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or ".." in pure.parts or "\\" in rel:
+        raise UserError(f"{source}: path {rel!r} leaves the run directory", "a run names only files inside it; " + hint)
+    path = Path(root) / pure
+    if not path.resolve().is_relative_to(Path(root).resolve()):
+        raise UserError(f"{source}: path {rel!r} leads out of the run directory (a link)", hint)
+    return path
 
 
 # ---------------------------------------------------------------- lazy imports

@@ -325,3 +325,20 @@ def test_compress_on_a_folder_with_a_truncated_image_prints_one_line(tmp_path, c
     assert lines[0].startswith(f"error: cannot read image <tmp>/images/train/b/2{suffix}: image file is truncated")
     assert not (tmp_path / "run" / "report.json").exists()
     _doc_row_check(f"image-truncated-{suffix[1:]}", lines)
+
+
+@pytest.mark.parametrize("rel", ["/etc/hostname", "../outside.pt", "a/../../outside.pt"])
+def test_resume_refuses_a_manifest_path_outside_the_run(tmp_path, rel):
+    """The manifest is a run file too: an artifact path out of the run directory is refused,
+    not hashed or loaded."""
+    from edgecompress.pipeline.rundir import RunDir
+    run = tmp_path / "run"
+    run.mkdir()
+    (tmp_path / "outside.pt").write_bytes(b"x")
+    manifest = {"stages": {"finetune": {"finished": True, "artifacts": {
+        "pruned_model": {"path": rel, "sha256": "0" * 64, "size": 1}}}}}
+    rundir = RunDir(run, manifest)
+    for call in (lambda: rundir.stage_done("finetune"), lambda: rundir.artifact("finetune", "pruned_model")):
+        with pytest.raises(UserError) as info:
+            call()
+        assert info.value.cause == f"{run / 'manifest.json'}: path {rel!r} leaves the run directory"

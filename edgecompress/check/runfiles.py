@@ -11,11 +11,12 @@ import dataclasses
 import json
 import math
 import zipfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgecompress import util
 from edgecompress.errors import UserError
 from edgecompress.report.baseline import BASELINE_FILE, DEVICE_BASELINES_FILE, SCHEMA
 
@@ -81,15 +82,7 @@ def run_paths(baseline: dict) -> list[str]:
 
 def inside(run_dir: Path, rel: Any, source: Path) -> Path:
     """`run_dir / rel`, refusing an absolute path, a `..` or a link that leads out of the run."""
-    if not isinstance(rel, str) or not rel:
-        raise UserError(f"{source}: path {rel!r} is not a file name", REDO)
-    pure = PurePosixPath(rel)
-    if pure.is_absolute() or ".." in pure.parts or "\\" in rel:
-        raise UserError(f"{source}: path {rel!r} leaves the run directory", "a run names only files inside it; " + REDO)
-    path = run_dir / pure
-    if not path.resolve().is_relative_to(run_dir.resolve()):
-        raise UserError(f"{source}: path {rel!r} leads out of the run directory (a link)", REDO)
-    return path
+    return util.inside(run_dir, rel, source, REDO)
 
 
 def load_samples(run_dir: Path, baseline: dict) -> tuple[np.ndarray, np.ndarray]:

@@ -26,7 +26,7 @@ from torch import nn
 from edgecompress import __version__
 from edgecompress.errors import UserError
 from edgecompress.util import atomic_write, write_json  # noqa: F401 (re-exported: tests and stages use them from here)
-from edgecompress.util import disk_error as _disk_error, fsync_dir as _fsync_dir
+from edgecompress.util import disk_error as _disk_error, fsync_dir as _fsync_dir, inside
 
 MANIFEST = "manifest.json"
 CHECKPOINTS = ".checkpoints"   # work in progress a stage resumes from (the search state)
@@ -169,7 +169,7 @@ class RunDir:
         if not record or not record.get("finished"):
             return False
         for art in record["artifacts"].values():
-            file = self.path / art["path"]
+            file = self._recorded(art["path"])
             if not file.is_file() or file.stat().st_size != art["size"] or sha256_file(file) != art["sha256"]:
                 self.notes.append(f"{art['path']} changed since stage {name} finished; stage {name} is redone")
                 return False
@@ -234,7 +234,12 @@ class RunDir:
         self.save_manifest()
 
     def artifact(self, stage: str, name: str) -> Path:
-        return self.path / self.manifest["stages"][stage]["artifacts"][name]["path"]
+        return self._recorded(self.manifest["stages"][stage]["artifacts"][name]["path"])
+
+    def _recorded(self, rel: Any) -> Path:
+        """A path the manifest records, kept inside the run directory (the manifest is a file
+        anyone may edit: an absolute path or `..` would make --resume read someone else's file)."""
+        return inside(self.path, rel, self.path / MANIFEST, "choose another --out; this run cannot be resumed")
 
     def load_model(self, stage: str, name: str) -> nn.Module:
         """A whole PyTorch module a finished stage saved (torch.save(model)), in eval mode.

@@ -24,10 +24,9 @@ from typing import Any
 import numpy as np
 
 from edgecompress.check.result import CheckResult, Comparison
-from edgecompress.check.runfiles import (build_result, device_baselines, encoded_paths, inside, load_baseline,
-                                         load_samples)
+from edgecompress.check.runfiles import (DEVICE_BASELINES_FILE, build_result, device_baselines, encoded_paths,
+                                         inside, load_baseline, load_samples)
 from edgecompress.errors import MissingBackendError, UserError
-from edgecompress.report.baseline import DEVICE_BASELINES_FILE
 from edgecompress.util import describe_device, host_name, write_json
 
 # Max |engine - stored| on the stored inputs, relative to max(1, max |stored output|). The same

@@ -18,8 +18,13 @@ import numpy as np
 
 from edgecompress import util
 from edgecompress.errors import UserError
-from edgecompress.report.baseline import BASELINE_FILE, DEVICE_BASELINES_FILE, SCHEMA
 
+# What verify writes (report/baseline.py) and a check reads: the contract between them.
+BASELINE_FILE = "latency_baseline.json"
+SAMPLES_FILE = "latency_baseline.npz"
+DEVICE_BASELINES_FILE = "latency_baseline.device.json"
+TEST_FILE = "test_latency_regression.py"
+SCHEMA = 1
 REDO = "re-run the verify stage (compress ... --resume) or restore the run directory from a copy"
 # key -> accepted types, for what every check reads from latency_baseline.json
 REQUIRED = {"target": str, "precision": str, "method": str, "device": str, "median_ms": (int, float),

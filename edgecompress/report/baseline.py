@@ -20,13 +20,11 @@ from typing import Any
 import numpy as np
 
 from edgecompress import __version__
+# the file names and schema are the check's contract (edgecompress/check reads these files)
+from edgecompress.check.runfiles import (BASELINE_FILE, DEVICE_BASELINES_FILE, SAMPLES_FILE,  # noqa: F401
+                                         SCHEMA, TEST_FILE)
 from edgecompress.util import atomic_write, describe_device, host_name
 
-BASELINE_FILE = "latency_baseline.json"
-SAMPLES_FILE = "latency_baseline.npz"
-DEVICE_BASELINES_FILE = "latency_baseline.device.json"
-TEST_FILE = "test_latency_regression.py"
-SCHEMA = 1
 STORED_SAMPLES = 4
 _RUNTIME_PACKAGES = {"openvino": "openvino", "ort": "onnxruntime", "onnxruntime": "onnxruntime",
                      "tensorrt": "tensorrt"}

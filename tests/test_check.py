@@ -378,3 +378,15 @@ def test_a_slowdown_of_engine_and_reference_alike_is_caught_on_the_same_device(r
     _edit_baseline(ratio_dir, median_ms=json.loads((ratio_dir / BASELINE_FILE).read_text())["median_ms"] / 1e12)
     result = check_run(ratio_dir, tolerance=HUGE_TOLERANCE)
     assert _ratio(result).ok and not result.comparison("engine latency").ok and result.exit_code == 1
+
+
+def test_a_runtime_missing_here_is_not_checked_and_says_so(run_dir: Path, monkeypatch) -> None:
+    from edgecompress.errors import MissingBackendError
+    from edgecompress.targets.openvino import OpenVINOTarget
+
+    def missing(self, build):
+        raise MissingBackendError("openvino", "openvino")
+    monkeypatch.setattr(OpenVINOTarget, "runner", missing)
+    result = check_run(run_dir)
+    assert result.exit_code == EXIT_UNMEASURED and "openvino is not installed" in result.unmeasured
+    assert check_run(run_dir, accept_unmeasured=True).exit_code == 0

@@ -57,7 +57,7 @@ def run_device(baseline: dict) -> str:
         from edgecompress.targets.ssh import SSHDevice
         return f"{SSHDevice.parse(baseline['latency_source']).host} (ssh)"
     if mode == "estimate":
-        return f"estimate ({baseline['profile'].device.name})"
+        return f"{baseline['profile'].device.name} (estimated)"   # as the estimate probe names it
     return baseline["device"]
 
 
@@ -145,6 +145,8 @@ class RunEngine:
         median, low, high, blocks = self._time_absolute()
         if baseline_ms is None:
             self._record(median)
+            result.notes.append(f"first check on this device: its latency ({median:.4f} ms) is recorded in "
+                                f"{DEVICE_BASELINES_FILE}; later checks here are held to it")
             if not result.comparisons:
                 result.unmeasured = (f"the run timed on {result.run_device} (host {self.baseline.get('host', '?')}), "
                                      f"this is {result.device} (host {host_name()}) and the run stored no reference "
@@ -260,10 +262,10 @@ def check_run(run_dir: str | Path, *, tolerance: float | None = None, threads: i
     this machine cannot time gives a result that says why (and passes only when accepted)."""
     try:
         engine = open_run(run_dir, threads=threads)
-    except (MissingBackendError, NotRunnableHere) as exc:
+        outputs = engine.compare_outputs()
+        result = engine.check_latency(tolerance=tolerance, accept_unmeasured=accept_unmeasured)
+    except (MissingBackendError, NotRunnableHere) as exc:   # this machine lacks the runtime
         return _unmeasured(Path(run_dir), str(exc), tolerance, accept_unmeasured)
-    outputs = engine.compare_outputs()
-    result = engine.check_latency(tolerance=tolerance, accept_unmeasured=accept_unmeasured)
     if outputs is None:
         result.notes.append("outputs not compared: the engine does not run on this machine")
     else:

@@ -145,9 +145,10 @@ class RunEngine:
         median, low, high, blocks = self._time_absolute()
         if baseline_ms is None:
             self._record(median)
-            result.notes.append(f"first check on this device: its latency ({median:.4f} ms) is recorded in "
-                                f"{DEVICE_BASELINES_FILE}; later checks here are held to it")
-            if not result.comparisons:
+            if result.comparisons:
+                result.notes.append(f"first check on this device: its latency ({median:.4f} ms) is recorded in "
+                                    f"{DEVICE_BASELINES_FILE}; later checks here are held to it")
+            else:
                 result.unmeasured = (f"the run timed on {result.run_device} (host {self.baseline.get('host', '?')}), "
                                      f"this is {result.device} (host {host_name()}) and the run stored no reference "
                                      f"engine; this first measurement ({median:.4f} ms) is recorded in "

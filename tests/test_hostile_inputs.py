@@ -259,6 +259,10 @@ DAMAGED = [
      "error: <run>/latency_baseline.device.json: not a map of device -> {median_ms, ...}"),
     ("engine-missing", "model.bin deleted", lambda run: (run / "model.bin").unlink(),
      "error: <run>/model.bin is missing: the run's engine is incomplete"),
+    ("engine-xml-corrupt", "model.xml (the OpenVINO engine) is `<net garbage`", _write("model.xml", b"<net garbage"),
+     "error: <run>/model.xml: openvino cannot load or run it: Unable to read the model: "),
+    ("engine-bin-truncated", "model.bin (the engine's weights) cut to 10 bytes", _write("model.bin", b"\0" * 10),
+     "error: <run>/model.xml: openvino cannot load or run it: "),
 ]
 
 

@@ -17,9 +17,11 @@ user accepts it (`--accept-unmeasured`).
 from __future__ import annotations
 
 import math
+import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -93,7 +95,8 @@ class RunEngine:
         inputs, expected = load_samples(self.run_dir, self.baseline)
         if not self.runs_here:
             return None
-        got = np.asarray(self.target.runner(self.build)(inputs))
+        with runtime_reads(self.build.engine, self.target.runtime):
+            got = np.asarray(self.target.runner(self.build)(inputs))
         if got.shape != expected.shape:
             return math.inf, 0.0
         scale = max(1.0, float(np.abs(expected).max()))
@@ -108,11 +111,13 @@ class RunEngine:
     # -- the three ways a run was timed ---------------------------------------------------------
     def _estimate(self, result: CheckResult) -> None:
         result.device = run_device(self.baseline)
-        now = self.target.measure(self.build).median_ms
+        with runtime_reads(self.build.onnx, "estimator"):
+            now = self.target.measure(self.build).median_ms
         result.comparisons.append(self._against(result, "estimated latency", "ms", self.baseline["median_ms"], now,
                                                 how="the profile's estimator, as the run"))
         if self._reference():
-            ref = self.target.measure(self._reference()).median_ms
+            with runtime_reads(self._reference().onnx, "estimator"):
+                ref = self.target.measure(self._reference()).median_ms
             result.comparisons.append(self._against(result, "estimated ratio to the reference engine", "x",
                                                     self._reference_ratio(), now / ref, how="estimates"))
         result.notes.append("the run's latency was estimated: compared with the same estimator's figures "
@@ -162,8 +167,9 @@ class RunEngine:
     # -- pieces -------------------------------------------------------------------------------------
     def _side_by_side(self, result: CheckResult) -> None:
         from edgecompress.targets.timing import time_builds
-        timing = time_builds(self.target, {"engine": self.build, "reference": self._reference()},
-                             reference="reference", max_time_s=self.target.profile.benchmark.compare_time_s)
+        with runtime_reads(self._reference().engine, self.target.runtime):
+            timing = time_builds(self.target, {"engine": self.build, "reference": self._reference()},
+                                 reference="reference", max_time_s=self.target.profile.benchmark.compare_time_s)
         r = timing.ratios["engine"]
         result.comparisons.append(self._against(result, "ratio to the reference engine", "x", self._reference_ratio(),
                                                 r.median, low=r.low, high=r.high,
@@ -236,6 +242,30 @@ class RunEngine:
                            tolerance=tol, run_device=run_device(b), accept_unmeasured=accept_unmeasured,
                            threads=self.target.profile.benchmark.threads, baseline_threads=b.get("threads"),
                            notes=list(self.notes))
+
+
+@contextmanager
+def runtime_reads(path: Path, runtime: str) -> Iterator[None]:
+    """A runtime (or the estimator) reading an engine file of the run directory: a damaged file is
+    one UserError naming it, not the runtime's traceback, and the C++ frontends' attempts to
+    parse it (OpenVINO tries each of its frontends and logs every failure to fd 2) stay quiet."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as exc:   # the runtime's own parser or compiler on a file anyone may have changed
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.startswith("Exception from")]
+        cause = lines[0] if lines else type(exc).__name__
+        raise UserError(f"{path}: {runtime} cannot load or run it: {cause}",
+                        "re-run the build stage (compress ... --resume) or restore the run directory from a copy") from exc
+    finally:
+        os.close(saved)
 
 
 def open_run(run_dir: str | Path, *, threads: int | None = None) -> RunEngine:

@@ -233,6 +233,10 @@ DAMAGED = [
     ("baseline-bad-profile", "the stored profile's runtime is `cuda`",
      _json_edit(profile=lambda d: d["profile"].update(runtime="cuda")),
      "error: <run>/latency_baseline.json: bad stored profile: runtime: Input should be 'openvino', 'tensorrt' or 'ort'"),
+    ("baseline-ssh-option", "`latency_source` is `ssh://-oProxyCommand=sh@board`",
+     _json_edit(latency_source="ssh://-oProxyCommand=sh@board"),
+     "error: <run>/latency_baseline.json: latency_source 'ssh://-oProxyCommand=sh@board' is not local, estimate or "
+     "ssh://user@host[:port]"),
     ("baseline-build-unknown-key", "the stored build has a key BuildResult does not know",
      _json_edit(build=lambda d: d["build"].update(evil=1)),
      "error: <run>/latency_baseline.json: build has unknown keys evil"),

@@ -18,6 +18,7 @@ import numpy as np
 
 from edgecompress import util
 from edgecompress.errors import UserError
+from edgecompress.profiles import SSH_URL
 
 # What verify writes (report/baseline.py) and a check reads: the contract between them.
 BASELINE_FILE = "latency_baseline.json"
@@ -152,6 +153,10 @@ def _check_keys(path: Path, baseline: dict) -> None:
         value = baseline.get(key)
         if key in baseline and (not isinstance(value, kinds) or isinstance(value, bool)):
             problems.append(f"{key} is {type(value).__name__}")
+    source = baseline.get("latency_source", "local")
+    if isinstance(source, str) and source not in ("local", "estimate") and not SSH_URL.match(source):
+        # an ssh address whose user or host starts with "-" would reach ssh as an option
+        problems.append(f"latency_source {source!r} is not local, estimate or ssh://user@host[:port]")
     reference = baseline.get("reference")
     if isinstance(reference, dict):
         ratio = reference.get("ratio")

@@ -115,7 +115,7 @@ def compare(calls: dict[str, Callable[[], object]], *, reference: str, runs_per_
     Two phases. The first decides how many blocks are needed: it looks at the interval from
     `min_blocks` on and stops "precise" when `until(ratios)` holds (if given), else when every
     ratio's interval is within +-`half_width` of its median; it stops "time cap" once half of
-    `max_time_s` (warm-up included) has passed and at least `min_blocks` blocks are in. Its
+    `max_time_s` (warm-up included) has passed and at least MIN_BLOCKS blocks are in. Its
     intervals are NOT reported: stopping on the first look that excludes a threshold is optional
     stopping, and an interval chosen that way covers less than 95 % (many looks, many chances to
     be wrong). The second phase times as many FRESH blocks as the first took, a count fixed before
@@ -146,7 +146,7 @@ def _pilot(block: Callable[[], np.ndarray], names: list[str], reference: str, mi
             next_check = len(rows) + max(1, len(rows) // CHECK_FRACTION)
             if _precise(_ratios(rows, names, reference), until, half_width):
                 return len(rows), "precise"
-        if len(rows) >= min_blocks and elapsed() >= cap_s:
+        if len(rows) >= MIN_BLOCKS and elapsed() >= cap_s:
             return len(rows), "time cap"
 
 

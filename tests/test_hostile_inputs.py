@@ -350,3 +350,15 @@ def test_resume_refuses_a_manifest_path_outside_the_run(tmp_path, rel):
         with pytest.raises(UserError) as info:
             call()
         assert info.value.cause == f"{run / 'manifest.json'}: path {rel!r} leaves the run directory"
+
+
+def test_user_errors_keep_their_hint_across_processes():
+    """A UserError pickled in a worker (multiprocessing, a pool) comes back with its hint."""
+    import pickle
+
+    from edgecompress.check import NotRunnableHere
+    from edgecompress.errors import MissingBackendError
+    for exc in (UserError("cause", "hint"), NotRunnableHere("cannot", "run it on the device"),
+                MissingBackendError("openvino", "openvino")):
+        back = pickle.loads(pickle.dumps(exc))
+        assert type(back) is type(exc) and (back.cause, back.hint) == (exc.cause, exc.hint)

@@ -21,30 +21,51 @@ def _image_folder(root: Path, suffix: str) -> None:
                 Image.fromarray(pixels).save(folder / f"{i}{suffix}")
 
 
+def _user_error_in_child(code: str) -> dict:
+    """Run `code` (which must raise a UserError) in a fresh Python process; its cause and hint.
+
+    The DataLoader workers start there, not in pytest's own process: a process that has created
+    OpenVINO sessions and then started workers crashed with SIGSEGV at its next subprocess
+    (scripts/test.sh; with or without this change)."""
+    import json
+    import subprocess
+    import sys
+    from _faults import REPO, env
+    wrapper = ("import json, sys\nfrom edgecompress.errors import UserError\n"
+               "def main():\n" + "".join(f"    {line}\n" for line in code.splitlines()) +
+               "if __name__ == '__main__':\n    try:\n        main()\n    except UserError as exc:\n"
+               "        print(json.dumps({'type': type(exc).__name__, 'cause': exc.cause, 'hint': exc.hint}))\n"
+               "    else:\n        print(json.dumps(None))\n")
+    proc = subprocess.run([sys.executable, "-c", wrapper], cwd=REPO, env=env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])
 def test_truncated_image_in_a_worker_is_one_user_error_with_its_hint(tmp_path, suffix):
     """The file passes the header check and fails when a DataLoader worker decodes it: the user
     gets the worker's cause and hint, not "Caught UserError in DataLoader worker process 0"."""
-    from edgecompress.inputs.imagefolder import image_folder
     root = tmp_path / "images"
     _image_folder(root, suffix)
     broken = root / "train" / "b" / f"2{suffix}"
     data = broken.read_bytes()
     broken.write_bytes(data[:len(data) // 2])
-    with pytest.raises(UserError) as info:
-        image_folder(root, workers=1)   # folder-stats decodes the training images in a worker
-    assert info.value.cause.startswith(f"cannot read image {broken}: "), info.value.cause
-    assert "\n" not in info.value.cause and "DataLoader worker" not in info.value.cause
-    assert info.value.hint == "remove or replace the broken file"
+    # folder-stats decodes the training images in a worker
+    got = _user_error_in_child("from pathlib import Path\nfrom edgecompress.inputs.imagefolder import image_folder\n"
+                               f"image_folder(Path({str(root)!r}), workers=1)")
+    assert got is not None and got["type"] == "UserError", got
+    assert got["cause"].startswith(f"cannot read image {broken}: "), got
+    assert "\n" not in got["cause"] and "DataLoader worker" not in got["cause"]
+    assert got["hint"] == "remove or replace the broken file"
 
 
-def test_a_workers_user_error_reaches_the_main_process_whole(tmp_path):
+def test_a_workers_user_error_reaches_the_main_process_whole():
     """Any dataset's UserError, raised in a worker process, keeps its cause and hint."""
-    from edgecompress.inputs.loaders import loader
-    with pytest.raises(UserError) as info:
-        for _ in loader(_Refuses(), batch_size=2, workers=1):
-            pass
-    assert (info.value.cause, info.value.hint) == ("item 3 is bad", "fix item 3")
+    got = _user_error_in_child("from edgecompress.inputs.loaders import loader\n"
+                               "from tests.test_hostile_inputs import _Refuses\n"
+                               "for _ in loader(_Refuses(), batch_size=2, workers=1):\n    pass")
+    assert got == {"type": "UserError", "cause": "item 3 is bad", "hint": "fix item 3"}
 
 
 class _Refuses:
@@ -315,21 +336,22 @@ def _doc_row_check(case_id: str, lines: list[str]) -> None:
 
 
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])
-def test_compress_on_a_folder_with_a_truncated_image_prints_one_line(tmp_path, capfd, monkeypatch, suffix):
-    """The whole command: the folder statistics are decoded in a DataLoader worker."""
-    from edgecompress.cli import main
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])   # the fixture specs import from here
+def test_compress_on_a_folder_with_a_truncated_image_prints_one_line(tmp_path, suffix):
+    """The whole command, in its own process (as a user runs it): the folder statistics are
+    decoded in a DataLoader worker. (In-process, after other tests' OpenVINO work, the worker start
+    crashed pytest itself with SIGSEGV, with or without this change.)"""
+    from _faults import run_cli
     root = tmp_path / "images"
     _image_folder(root, suffix)
     broken = root / "train" / "b" / f"2{suffix}"
     broken.write_bytes(broken.read_bytes()[:broken.stat().st_size // 2])
-    code = main(["--target", "tiny-estimate", "--profiles", str(Path(__file__).parent / "fixtures" / "profiles"),
-                 "--model", "tests.fixtures.fault_specs:model", "--data", f"imagefolder:{root}",
-                 "--max-acc-drop", "1", "--out", str(tmp_path / "run")])
-    out, err = capfd.readouterr()
+    proc = run_cli(["--target", "tiny-estimate", "--profiles", str(Path(__file__).parent / "fixtures" / "profiles"),
+                    "--model", "tests.fixtures.fault_specs:model", "--data", f"imagefolder:{root}",
+                    "--max-acc-drop", "1", "--out", str(tmp_path / "run")], timeout=300)
+    err = proc.stderr
     lines = [ln for ln in err.replace(str(tmp_path), "<tmp>").splitlines() if not ln.startswith("  note:")]
-    assert code == 2 and "Traceback" not in err and "DataLoader worker" not in err, err
-    assert len(lines) == 2 and lines[1] == "hint: remove or replace the broken file", err
+    assert proc.returncode == 2 and "Traceback" not in err and "DataLoader worker" not in err, err
+    assert proc.stdout == "" and len(lines) == 2 and lines[1] == "hint: remove or replace the broken file", err
     assert lines[0].startswith(f"error: cannot read image <tmp>/images/train/b/2{suffix}: image file is truncated")
     assert not (tmp_path / "run" / "report.json").exists()
     _doc_row_check(f"image-truncated-{suffix[1:]}", lines)

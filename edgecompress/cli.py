@@ -126,13 +126,8 @@ def _targets(argv: Sequence[str]) -> int:
 
 
 def _check(argv: Sequence[str]) -> int:
-    p = _Parser(prog="compress check", description="Re-measure a run's engine against its latency baseline.")
-    p.add_argument("run_dir")
-    p.add_argument("--tolerance", type=float, help="allowed slowdown, e.g. 0.15 = 15 %% (default: the baseline's)")
-    p.add_argument("--threads", type=int, help="measure with this many threads instead of the run's")
-    args = p.parse_args(argv)
-    from edgecompress.report import check_main
-    return check_main(args.run_dir, tolerance=args.tolerance, threads=args.threads)
+    from edgecompress.check import main as check_command   # its own package and arguments (--accept-unmeasured)
+    return check_command(argv)
 
 
 def _main(argv: Sequence[str]) -> int:

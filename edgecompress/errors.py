@@ -21,6 +21,11 @@ class UserError(EdgeCompressError):
     def __str__(self) -> str:
         return f"{self.cause} (hint: {self.hint})" if self.hint else self.cause
 
+    def __reduce__(self):
+        # Exception pickles only `args` (the cause): the hint would be lost on its way back from a
+        # worker process (multiprocessing, a process pool)
+        return type(self), (self.cause, self.hint)
+
 
 class MissingBackendError(UserError):
     """An optional runtime is not installed; names the extra that provides it."""
@@ -28,6 +33,10 @@ class MissingBackendError(UserError):
     def __init__(self, package: str, extra: str) -> None:
         super().__init__(f"{package} is not installed",
                          f"pip install 'edgecompress[{extra}]'")
+        self.package, self.extra = package, extra
+
+    def __reduce__(self):
+        return type(self), (self.package, self.extra)
 
 
 class InternalError(EdgeCompressError):

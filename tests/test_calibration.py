@@ -116,7 +116,8 @@ def test_other_calibration_methods_build_a_working_model(tiny, tmp_path, method)
     path, batches = tiny
     dst = quantize_int8(path, tmp_path / "q.onnx", batches, method=method)
     x = randn(8, 1, 16, 16, seed=5)
-    assert np.isfinite(ort_runner(dst)(x)).all()
+    ref, got = ort_runner(path)(x), ort_runner(dst)(x)
+    assert np.abs(got - ref).max() < 0.1 * np.abs(ref).max()         # INT8 close to FP32, not just finite
     assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(dst)).graph.node)
 
 

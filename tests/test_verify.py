@@ -25,15 +25,17 @@ def test_latencies_are_timed_side_by_side_with_the_original(tmp_path, monkeypatc
     timing = report["result_details"]["timing"]
     assert timing["blocks"] >= 6 and timing["stopped"] in ("precise", "time cap")
     speedup = result["speedup"]   # the original float engine's latency / the engine's, with its interval
-    assert speedup["low"] <= speedup["ratio"] <= speedup["high"]
-    assert result["latency_ms"] == pytest.approx(base["latency_ms"] / speedup["ratio"], rel=1e-3)  # baseline's scale
-    gain = report["pruning_speedup"]
-    assert gain["low"] <= gain["ratio"] <= gain["high"] and report["unpruned"]["tool"]
-    recorded = json.loads((run / "latency_baseline.json").read_text())
-    ref = recorded["reference"]   # what `compress check` times the engine against
-    assert (run / ref["engine"]).is_file() and ref["ratio"]["ratio"] == pytest.approx(1 / speedup["ratio"], rel=2e-3)
-    table = report["pruning"]["latency_table"]
-    assert table and all(e["ratio"]["low"] <= e["ratio"]["ratio"] <= e["ratio"]["high"] for e in table)
+    assert speedup["ratio"] > 0 and report["pruning_speedup"]["ratio"] > 0 and report["unpruned"]["tool"]
+    # What verify leaves is what `compress check` compares with, on this machine: the engine side by
+    # side with the stored reference AND its absolute latency (the same device, as the probe names
+    # it), never "recorded a first baseline, nothing compared" (it used to pass that way).
+    from edgecompress.check import check_run
+    checked = check_run(run, tolerance=50.0)
+    assert checked.unmeasured is None and checked.exit_code == 0, checked.message()
+    assert checked.comparison("ratio to the reference engine") is not None, checked.message()
+    assert checked.comparison("engine latency") is not None, checked.message()
+    assert checked.outputs_max_diff is not None and checked.outputs_ok
+    assert report["pruning"]["latency_table"]
     engines = report["yardstick"]
     assert {"fp32", "plain-fp32", "plain-int8"} <= set(engines) and report["unpruned"]["tool"] in \
         {e["tool"] for e in engines.values()}

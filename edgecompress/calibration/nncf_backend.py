@@ -15,7 +15,8 @@ from typing import Sequence
 import numpy as np
 
 from edgecompress.calibration.readers import model_batches, nncf_dataset, onnx_input
-from edgecompress.errors import MissingBackendError, UserError
+from edgecompress.errors import UserError
+from edgecompress.util import need
 
 # "minmax": NNCF's default activation range estimator (min/max statistics); "percentile": the
 # mean over batches of the 1e-4 / 1 - 1e-4 quantiles (MEAN_QUANTILE), which drops outliers.
@@ -24,12 +25,7 @@ METHODS = ("minmax", "percentile")
 
 
 def _import():
-    try:
-        import nncf
-        import openvino as ov
-    except ImportError as exc:
-        raise MissingBackendError("nncf" if "nncf" in str(exc) else "openvino", "nncf") from exc
-    return nncf, ov
+    return need("nncf", "nncf"), need("openvino", "nncf")
 
 
 def ignored_scope(keep_float: Sequence[str]):

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from edgecompress.calibration.readers import model_batches, onnx_input, ort_reader
-from edgecompress.errors import MissingBackendError
+from edgecompress.util import need
 
 METHODS = ("minmax", "entropy", "percentile")
 # Layers whose inputs (weights + activation) get INT8: the compute-heavy ops an engine runs in INT8.
@@ -24,19 +24,12 @@ LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def _ort_quantization():
-    try:
-        from onnxruntime import quantization
-    except ImportError as exc:
-        raise MissingBackendError("onnxruntime", "onnx") from exc
-    return quantization
+    return need("onnxruntime.quantization", "onnx")
 
 
 def quantizable_layers(onnx_path: str | Path) -> list[str]:
     """Names of the ONNX nodes that hold weights and run in INT8, in graph order."""
-    try:
-        import onnx
-    except ImportError as exc:
-        raise MissingBackendError("onnx", "onnx") from exc
+    onnx = need("onnx", "onnx")
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     return [n.name for n in graph.node if n.op_type in LAYER_OPS]
 

@@ -12,7 +12,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from edgecompress.errors import MissingBackendError, UserError
+from edgecompress.errors import UserError
+from edgecompress.util import need
 
 DEFAULT_COUNT = 512
 
@@ -58,10 +59,7 @@ def _image(item) -> np.ndarray:
 
 def onnx_input(onnx_path: str | Path) -> tuple[str, tuple[int | str | None, ...]]:
     """Name and shape of the model's single input; symbolic dims come back as their names."""
-    try:
-        import onnx
-    except ImportError as exc:
-        raise MissingBackendError("onnx", "onnx") from exc
+    onnx = need("onnx", "onnx")
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     initialisers = {t.name for t in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initialisers]
@@ -102,10 +100,7 @@ def check_batches(batches: Sequence[np.ndarray], expected: Sequence[int | str | 
 
 def ort_reader(batches: Sequence[np.ndarray], input_name: str):
     """An onnxruntime `CalibrationDataReader` over `batches`, rewindable for several passes."""
-    try:
-        from onnxruntime.quantization import CalibrationDataReader
-    except ImportError as exc:
-        raise MissingBackendError("onnxruntime", "onnx") from exc
+    CalibrationDataReader = need("onnxruntime.quantization", "onnx").CalibrationDataReader
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -126,8 +121,4 @@ def ort_reader(batches: Sequence[np.ndarray], input_name: str):
 
 def nncf_dataset(batches: Sequence[np.ndarray]):
     """An `nncf.Dataset` over the same batches the ONNX Runtime reader yields."""
-    try:
-        import nncf
-    except ImportError as exc:
-        raise MissingBackendError("nncf", "nncf") from exc
-    return nncf.Dataset(list(batches))
+    return need("nncf", "nncf").Dataset(list(batches))

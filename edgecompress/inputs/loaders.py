@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, default_collate
 
 from edgecompress.errors import UserError
 
@@ -45,10 +45,50 @@ def loader(ds: Dataset, *, batch_size: int, workers: int = 0, shuffle: bool = Fa
     reused so nothing was built first, the same run finished)."""
     workers = 0 if in_memory(ds) else workers
     gen = torch.Generator().manual_seed(seed) if shuffle and sampler is None else None
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle and sampler is None, generator=gen,
-                      sampler=sampler, drop_last=drop_last, num_workers=workers,
-                      persistent_workers=False, prefetch_factor=2 if workers else None,
-                      pin_memory=pin_memory, multiprocessing_context=WORKER_START if workers else None)
+    return _Loader(_PassUserErrors(ds), batch_size=batch_size, shuffle=shuffle and sampler is None,
+                   generator=gen, sampler=sampler, drop_last=drop_last, num_workers=workers,
+                   persistent_workers=False, prefetch_factor=2 if workers else None, pin_memory=pin_memory,
+                   multiprocessing_context=WORKER_START if workers else None, collate_fn=_collate)
+
+
+class _Failed:
+    """A UserError raised in a worker, carried to the main process as data: torch re-raises a
+    worker's exception as `type(exc)(formatted traceback)`, which loses the hint and prints
+    "Caught UserError in DataLoader worker process 0. Original Traceback ..." to the user."""
+
+    def __init__(self, exc: UserError) -> None:
+        self.cause, self.hint = exc.cause, exc.hint
+
+
+class _PassUserErrors(Dataset):
+    """`ds` with a UserError of one item returned as a `_Failed` (module level: workers get it pickled)."""
+
+    def __init__(self, ds: Dataset) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        try:
+            return self.ds[i]
+        except UserError as exc:
+            return _Failed(exc)
+
+
+def _collate(items: list):
+    failed = next((item for item in items if isinstance(item, _Failed)), None)
+    return failed if failed is not None else default_collate(items)
+
+
+class _Loader(DataLoader):
+    """A DataLoader that raises a worker's UserError in this process with its cause and hint."""
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            if isinstance(batch, _Failed):
+                raise UserError(batch.cause, batch.hint)
+            yield batch
 
 
 class BatchStream:

@@ -33,7 +33,8 @@ from edgecompress.pipeline.rundir import write_json
 from edgecompress.pruning import PruningPlan
 from edgecompress.pruning.cost import Removal
 from edgecompress.pruning.depth import Block, remove_blocks
-from edgecompress.report.baseline import describe_device, runtime_version
+from edgecompress.report.baseline import runtime_version
+from edgecompress.util import describe_device
 from edgecompress.targets.timing import Ratio, relative_timing
 
 TABLE_HALF_WIDTH = 0.01  # stop when every entry's ratio is known to +-1 %

@@ -9,7 +9,6 @@ that stage (and every later one) run again.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -19,13 +18,15 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
 from edgecompress import __version__
 from edgecompress.errors import UserError
+from edgecompress.util import atomic_write, write_json  # noqa: F401 (re-exported: tests and stages use them from here)
+from edgecompress.util import disk_error as _disk_error, fsync_dir as _fsync_dir, inside
 
 MANIFEST = "manifest.json"
 CHECKPOINTS = ".checkpoints"   # work in progress a stage resumes from (the search state)
@@ -39,54 +40,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems (tmpfs on old kernels) refuse fsync on directories
-    finally:
-        os.close(fd)
-
-
-def _disk_error(exc: OSError, path: Path) -> UserError:
-    if exc.errno == errno.ENOSPC:
-        return UserError(f"no space left on the device while writing {path}",
-                         "free some disk space, then run again with --resume")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return UserError(f"cannot write {path}: {exc.strerror}", "choose a writable --out")
-    return UserError(f"cannot write {path}: {exc.strerror or exc}", "check the disk, then run again with --resume")
-
-
-def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    """Call `write(tmp)` on a temporary name next to `path`, fsync it, then rename it to `path`."""
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; artifacts are meant to be shared like any output
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise _disk_error(exc, path) from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
-    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _proc_start(pid: int) -> str | None:
@@ -216,7 +169,7 @@ class RunDir:
         if not record or not record.get("finished"):
             return False
         for art in record["artifacts"].values():
-            file = self.path / art["path"]
+            file = self._recorded(art["path"])
             if not file.is_file() or file.stat().st_size != art["size"] or sha256_file(file) != art["sha256"]:
                 self.notes.append(f"{art['path']} changed since stage {name} finished; stage {name} is redone")
                 return False
@@ -281,11 +234,32 @@ class RunDir:
         self.save_manifest()
 
     def artifact(self, stage: str, name: str) -> Path:
-        return self.path / self.manifest["stages"][stage]["artifacts"][name]["path"]
+        return self._recorded(self.manifest["stages"][stage]["artifacts"][name]["path"])
+
+    def _recorded(self, rel: Any) -> Path:
+        """A path the manifest records, kept inside the run directory (the manifest is a file
+        anyone may edit: an absolute path or `..` would make --resume read someone else's file)."""
+        return inside(self.path, rel, self.path / MANIFEST, "choose another --out; this run cannot be resumed")
 
     def load_model(self, stage: str, name: str) -> nn.Module:
-        """A whole PyTorch module a finished stage saved (torch.save(model)), in eval mode."""
-        return torch.load(self.artifact(stage, name), map_location="cpu", weights_only=False).eval()
+        """A whole PyTorch module a finished stage saved (torch.save(model)), in eval mode.
+
+        Loaded with `weights_only=True`: the run directory is just files (its sha256 manifest sits
+        beside them and is as easy to rewrite), so a planted pickle must not run code on --resume.
+        The unpickler may build only the module classes this process has already imported (the
+        user's model, torch.nn, edgecompress); anything else named in the file is refused."""
+        path = self.artifact(stage, name)
+        allowed = _module_classes(path)
+        with torch.serialization.safe_globals(allowed):
+            try:
+                model = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:   # pickle.UnpicklingError (a refused global), a damaged zip
+                raise UserError(f"cannot load {path} safely: {_refusal(exc)}",
+                                "delete the run directory and start again; it holds a file this run did not write") from exc
+        if not isinstance(model, nn.Module):
+            raise UserError(f"{path} holds a {type(model).__name__}, not a PyTorch module",
+                            "delete the run directory and start again; it holds a file this run did not write")
+        return model.eval()
 
     # -- checkpoints: a stage's work in progress, beside the manifest's finished stages ----------
     def checkpoint_path(self, name: str) -> Path:
@@ -306,6 +280,46 @@ class RunDir:
         for record in self.manifest["stages"].values():
             out.update({k: v["path"] for k, v in record.get("artifacts", {}).items()})
         return out
+
+
+def _module_classes(path: Path) -> list[type]:
+    """The globals `path` names that are nn.Module subclasses of already imported modules. Nothing
+    is imported here: importing a module the file names would itself run code."""
+    import sys
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception as exc:
+        raise UserError(f"cannot load {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                        "delete the damaged file and run again with --resume") from exc
+    out = []
+    for name in names:
+        obj = _imported(name, sys.modules)
+        if isinstance(obj, type) and issubclass(obj, nn.Module):
+            out.append(obj)
+    return out
+
+
+def _refusal(exc: Exception) -> str:
+    """Why torch's weights-only unpickler refused, without its advice to load the file unsafely."""
+    import re
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    if found:
+        return f"it names {found.group(1)}, which is not a module class of this run"
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _imported(qualified: str, modules: dict) -> Any:
+    """`qualified` ("pkg.mod.Class") looked up in already imported modules only; None if absent."""
+    parts = qualified.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        obj = modules.get(".".join(parts[:cut]))
+        if obj is None:
+            continue
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr, None)
+        return obj
+    return None
 
 
 def check_writable(path: Path) -> None:

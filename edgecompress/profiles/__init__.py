@@ -17,7 +17,9 @@ from edgecompress.errors import UserError
 
 BUILTIN_DIR = Path(__file__).parent
 Precision = Literal["fp32", "fp16", "int8"]
-SSH_URL = re.compile(r"^ssh://(?P<user>[^@/:\s]+)@(?P<host>[^@/:\s]+)(?::(?P<port>\d{1,5}))?/?$")
+# user and host never start with "-": `ssh -oProxyCommand=...@host` would be an option, not a user
+SSH_URL = re.compile(r"^ssh://(?P<user>[^-@/:\s][^@/:\s]*)@(?P<host>[^-@/:\s][^@/:\s]*)(?::(?P<port>\d{1,5}))?/?$")
+SSH_OPTION_LIKE = re.compile(r"^ssh://(-|[^@]*@-)")
 
 
 class _Frozen(BaseModel):
@@ -84,6 +86,8 @@ class Profile(_Frozen):
     def _latency(cls, v: str) -> str:
         if v in ("local", "estimate") or SSH_URL.match(v):
             return v
+        if SSH_OPTION_LIKE.match(v):
+            raise ValueError("the ssh user and host may not start with '-' (ssh would read them as an option)")
         raise ValueError("expected 'local', 'estimate' or 'ssh://user@host[:port]'")
 
     @field_validator("input_shape")

@@ -13,12 +13,12 @@ import logging
 from typing import Iterable
 
 from edgecompress.errors import UserError
-from edgecompress.profiles import SSH_URL, Profile, load_profile
+from edgecompress.profiles import Profile, load_profile
 from edgecompress.targets.base import PROBES, RUNTIMES, BuildResult, Latency, Target
 from edgecompress.targets import estimate as _estimate, openvino as _openvino, ort as _ort  # noqa: F401 (register)
 from edgecompress.targets import ssh as _ssh, tensorrt as _tensorrt  # noqa: F401 (register)
 from edgecompress.targets.estimate import LayerCost, estimate_latency, layer_costs
-from edgecompress.targets.ssh import SSHProbe
+from edgecompress.targets.ssh import SSHDevice, SSHProbe
 from edgecompress.targets.timing import Ratio, Timing, compare, decided, time_builds
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,8 @@ def _probe_for(profile: Profile, source: str, cls: type[Target]):
     """(probe, effective source, notes) for a latency source; local falls back to estimate."""
     if source == "estimate":
         return PROBES.get("estimate")(profile), "estimate", ()
-    if SSH_URL.match(source):
+    if source.startswith("ssh://"):
+        SSHDevice.parse(source)   # an address ssh would read as an option is refused, naming why
         return PROBES.get("ssh")(profile, source), source, ()
     if source != "local":
         raise UserError(f"unknown latency source {source!r}", "use local, estimate or ssh://user@host[:port]")

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgecompress.exporters.common import need
+from edgecompress.util import need
 from edgecompress.profiles import Profile
 from edgecompress.targets.base import PROBES, BuildResult, Latency, Probe
 

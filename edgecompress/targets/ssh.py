@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgecompress.errors import UserError
-from edgecompress.profiles import SSH_URL, Profile
+from edgecompress.profiles import SSH_OPTION_LIKE, SSH_URL, Profile
 from edgecompress.targets.base import PROBES, BuildResult, Latency, Probe, input_dims
 
 CONNECT_TIMEOUT_S = 5
@@ -31,6 +31,9 @@ class SSHDevice:
 
     @classmethod
     def parse(cls, url: str) -> "SSHDevice":
+        if SSH_OPTION_LIKE.match(url):
+            raise UserError(f"bad device address {url!r}: the user and host may not start with '-' "
+                            "(ssh would read them as an option)", "use ssh://user@host or ssh://user@host:port")
         m = SSH_URL.match(url)
         if not m:
             raise UserError(f"bad device address {url!r}", "use ssh://user@host or ssh://user@host:port")
@@ -149,12 +152,12 @@ class SSHProbe:
 
     def ssh(self, command: str, *, timeout: float) -> str:
         d = self.device
-        return self._run(["ssh", *self.options, "-p", str(d.port), f"{d.user}@{d.host}", command],
+        return self._run(["ssh", *self.options, "-p", str(d.port), "--", f"{d.user}@{d.host}", command],
                          timeout, "ssh command")
 
     def copy(self, files: list[Path], remote_dir: str) -> None:
         d = self.device
-        self._run(["scp", "-q", *self.options, "-P", str(d.port), *map(str, files),
+        self._run(["scp", "-q", *self.options, "-P", str(d.port), "--", *map(str, files),
                    f"{d.user}@{d.host}:{remote_dir}/"], COPY_TIMEOUT_S, "copying the artifact")
 
     def __call__(self, build: BuildResult) -> Latency:
@@ -165,7 +168,8 @@ class SSHProbe:
         self.ssh(f"mkdir -p {remote}", timeout=self.connect_timeout_s + 30)
         try:
             self.copy(files, remote)
-            cmd = remote_command(build.runtime, engine.name, self.profile,
+            # the name comes from a run file: quoted, it cannot add a command on the device
+            cmd = remote_command(build.runtime, shlex.quote(engine.name), self.profile,
                                  input_dims(build.onnx, self.profile), build.precision)
             out = self.ssh(f"cd {remote} && {cmd}", timeout=self.run_timeout_s)
         finally:

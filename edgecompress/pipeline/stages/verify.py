@@ -55,7 +55,7 @@ class VerifyStage:
         reference = keep_reference(builds[ORIGINAL_FLOAT], out)
         write_latency_baseline(out, target=ctx.target, build=build, latency=Latency(
             median_ms=latency_ms, p90_ms=float("nan"), iterations=timing.blocks * timing.runs_per_block,
-            method=method, runtime=build.runtime, device=host_cpu()), precision=build.precision,
+            method=method, runtime=build.runtime, device=probe_device(ctx)), precision=build.precision,
             inputs=ctx.data.images(EVAL_BATCH).numpy(), run_dir=ctx.rundir.path,
             reference={**reference, "ratio": timing.ratios[ORIGINAL_FLOAT].inverse().to_dict()})
         write_regression_test(out)
@@ -77,6 +77,17 @@ class VerifyStage:
         write_json(out / "report.json", report)
         write_report_html(out)
         return StageOutput(files={**VERIFY_FILES, **reference["files"]}, data=VerifyRecord.from_dict({"result": result, **extra}))
+
+
+def probe_device(ctx: Context) -> str:
+    """The device the latency was taken on, named as its probe names it (what `compress check` matches)."""
+    source = ctx.target.latency_source
+    if source == "estimate":
+        return f"{ctx.profile.device.name} (estimated)"
+    if source.startswith("ssh://"):
+        from edgecompress.targets.ssh import SSHDevice
+        return f"{SSHDevice.parse(source).host} (ssh)"
+    return host_cpu()
 
 
 def engines_to_time(ctx: Context, build) -> dict:

@@ -1,0 +1,137 @@
+"""Detection as a task: COCO mAP in points through any `run`, the training loss, distillation."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from edgecompress.errors import UserError
+from edgecompress.tasks import DetectionTask, detection_map
+from edgecompress.tasks.boxes import anchor_points
+from edgecompress.tasks.detection import CocoMap
+from edgecompress.tasks.detection_loss import assign, detection_distill_loss, detection_loss
+from edgecompress.zoo.detector import create_detector
+
+pytest.importorskip("pycocotools")
+
+SIZE, STRIDES, NC = 64, (8, 16), 4
+
+
+def batch(seed: int = 0, n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (unused by the fake runs) and 1-2 boxes of 12-30 px per image, collated [M, 6]."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        for _ in range(1 + i % 2):
+            wh = (12 + torch.rand(2, generator=g) * 18) / SIZE
+            c = wh / 2 + torch.rand(2, generator=g) * (1 - wh)
+            rows.append([i, int(torch.randint(NC, (1,), generator=g)), *c.tolist(), *wh.tolist()])
+    return torch.rand(n, 3, SIZE, SIZE, generator=g), torch.tensor(rows)
+
+
+def encode(targets: torch.Tensor, n: int, *, shift: float = 0.0, wrong_class: bool = False) -> torch.Tensor:
+    """Raw outputs that decode to exactly the target boxes (moved by `shift` px), one cell per box:
+    the stride-8 cell nearest the box centre, which lies inside a box of 12 px or more."""
+    points, strides = anchor_points(SIZE, SIZE, STRIDES)
+    raw = torch.full((n, 4 + NC, len(points)), -20.0)
+    for i, c, cx, cy, w, h in targets.tolist():
+        cx, cy, w, h = cx * SIZE + shift, cy * SIZE, w * SIZE, h * SIZE
+        cell = int(((points - torch.tensor([cx, cy])).norm(dim=1) + (strides != 8) * 1e6).argmin())
+        px, py = points[cell].tolist()
+        ltrb = torch.tensor([px - (cx - w / 2), py - (cy - h / 2), cx + w / 2 - px, cy + h / 2 - py]) / strides[cell]
+        raw[int(i), :4, cell] = torch.log(torch.expm1(ltrb))       # softplus inverse
+        raw[int(i), 4 + (int(c) + wrong_class) % NC, cell] = 10.0
+    return raw
+
+
+def fake_run(shift: float = 0.0, wrong_class: bool = False):
+    """`run` as an engine would be: numpy batch in, raw outputs out (looked up by the batch)."""
+    table = {}
+
+    def run(images):
+        return table[images.tobytes()]
+    batches = [batch(seed) for seed in range(3)]
+    for images, targets in batches:
+        table[images.numpy().tobytes()] = [encode(targets, len(images), shift=shift, wrong_class=wrong_class).numpy()]
+    return run, batches
+
+
+def test_perfect_predictions_score_100_and_worse_ones_less():
+    run, batches = fake_run()
+    assert detection_map(run, batches) == pytest.approx(100.0, abs=1e-6)
+    run, batches = fake_run(shift=3.0)
+    shifted = detection_map(run, batches)
+    run, batches = fake_run(shift=8.0)
+    far = detection_map(run, batches)
+    assert 0 < far < shifted < 100
+    run, batches = fake_run(wrong_class=True)
+    assert detection_map(run, batches) == 0.0
+
+
+def test_task_evaluate_matches_detection_map_and_calibration_sees_images_only():
+    run, batches = fake_run(shift=2.0)
+    task = DetectionTask(num_classes=NC)
+    assert task.evaluate(run, batches) == detection_map(run, batches)
+    images = list(task.calibration_inputs(batches))
+    assert all(isinstance(x, torch.Tensor) and x.shape == (4, 3, SIZE, SIZE) for x in images)
+
+
+def test_missing_pycocotools_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pycocotools", None)
+    monkeypatch.setitem(sys.modules, "pycocotools.coco", None)
+    m = CocoMap()
+    m.update([{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}],
+             [{"boxes": torch.tensor([[0.0, 0, 5, 5]]), "labels": torch.tensor([1])}])
+    with pytest.raises(UserError, match=r"edgecompress\[detect\]"):
+        m.compute()
+
+
+def test_assignment_gives_every_object_a_cell_and_shared_cells_to_the_smaller():
+    points, strides = anchor_points(SIZE, SIZE, STRIDES)
+    big = torch.tensor([[0.0, 0.0, 64.0, 64.0]])
+    tiny = torch.tensor([[33.0, 33.0, 35.0, 35.0]])          # smaller than a stride, between centres
+    gi = assign(points, strides, torch.cat([big, tiny]), radius=2.5)
+    assert (gi == 1).sum() >= 1 and (gi == 0).sum() > 1
+    assert (gi >= 0).sum() < len(points)                      # the centre prior leaves far cells out
+    assert (assign(points, strides, torch.zeros(0, 4), radius=2.5) == -1).all()
+
+
+def test_loss_prefers_the_right_boxes_and_falls_when_training():
+    images, targets = batch(1)
+    perfect = detection_loss(encode(targets, 4), targets, height=SIZE, width=SIZE, strides=STRIDES)[0]
+    shifted = detection_loss(encode(targets, 4, shift=6.0), targets, height=SIZE, width=SIZE, strides=STRIDES)[0]
+    assert perfect < shifted
+    torch.manual_seed(0)
+    model = create_detector("tiny-yolo-test", num_classes=NC)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss, parts = detection_loss(model(images), targets, height=SIZE, width=SIZE, strides=STRIDES)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert parts["positives"] >= len(targets)
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_distill_loss_is_zero_when_agreeing_and_weights_boxes_by_teacher_confidence():
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 4 + NC, 80)
+    teacher[:, 4:, :40] = -8.0                                # cells 0..39: background for the teacher
+    teacher[:, 4, 40:] = 8.0                                  # cells 40..79: confident objects
+    assert float(detection_distill_loss(teacher.clone(), teacher)) == pytest.approx(0.0, abs=1e-5)
+    background = teacher.clone()
+    background[:, :4, :40] += 1.0
+    objects = teacher.clone()
+    objects[:, :4, 40:] += 1.0
+    assert 0 < float(detection_distill_loss(background, teacher)) < 0.05 * float(detection_distill_loss(objects, teacher))
+    student = teacher.clone()
+    student[:, 4:] = 0.0
+    student.requires_grad_(True)
+    loss = detection_distill_loss(student, teacher, temperature=2.0)
+    loss.backward()
+    assert float(loss) > 0 and student.grad[:, 4:].abs().sum() > 0
+    with pytest.raises(ValueError, match="differ"):
+        detection_distill_loss(teacher[:, :, :10], teacher)

@@ -97,7 +97,16 @@ def test_assignment_gives_every_object_a_cell_and_shared_cells_to_the_smaller():
     assert (assign(points, strides, torch.zeros(0, 4), radius=2.5) == -1).all()
 
 
-def test_loss_prefers_the_right_boxes_and_falls_when_training():
+@pytest.fixture
+def one_thread():
+    """A shared CPU: more threads than cores only slows training down."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_loss_prefers_the_right_boxes_and_falls_when_training(one_thread):
     images, targets = batch(1)
     perfect = detection_loss(encode(targets, 4), targets, height=SIZE, width=SIZE, strides=STRIDES)[0]
     shifted = detection_loss(encode(targets, 4, shift=6.0), targets, height=SIZE, width=SIZE, strides=STRIDES)[0]

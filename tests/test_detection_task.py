@@ -144,3 +144,31 @@ def test_distill_loss_is_zero_when_agreeing_and_weights_boxes_by_teacher_confide
     assert float(loss) > 0 and student.grad[:, 4:].abs().sum() > 0
     with pytest.raises(ValueError, match="differ"):
         detection_distill_loss(teacher[:, :, :10], teacher)
+
+
+def test_shipped_detector_finds_the_demo_objects(tmp_path, one_thread):
+    """The shipped checkpoint on freshly built validation canvases (seed 1: other canvases than
+    the ones it was scored on, items from Fashion-MNIST's validation part it never trained on)."""
+    from torch.utils.data import DataLoader
+
+    from edgecompress.inputs.yolo import collate, yolo_datasets
+    from edgecompress.tasks.detection import torch_runner
+    from edgecompress.zoo import fashion_mnist
+    from edgecompress.zoo.detection_demo import make_detection_demo
+    from edgecompress.zoo.detector import CHECKPOINTS, DEMO_DATASET, pretrained_detector
+    if not (CHECKPOINTS / f"tiny-yolo_{DEMO_DATASET}.pt").is_file() or not fashion_mnist.DEBIAN_DIR.is_dir():
+        pytest.skip("no shipped detector checkpoint or no Fashion-MNIST files")
+    model, meta = pretrained_detector()
+    yaml = make_detection_demo(tmp_path, train=1, val=200, seed=1)
+    _, sets = yolo_datasets(yaml, imgsz=meta["imgsz"])
+    batches = list(DataLoader(sets["val"], batch_size=50, collate_fn=collate))
+    score = detection_map(torch_runner(model), batches)
+    assert score > 0.8 * meta["val_map"]     # within sampling noise of its recorded score, far above 0
+    # the same score code for an engine: the ONNX export of the raw outputs, run by onnxruntime
+    ort = pytest.importorskip("onnxruntime")
+    path = tmp_path / "det.onnx"
+    torch.onnx.export(model, (batches[0][0],), str(path), dynamo=False, opset_version=17,
+                      input_names=["images"], output_names=["raw"])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    engine_score = detection_map(lambda x: session.run(None, {"images": x}), batches)
+    assert engine_score == pytest.approx(score, abs=0.5)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Callable, Iterable
 
 import numpy as np
@@ -72,7 +73,7 @@ def _xywh(boxes: torch.Tensor) -> list[list[float]]:
 
 def as_tensor(outputs: object) -> torch.Tensor:
     """An engine's outputs -> one tensor: ONNX Runtime returns a list, OpenVINO a dict-like."""
-    if isinstance(outputs, dict):
+    if isinstance(outputs, Mapping):   # OpenVINO's OVDict is a Mapping, not a dict
         outputs = next(iter(outputs.values()))
     if isinstance(outputs, (list, tuple)):
         outputs = outputs[0]
@@ -84,8 +85,9 @@ def detection_map(run: Run, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
     """COCO mAP50-95 in points (0..100) of `run` over (images [B, C, H, W], targets [M, 6]) batches."""
     metric = CocoMap()
     for images, targets in batches:
-        n, _, h, w = images.shape
-        raw = as_tensor(run(images.numpy().astype(np.float32, copy=False)))
+        x = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+        n, _, h, w = x.shape
+        raw = as_tensor(run(np.ascontiguousarray(x, dtype=np.float32)))
         preds = postprocess(raw, height=h, width=w, strides=strides, config=config)
         metric.update(preds, targets_to_boxes(targets, batch_size=n, height=h, width=w))
     return metric.compute()

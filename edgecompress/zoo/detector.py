@@ -17,13 +17,17 @@ through C2f's split and concat and through SPPF's concat, the head's output conv
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from edgecompress.errors import UserError
 from edgecompress.registry import Registry
 
 DETECTORS: Registry = Registry("detector")
+CHECKPOINTS = Path(__file__).parent / "checkpoints"
+DEMO_DATASET = "fashion-mnist-det"   # zoo/detection_demo.py's canvases
 
 
 class Conv(nn.Module):
@@ -152,3 +156,16 @@ DETECTORS.add("tiny-yolo-test", lambda *, in_channels=3, num_classes=10: TinyYol
 
 def create_detector(name: str = "tiny-yolo", *, in_channels: int = 3, num_classes: int = 10) -> TinyYolo:
     return DETECTORS.get(name)(in_channels=in_channels, num_classes=num_classes)
+
+
+def pretrained_detector(name: str = "tiny-yolo", dataset: str = DEMO_DATASET) -> tuple[TinyYolo, dict]:
+    """A zoo detector with its shipped weights (eval mode) and the checkpoint's metadata
+    (validation mAP50-95, input size, the training command)."""
+    path = CHECKPOINTS / f"{name}_{dataset}.pt"
+    if not path.is_file():
+        raise UserError(f"no shipped checkpoint for detector {name} on {dataset}",
+                        "train one with scripts/train_detector.py")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    model = create_detector(name, num_classes=ckpt["state_dict"]["head.cls_out.0.weight"].shape[0])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), {k: v for k, v in ckpt.items() if k != "state_dict"}

@@ -84,6 +84,9 @@ def test_missing_folders_and_bad_yaml_are_one_line_errors(tmp_path):
     yaml.write_text("train: images/train\nnames: [a]\n")
     with pytest.raises(UserError, match="no val key"):
         read_data_yaml(yaml)
+    yaml.write_text("train: [images/a, images/b]\nval: val.txt\nnames: [a]\n")
+    with pytest.raises(UserError, match="train must be one image folder"):
+        read_data_yaml(yaml)
     with pytest.raises(UserError, match="does not exist"):
         read_data_yaml(tmp_path / "nope.yaml")
 

@@ -53,11 +53,19 @@ def read_data_yaml(path: str | os.PathLike) -> YoloData:
         raise UserError(f"{path} must be a mapping with keys path/train/val/names", "see the Ultralytics data.yaml format")
     root = Path(cfg.get("path") or ".")
     root = root if root.is_absolute() else (path.parent / root)
-    splits = {s: root / str(cfg[s]) for s in ("train", "val", "test") if cfg.get(s)}
+    splits = {s: root / _folder(cfg[s], s, path) for s in ("train", "val", "test") if cfg.get(s)}
     missing = [s for s in ("train", "val") if s not in splits]
     if missing:
         raise UserError(f"{path} has no {' or '.join(missing)} key", "add `train: images/train` and `val: images/val`")
     return YoloData(path, root, splits, _class_names(cfg, path))
+
+
+def _folder(value: object, split: str, path: Path) -> str:
+    # Ultralytics also accepts a list of folders or a .txt file listing images; not read here yet
+    if isinstance(value, (list, tuple)) or str(value).endswith(".txt"):
+        raise UserError(f"{path}: {split} must be one image folder (lists and .txt image lists are not supported)",
+                        f"point {split} at a folder such as images/{split}")
+    return str(value)
 
 
 def _class_names(cfg: dict, path: Path) -> tuple[str, ...]:
@@ -77,10 +85,11 @@ def _class_names(cfg: dict, path: Path) -> tuple[str, ...]:
 
 
 def label_dir(images: Path) -> Path:
-    """Ultralytics' rule: the last `images` component of the path becomes `labels`."""
+    """Ultralytics' rule: the last `images` component of the path becomes `labels`; a folder
+    without one (`train: train`) keeps its labels in a sibling `labels/<name>`."""
     parts = list(images.parts)
     if "images" not in parts:
-        return images.parent / "labels" / images.name if images.name != "images" else images.parent / "labels"
+        return images.parent / "labels" / images.name
     i = len(parts) - 1 - parts[::-1].index("images")
     return Path(*parts[:i], "labels", *parts[i + 1:])
 

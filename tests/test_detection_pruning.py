@@ -37,8 +37,10 @@ def test_unsplit_c2f_keeps_the_outputs():
         after = model(x)
     assert names and all(isinstance(model.get_submodule(n), C2fUnsplit) for n in names)
     assert torch.allclose(before, after, atol=1e-5)
+    assert unsplit_c2f(model) == []        # the rewritten block is not C2f-shaped any more
 
 
+@pytest.mark.slow   # one graph trace per group
 def test_every_group_prunes_to_half_and_the_head_outputs_keep_their_size():
     model, x = trained_like(), torch.rand(1, 3, 64, 64)
     unsplit_c2f(model)
@@ -58,3 +60,22 @@ def test_every_group_prunes_to_half_and_the_head_outputs_keep_their_size():
     everything = prune_copy(model, x, {g.key: list(range(0, g.width, 2)) for g in groups})
     params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert everything(x).shape == model(x).shape and params(everything) < 0.5 * params(model)
+
+
+def test_c2f_bottlenecks_are_removable_depth_and_fold_exactly():
+    from edgecompress.pruning.depth import remove_blocks, removable_blocks
+    from edgecompress.pruning.detection import fold_removed_bottlenecks
+    model, x = trained_like(), torch.rand(2, 3, 64, 64)
+    unsplit_c2f(model)
+    blocks = removable_blocks(model)
+    assert blocks == ["stage1.1.m.0", "stage2.1.m.0", "stage3.1.m.0"]   # the neck's C2f have no shortcut
+    shallow = remove_blocks(model, blocks[1:])
+    with torch.no_grad():
+        want = shallow(x)
+        width = shallow.stage2[1].cv2.conv.in_channels
+        assert fold_removed_bottlenecks(shallow) == ["stage2.1.m.0", "stage3.1.m.0"]
+        got = shallow(x)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert shallow.stage2[1].cv2.conv.in_channels == width - shallow.stage2[1].c
+    assert len(shallow.stage2[1].m) == 0 and len(shallow.stage1[1].m) == 1
+    assert find_groups(shallow, x[:1], ignored=head_output_layers(shallow))   # still traceable

@@ -23,7 +23,7 @@ class C2fUnsplit(nn.Module):
 
     def __init__(self, c2f: nn.Module) -> None:
         super().__init__()
-        c = c2f.c
+        self.c = c = c2f.c
         self.cv1a, self.cv1b = _half(c2f.cv1, slice(0, c)), _half(c2f.cv1, slice(c, 2 * c))
         self.cv2, self.m = c2f.cv2, c2f.m
 
@@ -65,6 +65,31 @@ def unsplit_c2f(model: nn.Module) -> list[str]:
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, attr, C2fUnsplit(getattr(parent, attr)))
     return names
+
+
+def fold_removed_bottlenecks(model: nn.Module) -> list[str]:
+    """After depth pruning (pruning/depth.remove_blocks puts nn.Identity in place of a C2f
+    bottleneck), the identity's output is its input, so cv2 reads the same tensor twice through the
+    concat. A conv is linear in its input, W_a·y + W_b·y = (W_a + W_b)·y: the duplicate's weight
+    slice is added to the original's and the duplicate leaves the concat, so cv2 gets `c` fewer
+    input channels and the result is exact. Returns the names of the blocks folded."""
+    folded = []
+    for name, block in model.named_modules():
+        if not isinstance(block, C2fUnsplit):
+            continue
+        while any(isinstance(m, nn.Identity) for m in block.m):
+            i = next(i for i, m in enumerate(block.m) if isinstance(m, nn.Identity))
+            _merge_input_slices(block.cv2.conv, block.c, src=i + 2, dst=i + 1)  # y[i+2] = m[i](y[i+1])
+            del block.m[i]
+            folded.append(f"{name}.m.{i}")
+    return folded
+
+
+def _merge_input_slices(conv: nn.Conv2d, c: int, *, src: int, dst: int) -> None:
+    w = conv.weight.data
+    w[:, dst * c:(dst + 1) * c] += w[:, src * c:(src + 1) * c]
+    conv.weight = nn.Parameter(torch.cat([w[:, :src * c], w[:, (src + 1) * c:]], 1).contiguous())
+    conv.in_channels = conv.weight.shape[1]
 
 
 def head_output_layers(model: nn.Module) -> list[nn.Module]:

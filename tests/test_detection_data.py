@@ -133,3 +133,25 @@ def test_demo_set_is_valid_yolo_and_deterministic(tmp_path):
     inside = image[0, y0:y1, x0:x1].mean()
     assert inside > image[0].mean()
     assert all(12 / 48 * 0.3 < t[:, 3:].max() <= 28 / 48 + 1e-6 for t in sets["train"].targets)
+
+
+def _script(name: str):
+    import importlib.util
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_demo_script_reports_missing_fashion_mnist_in_one_line(tmp_path, capsys):
+    rc = _script("make_detection_demo").main([str(tmp_path / "out"), "--fashion-mnist", str(tmp_path / "none")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "does not exist" in err
+
+
+@needs_fashion
+def test_demo_script_writes_a_readable_set(tmp_path, capsys):
+    assert _script("make_detection_demo").main([str(tmp_path), "--train", "3", "--val", "2", "--imgsz", "48"]) == 0
+    data, sets = yolo_datasets(capsys.readouterr().out.strip(), imgsz=48)
+    assert len(sets["train"]) == 3 and len(sets["val"]) == 2 and sets["val"][0][0].shape == (3, 48, 48)

@@ -58,8 +58,11 @@ def main() -> int:
     train = DataLoader(sets["train"], batch_size=32, shuffle=True, collate_fn=collate,
                        generator=torch.Generator().manual_seed(0))
     shape = (1, 3, meta["imgsz"], meta["imgsz"])
-    report = lambda label, m: print(f"{label}: mAP50-95 {detection_map(torch_runner(m), val):.2f}  "  # noqa: E731
-                                    f"MACs {macs_and_params(m, shape)[0] / 1e6:.1f} M  params {macs_and_params(m, shape)[1] / 1e3:.0f} k", flush=True)
+
+    def report(label: str, model: torch.nn.Module) -> None:
+        macs, params = macs_and_params(model, shape[1:])
+        print(f"{label}: mAP50-95 {detection_map(torch_runner(model), val):.2f}  MACs {macs / 1e6:.1f} M  "
+              f"params {params / 1e3:.0f} k", flush=True)
     report("original", teacher)
     student = pretrained_detector()[0]
     unsplit_c2f(student)

@@ -172,3 +172,29 @@ def test_shipped_detector_finds_the_demo_objects(tmp_path, one_thread):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     engine_score = detection_map(lambda x: session.run(None, {"images": x}), batches)
     assert engine_score == pytest.approx(score, abs=0.5)
+
+
+def test_finetuning_pulls_the_student_to_the_teacher_and_leaves_the_teacher(one_thread):
+    import copy
+
+    from edgecompress.training.detection import DetectorFinetuneConfig, finetune_detector
+    torch.manual_seed(0)
+    teacher = create_detector("tiny-yolo-test", num_classes=NC).eval()
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    batches = [batch(seed) for seed in range(2)]
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    task = DetectionTask(num_classes=NC)
+
+    def gap() -> float:
+        with torch.no_grad():
+            return float(task.distill_loss(student.eval()(batches[0][0]), teacher(batches[0][0])))
+    start = gap()
+    losses = finetune_detector(student, teacher, batches, task=task,
+                               config=DetectorFinetuneConfig(steps=20, lr=3e-3, task_weight=0.0))
+    assert len(losses) == 20 and gap() < 0.5 * start
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    with pytest.raises(ValueError, match="no training batches"):
+        finetune_detector(student, teacher, [], task=task)

@@ -1,6 +1,7 @@
 """Detection as a task: COCO mAP in points through any `run`, the training loss, distillation."""
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import pytest
@@ -13,7 +14,8 @@ from edgecompress.tasks.detection import CocoMap
 from edgecompress.tasks.detection_loss import assign, detection_distill_loss, detection_loss
 from edgecompress.zoo.detector import create_detector
 
-pytest.importorskip("pycocotools")
+needs_coco = pytest.mark.skipif(importlib.util.find_spec("pycocotools") is None,
+                                reason="pycocotools (extra `detect`) not installed")
 
 SIZE, STRIDES, NC = 64, (8, 16), 4
 
@@ -57,6 +59,7 @@ def fake_run(shift: float = 0.0, wrong_class: bool = False):
     return run, batches
 
 
+@needs_coco
 def test_perfect_predictions_score_100_and_worse_ones_less():
     run, batches = fake_run()
     assert detection_map(run, batches) == pytest.approx(100.0, abs=1e-6)
@@ -69,6 +72,7 @@ def test_perfect_predictions_score_100_and_worse_ones_less():
     assert detection_map(run, batches) == 0.0
 
 
+@needs_coco
 def test_task_evaluate_matches_detection_map_and_calibration_sees_images_only():
     run, batches = fake_run(shift=2.0)
     task = DetectionTask(num_classes=NC)
@@ -146,6 +150,7 @@ def test_distill_loss_is_zero_when_agreeing_and_weights_boxes_by_teacher_confide
         detection_distill_loss(teacher[:, :, :10], teacher)
 
 
+@needs_coco
 def test_shipped_detector_finds_the_demo_objects(tmp_path, one_thread):
     """The shipped checkpoint on freshly built validation canvases (seed 1: other canvases than
     the ones it was scored on, items from Fashion-MNIST's validation part it never trained on)."""

@@ -1,0 +1,99 @@
+"""Detector structure for pruning: C2f blocks rewritten so Torch-Pruning can trace them, and the
+head layers whose outputs must keep their sizes.
+
+Torch-Pruning 1.6 cannot build a dependency graph through C2f's `split` feeding a `cat` together
+with the tensors computed from its second half (IndexError in its concat index mapping; the
+split's sizes are read for a concat input that is not one of the split's outputs). Its own YOLOv8
+example replaces C2f by "C2f_v2": the 1x1 conv whose output is split becomes two 1x1 convs, one
+per half (Torch-Pruning issue #147). `unsplit_c2f` does that rewrite in place with the weights
+copied, so the outputs are unchanged (tested) and every channel group in the model is traceable.
+Any module shaped like Ultralytics' C2f (`cv1` a Conv-BN-act with 2*c outputs, `cv2`, `m`, `c`)
+is rewritten, ours and Ultralytics' alike.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class C2fUnsplit(nn.Module):
+    """C2f with `cv1` as two convs (`cv1a` -> first half, `cv1b` -> second half): same function."""
+
+    def __init__(self, c2f: nn.Module) -> None:
+        super().__init__()
+        self.c = c = c2f.c
+        self.cv1a, self.cv1b = _half(c2f.cv1, slice(0, c)), _half(c2f.cv1, slice(c, 2 * c))
+        self.cv2, self.m = c2f.cv2, c2f.m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = [self.cv1a(x), self.cv1b(x)]
+        for m in self.m:
+            y.append(m(y[-1]))
+        return self.cv2(torch.cat(y, 1))
+
+
+def _half(conv_bn_act: nn.Module, channels: slice) -> nn.Module:
+    """A copy of a Conv-BN-act block keeping only `channels` of its outputs."""
+    half = copy.deepcopy(conv_bn_act)
+    conv, bn = half.conv, half.bn
+    conv.weight = nn.Parameter(conv.weight.data[channels].clone())
+    if conv.bias is not None:
+        conv.bias = nn.Parameter(conv.bias.data[channels].clone())
+    conv.out_channels = conv.weight.shape[0]
+    bn.weight = nn.Parameter(bn.weight.data[channels].clone())
+    bn.bias = nn.Parameter(bn.bias.data[channels].clone())
+    bn.running_mean, bn.running_var = bn.running_mean[channels].clone(), bn.running_var[channels].clone()
+    bn.num_features = conv.out_channels
+    return half
+
+
+def is_c2f(module: nn.Module) -> bool:
+    cv1 = getattr(module, "cv1", None)
+    return (isinstance(getattr(module, "c", None), int) and isinstance(getattr(module, "m", None), nn.ModuleList)
+            and hasattr(module, "cv2") and isinstance(getattr(cv1, "conv", None), nn.Conv2d)
+            and isinstance(getattr(cv1, "bn", None), nn.BatchNorm2d) and cv1.conv.out_channels == 2 * module.c
+            and cv1.conv.groups == 1)
+
+
+def unsplit_c2f(model: nn.Module) -> list[str]:
+    """Replace every C2f-shaped block of `model` in place; returns the names replaced."""
+    names = [name for name, m in model.named_modules() if name and is_c2f(m)]
+    for name in names:
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, attr, C2fUnsplit(getattr(parent, attr)))
+    return names
+
+
+def fold_removed_bottlenecks(model: nn.Module) -> list[str]:
+    """After depth pruning (pruning/depth.remove_blocks puts nn.Identity in place of a C2f
+    bottleneck), the identity's output is its input, so cv2 reads the same tensor twice through the
+    concat. A conv is linear in its input, W_a·y + W_b·y = (W_a + W_b)·y: the duplicate's weight
+    slice is added to the original's and the duplicate leaves the concat, so cv2 gets `c` fewer
+    input channels and the result is exact. Returns the names of the blocks folded."""
+    folded = []
+    for name, block in model.named_modules():
+        if not isinstance(block, C2fUnsplit):
+            continue
+        while any(isinstance(m, nn.Identity) for m in block.m):
+            i = next(i for i, m in enumerate(block.m) if isinstance(m, nn.Identity))
+            _merge_input_slices(block.cv2.conv, block.c, src=i + 2, dst=i + 1)  # y[i+2] = m[i](y[i+1])
+            del block.m[i]
+            folded.append(f"{name}.m.{i}")
+    return folded
+
+
+def _merge_input_slices(conv: nn.Conv2d, c: int, *, src: int, dst: int) -> None:
+    w = conv.weight.data
+    w[:, dst * c:(dst + 1) * c] += w[:, src * c:(src + 1) * c]
+    conv.weight = nn.Parameter(torch.cat([w[:, :src * c], w[:, (src + 1) * c:]], 1).contiguous())
+    conv.in_channels = conv.weight.shape[1]
+
+
+def head_output_layers(model: nn.Module) -> list[nn.Module]:
+    """The convs that produce the raw head outputs (box and class per stride): never pruned, their
+    output sizes are the output format. Read from the zoo head's `box_out` / `cls_out`."""
+    head = getattr(model, "head", None)
+    return [*getattr(head, "box_out", ()), *getattr(head, "cls_out", ())]

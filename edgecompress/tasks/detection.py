@@ -1,0 +1,129 @@
+"""Detection as a task: the score is COCO mAP50-95 in points, by the COCO reference code.
+
+`detection_map(run, batches)` takes `run`, any callable from an NCHW float32 numpy batch to the
+model's raw head outputs (a PyTorch module wrapped, an OpenVINO / ONNX Runtime / TensorRT
+engine), so every engine is scored by the same decoding, NMS and metric code. The metric is
+pycocotools' COCOeval (optional extra `detect`). torchmetrics' MeanAveragePrecision wraps the same
+COCOeval but refuses to construct without torchvision, which this environment cannot install
+(it pulls a CUDA torch build), so the reference code is called directly.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass, field
+from collections.abc import Mapping
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from edgecompress.errors import MissingBackendError
+from edgecompress.tasks.boxes import PostprocessConfig, postprocess, targets_to_boxes
+from edgecompress.tasks.detection_loss import LossConfig, detection_distill_loss, detection_loss
+
+Run = Callable[[np.ndarray], object]
+
+
+class CocoMap:
+    """Accumulates predictions and ground truth per image; `compute()` -> mAP50-95 in points."""
+
+    def __init__(self) -> None:
+        self.images: list[dict] = []
+        self.gts: list[dict] = []
+        self.dets: list[dict] = []
+
+    def update(self, preds: list[dict[str, torch.Tensor]], targets: list[dict[str, torch.Tensor]]) -> None:
+        for p, t in zip(preds, targets):
+            image_id = len(self.images) + 1
+            self.images.append({"id": image_id})
+            for box, label in zip(_xywh(t["boxes"]), t["labels"].tolist()):
+                self.gts.append({"id": len(self.gts) + 1, "image_id": image_id, "category_id": label,
+                                 "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
+            for box, score, label in zip(_xywh(p["boxes"]), p["scores"].tolist(), p["labels"].tolist()):
+                self.dets.append({"image_id": image_id, "category_id": label, "bbox": box, "score": score})
+
+    def compute(self) -> float:
+        try:
+            from pycocotools.coco import COCO
+            from pycocotools.cocoeval import COCOeval
+        except ImportError as exc:
+            raise MissingBackendError("pycocotools", "detect") from exc
+        if not self.gts:
+            raise ValueError("no ground-truth boxes: mAP is undefined")
+        if not self.dets:
+            return 0.0   # COCO.loadRes refuses an empty result list
+        categories = sorted({a["category_id"] for a in self.gts} | {d["category_id"] for d in self.dets})
+        # COCOeval prints its progress and table; the score is returned, not printed
+        with contextlib.redirect_stdout(io.StringIO()):
+            gt = COCO()
+            gt.dataset = {"images": self.images, "annotations": self.gts, "categories": [{"id": c} for c in categories]}
+            gt.createIndex()
+            ev = COCOeval(gt, gt.loadRes(self.dets), iouType="bbox")
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        return max(float(ev.stats[0]), 0.0) * 100.0
+
+
+def _xywh(boxes: torch.Tensor) -> list[list[float]]:
+    b = boxes.detach().float()
+    return torch.cat([b[:, :2], b[:, 2:] - b[:, :2]], 1).tolist()
+
+
+def as_tensor(outputs: object) -> torch.Tensor:
+    """An engine's outputs -> one tensor: ONNX Runtime returns a list, OpenVINO a dict-like."""
+    if isinstance(outputs, Mapping):   # OpenVINO's OVDict is a Mapping, not a dict
+        outputs = next(iter(outputs.values()))
+    if isinstance(outputs, (list, tuple)):
+        outputs = outputs[0]
+    return torch.as_tensor(np.asarray(outputs) if not isinstance(outputs, torch.Tensor) else outputs)
+
+
+def detection_map(run: Run, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, strides: tuple[int, ...] = (8, 16),
+                  config: PostprocessConfig = PostprocessConfig()) -> float:
+    """COCO mAP50-95 in points (0..100) of `run` over (images [B, C, H, W], targets [M, 6]) batches."""
+    metric = CocoMap()
+    for images, targets in batches:
+        x = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+        n, _, h, w = x.shape
+        raw = as_tensor(run(np.ascontiguousarray(x, dtype=np.float32)))
+        preds = postprocess(raw, height=h, width=w, strides=strides, config=config)
+        metric.update(preds, targets_to_boxes(targets, batch_size=n, height=h, width=w))
+    return metric.compute()
+
+
+def torch_runner(model: torch.nn.Module) -> Run:
+    """`run` for a PyTorch model: eval mode, no gradients, CPU."""
+    model.eval()
+
+    def run(batch: np.ndarray) -> torch.Tensor:
+        with torch.no_grad():
+            return model(torch.from_numpy(batch))
+    return run
+
+
+@dataclass(frozen=True)
+class DetectionTask:
+    """What the pipeline needs to treat a detector like a classifier: a score in points, the
+    task's loss, a distillation loss on raw outputs. Calibration inputs are the images alone."""
+
+    num_classes: int
+    strides: tuple[int, ...] = (8, 16)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    loss_config: LossConfig = field(default_factory=LossConfig)
+
+    def evaluate(self, run: Run, batches: Iterable) -> float:
+        return detection_map(run, batches, strides=self.strides, config=self.postprocess)
+
+    def loss(self, raw: torch.Tensor, targets: torch.Tensor, *, height: int, width: int) -> torch.Tensor:
+        return detection_loss(raw, targets, height=height, width=width, strides=self.strides, config=self.loss_config)[0]
+
+    def distill_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        return detection_distill_loss(student, teacher)
+
+    @staticmethod
+    def calibration_inputs(batches: Iterable) -> Iterable[torch.Tensor]:
+        """INT8 calibration reads images only; labels never reach the quantiser."""
+        for images, _ in batches:
+            yield images

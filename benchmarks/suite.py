@@ -579,10 +579,15 @@ def main(argv=None) -> int:
     p.add_argument("--docs-only", action="store_true", help="run nothing: regenerate the docs from the results present")
     p.add_argument("--list", action="store_true",
                    help="list the benchmarks: quick or full only, their result and its code, their doc regions")
+    p.add_argument("--conformance", action="store_true",
+                   help="check the latest results against benchmarks/reference.json (runs nothing; exit 1 on a "
+                        "regression of a `measured` entry, a missed `goal` is reported)")
     args = p.parse_args(own)
     if args.list:
         print(listing(RESULTS))
         return 0
+    if args.conformance:
+        return conformance()
     try:
         names = _chosen(args.only)
         if extra and len(names) != 1:
@@ -600,6 +605,15 @@ def main(argv=None) -> int:
     if failed:
         print(f"FAILED: {', '.join(failed)} (logs in {RESULTS.relative_to(REPO)}/logs/)", file=sys.stderr)
     return 1 if failed else 0
+
+
+def conformance(reference: dict | None = None, results: Path = RESULTS) -> int:
+    """Every reference entry against the latest results, one line each; 1 when one fails."""
+    reference = reference or load_reference()
+    verdicts = [(entry_id(e), check_entry(e, reference, results)) for e in reference["entries"]]
+    for name, v in verdicts:
+        print(f"{v.outcome.upper():<5} {name}: {v.message}")
+    return 1 if any(v.outcome == "fail" for _, v in verdicts) else 0
 
 
 def _chosen(only: str | None) -> list[str]:

@@ -229,7 +229,9 @@ class PruneStage:
                   MODE: ctx.builder.build(prober.pruned(chosen), precision=precision, key=chosen.key())}
         base = ctx.results.baseline
         builds["yardstick"] = ctx.builder.engine(ctx.original, base.engines[base.yardstick])
-        threshold = 1.0 if ctx.target.latency_source != "estimate" else 1 / PAYS_ESTIMATED
+        # timed here: an interval; estimated or over ssh: one figure per engine, no interval (a remote
+        # probe times each engine on its own), so a margin stands in for it
+        threshold = 1.0 if ctx.target.latency_source == "local" else 1 / PAYS_ESTIMATED
         until = decided(threshold)
         if budget.max_latency_ms is not None:   # and whether it meets the latency budget, as clearly
             # the speed-up over the unpruned it takes, with the margin for the engine that ships being another build

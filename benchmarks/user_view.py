@@ -104,7 +104,7 @@ def call(engine, x: np.ndarray):
 
 def measure(run_dir: Path, data, *, max_time_s: float) -> dict:
     report = json.loads((run_dir / "report.json").read_text())
-    model, _ = pretrained(report["request"]["model"])
+    model, _ = pretrained(report["request"]["model"] or "resnet20")   # None: the default model
     order = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(0))[:PLAIN_IMAGES]
     images = data.train_x[order].numpy().astype(np.float32)
     x = np.random.default_rng(0).standard_normal((1, *images.shape[1:])).astype(np.float32)

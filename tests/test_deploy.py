@@ -116,3 +116,21 @@ def test_shipped_and_plain_engines_share_one_fixed_shape_and_verify_times_what_l
     assert baseline["build"]["settings"] == deploy.settings   # what `compress check` loads
     assert report["speed_steps"][0]["engine"] == "yardstick"
     assert report["unpruned"]["settings"] == report["speed_steps"][0]["settings"]   # the plain engine at its defaults
+
+
+def test_the_deployment_keeps_the_profiles_runtime_unless_another_is_measurably_faster():
+    from edgecompress.pipeline.stages.baseline import _fastest
+    from edgecompress.targets.timing import Ratio, Timing, median_interval
+    wobble = np.array([1.05, 0.95] * 20)   # per-block noise, opposite for the two candidates
+
+    def timing(ov_fp32: float, ort_int8: float) -> Timing:
+        rows = {"openvino int8": np.ones(40), "openvino fp32": ov_fp32 * wobble, "ort int8": ort_int8 / wobble}
+        ratios = {n: Ratio(*median_interval(r)) for n, r in rows.items()}
+        return Timing(reference="openvino int8", ratios=ratios, ms={n: 1.0 for n in rows}, blocks=40,
+                      runs_per_block=20, seconds=1.0, stopped="precise", rows={n: tuple(r) for n, r in rows.items()})
+    # both measurably faster than OpenVINO INT8, ONNX Runtime a hair ahead inside the noise: the profile's runtime stays
+    assert _fastest(timing(0.89, 0.88), "openvino int8", "openvino") == "openvino fp32"
+    # ONNX Runtime measurably faster than the best OpenVINO candidate: it goes
+    assert _fastest(timing(0.93, 0.67), "openvino int8", "openvino") == "ort int8"
+    # nothing measurably faster than the reference: the reference
+    assert _fastest(timing(1.0, 1.0), "openvino int8", "openvino") == "openvino int8"

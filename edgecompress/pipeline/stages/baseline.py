@@ -84,8 +84,7 @@ class BaselineStage:
                 builds[name] = replace(build, settings=settings)
         first = f"{main} {preferred}"
         timing = relative_timing(ctx.target, builds, reference=first, max_time_s=cap)
-        faster = [n for n in builds if timing.ratios[n].high < 1.0]
-        best = min(faster, key=lambda n: timing.ratios[n].median) if faster else first
+        best = _fastest(timing, first, main)
         for name, t in tried.items():
             t["ratio"] = timing.ratios[name].to_dict()
             ctx.ui.say(f"  {name:<14} {timing.ratios[name]} of {first}, settings: {t['chosen']}"
@@ -122,6 +121,19 @@ class BaselineStage:
         plain = [n for n, e in engines.items() if e["plain"]]
         keep = [n for n in plain if budget.keeps(engines[n].get("accuracy"))] or plain
         return min(keep, key=lambda n: engines[n]["ratio"]["ratio"])
+
+
+def _fastest(timing, first: str, main: str) -> str:
+    """The candidate measurably faster than `first` (interval below 1) with the lowest median; among
+    those not measurably slower than it (their paired interval reaches 1), one on the profile's own
+    runtime `main` first: a second ResNet-20 run switched to ONNX Runtime on a 2 % difference inside
+    the noise (0.87x vs 0.89x of OpenVINO INT8) and shipped 1.03x over the plain engine."""
+    faster = [n for n in timing.ratios if timing.ratios[n].high < 1.0]
+    if not faster:
+        return first
+    best = min(faster, key=lambda n: timing.ratios[n].median)
+    tied = [n for n in faster if timing.between(n, best).low <= 1.0]
+    return min(tied, key=lambda n: (not n.startswith(f"{main} "), timing.ratios[n].median))
 
 
 def _pct(v: float | None) -> str:

@@ -108,7 +108,7 @@ def describe_device() -> str:
                 return f"{line.split(':', 1)[1].strip()} (local)"
     except OSError:
         pass
-    return f"{platform.machine()} (local)"   # the same words as targets/base.py host_cpu(), its duplicate
+    return f"{platform.machine()} (local)"
 
 
 def host_name() -> str:

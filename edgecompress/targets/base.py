@@ -7,7 +7,6 @@ Runtimes (openvino, ort, tensorrt) register a Target subclass in RUNTIMES; laten
 from __future__ import annotations
 
 import math
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from edgecompress.errors import InternalError, UserError
 from edgecompress.exporters import is_qdq
 from edgecompress.profiles import Benchmark, Profile
 from edgecompress.registry import Registry
+from edgecompress.util import describe_device
 from edgecompress.targets.deploy import DEFAULT_SETTINGS, THREADS_KEY, Engine, open_engine
 
 Runner = Callable[[np.ndarray], np.ndarray]
@@ -154,11 +154,5 @@ def summarize(times_ms: list[float], *, runtime: str, device: str) -> Latency:
 
 
 def host_cpu() -> str:
-    """A readable name for this machine's CPU (for Latency.device)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} (local)"
-    except OSError:
-        pass
-    return f"{platform.machine()} (local)"
+    """A readable name for this machine's CPU (for Latency.device): util.describe_device, the one place."""
+    return describe_device()

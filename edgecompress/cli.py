@@ -56,6 +56,10 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=4.0, help="distillation temperature")
     p.add_argument("--alpha", type=float, default=0.9, help="weight of the distillation (soft) loss")
     p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (cosine schedule)")
+    p.add_argument("--task", default="auto", help="auto | classify | detect (auto: from the model)")
+    p.add_argument("--metric", metavar="MODULE:FUNCTION",
+                   help="the accuracy promise's score: FUNCTION(run, batches) -> points, higher is better")
+    p.add_argument("--imgsz", type=int, help="detection input size in pixels (default: the checkpoint's)")
     p.add_argument("--threads", type=int, help="PyTorch threads (default: the CPU cores this process may use)")
     _data_flags(p)
     return p
@@ -110,7 +114,7 @@ def _config(args: argparse.Namespace, argv: Sequence[str]):
         temperature=args.temperature, alpha=args.alpha, lr=args.lr, threads=args.threads,
         preprocess=args.preprocess, input_size=args.input_size, resize=args.resize, crop=args.crop,
         mean=args.mean, std=args.std, augment=args.augment, train_device=args.train_device,
-        data_workers=args.data_workers,
+        data_workers=args.data_workers, task=args.task, metric=args.metric, imgsz=args.imgsz,
         command=shlex.join(["compress", *argv]))
 
 

@@ -11,6 +11,7 @@ from edgecompress.errors import UserError
 PRECISIONS = ("auto", "int8", "fp16", "fp32")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 ALLOCATIONS = ("cr", "uniform")
+TASKS = ("auto", "classify", "detect")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class RunConfig:
     augment: bool = False                      # random crop + flip while distilling
     train_device: str = "auto"                 # auto | cpu | cuda[:N]
     data_workers: int | None = None            # DataLoader workers for image files (None: cores - 1, at most 4)
+    task: str = "auto"                         # auto (from the model) | classify | detect
+    metric: str | None = None                  # module:function(run, batches) -> points, higher is better
+    imgsz: int | None = None                   # detection input size (None: the checkpoint's)
     command: str = ""
 
     def __post_init__(self) -> None:
@@ -78,6 +82,10 @@ class RunConfig:
             yield f"unknown --precision {self.precision!r}", f"valid: {', '.join(PRECISIONS)}"
         if self.calibration not in CALIBRATIONS:
             yield f"unknown --calibration {self.calibration!r}", f"valid: {', '.join(CALIBRATIONS)}"
+        if self.task not in TASKS:
+            yield f"unknown --task {self.task!r}", f"valid: {', '.join(TASKS)}"
+        if self.imgsz is not None and self.imgsz <= 0:
+            yield f"--imgsz {self.imgsz} is not positive", "give the detector's square input size in pixels, e.g. 64"
         if self.allocation is not None and self.allocation not in ALLOCATIONS:
             yield f"unknown --allocation {self.allocation!r}", f"valid: {', '.join(ALLOCATIONS)}"
         from edgecompress.training.device import HINT, check_spec

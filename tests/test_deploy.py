@@ -134,3 +134,22 @@ def test_the_deployment_keeps_the_profiles_runtime_unless_another_is_measurably_
     assert _fastest(timing(0.93, 0.67), "openvino int8", "openvino") == "ort int8"
     # nothing measurably faster than the reference: the reference
     assert _fastest(timing(1.0, 1.0), "openvino int8", "openvino") == "openvino int8"
+
+
+def test_an_engine_ships_with_the_settings_chosen_for_its_own_precision():
+    """Probes may run INT8 while calibrate ships FP32 (or the reverse): each precision's engine is
+    loaded with the settings the baseline chose for that runtime and precision, not the probes'."""
+    from types import SimpleNamespace
+
+    from edgecompress.pipeline.context import Context
+    choice = {"candidates": {"openvino int8": {"settings": {"INFERENCE_NUM_THREADS": 1}},
+                             "openvino fp32": {"settings": {"INFERENCE_PRECISION_HINT": "f32"}},
+                             "ort int8": {"settings": {"intra_op_num_threads": 1}}}}
+    ctx = SimpleNamespace(results=SimpleNamespace(baseline=SimpleNamespace(settings_choice=choice)),
+                          target=SimpleNamespace(runtime="openvino"),
+                          builder=SimpleNamespace(settings={"INFERENCE_NUM_THREADS": 1}))
+    assert Context.settings_for(ctx, "fp32") == {"INFERENCE_PRECISION_HINT": "f32"}
+    assert Context.settings_for(ctx, "int8") == {"INFERENCE_NUM_THREADS": 1}
+    assert Context.settings_for(ctx, "fp16") == {"INFERENCE_NUM_THREADS": 1}   # not a candidate: the probes'
+    ctx.target.runtime = "ort"
+    assert Context.settings_for(ctx, "int8") == {"intra_op_num_threads": 1}

@@ -53,6 +53,14 @@ class Context:
         if runtime != self.target.runtime:
             self.target = self.builder.use_runtime(runtime)
 
+    def settings_for(self, precision: str) -> dict | None:
+        """The runtime settings an engine of ours at `precision` ships with: the ones the baseline
+        chose for that runtime and precision (each candidate had its own), else the probes' settings."""
+        base = self.results.baseline
+        candidates = (base.settings_choice or {}).get("candidates", {}) if base else {}
+        chosen = candidates.get(f"{self.target.runtime} {precision}")
+        return chosen["settings"] if chosen else self.builder.settings
+
     def note(self, text: str) -> None:
         if text not in self.notes:
             self.notes.append(text)

@@ -32,7 +32,7 @@ class BuildStage:
             if Path(build.engine).resolve().is_relative_to(out.resolve()) else data["onnx"]
         data["files"] = dict(files)
         base = ctx.results.baseline
-        settings = ctx.target.settings(replace(build, settings=ctx.builder.settings))
+        settings = ctx.target.settings(replace(build, settings=ctx.settings_for(precision)))
         write_deployment(out / DEPLOY_FILE, Deployment(
             engine=data["engine"], runtime=build.runtime, settings=settings, precision=precision,
             input_shape=input_dims(src, ctx.profile), chosen=base.settings_choice))

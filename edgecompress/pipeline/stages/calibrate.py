@@ -61,8 +61,9 @@ class Evaluator:
             symmetric_activations=SYMMETRIC_ACTIVATIONS.get(runtime, False)) for b in self.backends}
 
     def build(self, src: Path, precision: str, out: Path):
-        """Built for the target and loaded with the settings that ship: accuracy and latency as the user gets them."""
-        return replace(self.ctx.target.build(src, out, precision=precision), settings=self.ctx.builder.settings)
+        """Built for the target and loaded with the settings it would ship with at that precision:
+        accuracy and latency as the user gets them."""
+        return replace(self.ctx.target.build(src, out, precision=precision), settings=self.ctx.settings_for(precision))
 
     def __call__(self, precision: str, keep_float: tuple[str, ...]):
         backends = self.backends if precision == "int8" else self.backends[:1]

@@ -147,7 +147,8 @@ class RunConfig:
         if self.latency_budget_ms is not None and not (self.latency_budget_ms > 0 and math.isfinite(self.latency_budget_ms)):
             yield f"--latency-budget-ms {self.latency_budget_ms:g} is not positive", "give milliseconds > 0"
         if not 0 < self.min_search_interval < 1:
-            yield f"--min-search-interval {self.min_search_interval:g} is outside (0, 1)", "the default is 0.01"
+            default = RunConfig.__dataclass_fields__["min_search_interval"].default
+            yield f"--min-search-interval {self.min_search_interval:g} is outside (0, 1)", f"the default is {default:g}"
         for flag, value in (("--finetune-epochs", self.finetune_epochs), ("--probe-finetune-steps", self.probe_finetune_steps),
                             ("--bn-batches", self.bn_batches), ("--batch-size", self.batch_size - 1)):
             if value < 0:

@@ -80,7 +80,7 @@ class RunConfig:
     data: str | None = option(None, "fashion-mnist[:DIR] (default), imagefolder:DIR, or package.module:function")
     out: str | None = option(None, "run directory (default runs/<target>-<timestamp>)")
     resume: bool = option(False, "continue the run in --out at its first unfinished step")
-    seed: int = option(0, "random seed of the run (the same seed repeats its choices)")
+    seed: int = option(0, "random seed of the run")
     profiles: tuple[str, ...] = option((), "extra directory of profile YAMLs (repeatable)", metavar="DIR")
     device: str | None = option(None, "measure on a remote device: ssh://user@host[:port]")
     precision: str = option("auto", "{choices} (auto: fastest within the budget)", choices=_precisions)

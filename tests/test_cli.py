@@ -1,8 +1,11 @@
 """`compress` on bad input: one `error:` line and one `hint:` line, exit 2, no traceback, the user's
 files untouched, and no run directory that looks finished."""
+import dataclasses
 import hashlib
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgecompress.cli import main
+from edgecompress.calibration import METHODS
+from edgecompress.cli import _config, _run_parser, main
+from edgecompress.pipeline.config import TASKS, RunConfig, choices
+from edgecompress.pruning import ALLOCATIONS, CRITERIA
 from edgecompress.zoo import CHECKPOINTS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,3 +147,81 @@ def test_nan_weights(capsys, tmp_path):
     torch.save(state, path)
     assert "NaN or infinite values in conv2.weight" in _user_error(
         capsys, ["--target", "x86-cpu", "--max-acc-drop", "1", *TINY, "--weights", str(path)])
+
+
+# -- the flags are generated from RunConfig's declarations (issue 28, item 7) --------------------
+
+MINIMAL = ["--target", "x86-cpu", "--max-acc-drop", "1"]
+
+
+def _flag_fields() -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(RunConfig) if "flag" in f.metadata]
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _help_entries(capsys) -> dict[str, str]:
+    """--flag -> its entry in `compress --help`, whitespace normalized."""
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    entries = re.split(r"\n  (?=--)", capsys.readouterr().out)[1:]
+    return {e.split()[0]: " ".join(e.split()) for e in entries}
+
+
+def test_help_lists_every_flag_field_with_its_default(capsys):
+    entries = _help_entries(capsys)
+    assert set(entries) == {_flag(f.name) for f in _flag_fields()}
+    assert "--command" not in entries and "--parity-images" not in entries
+    for f in _flag_fields():
+        if type(f.default) in (int, float, str):
+            assert f"(default: {f.default})" in entries[_flag(f.name)], f.name
+
+
+def test_parser_defaults_are_the_declared_ones(monkeypatch):
+    parser = _run_parser()
+    for f in _flag_fields():
+        default = None if f.default is dataclasses.MISSING else f.default
+        assert parser.get_default(f.name) == (list(default) if isinstance(default, tuple) else default), f.name
+    monkeypatch.setattr(RunConfig.__dataclass_fields__["seed"], "default", 7)
+    assert _run_parser().get_default("seed") == 7
+
+
+def test_a_run_without_flags_gets_the_declared_defaults():
+    config = _config(_run_parser().parse_args(MINIMAL), MINIMAL)
+    assert config == RunConfig(target="x86-cpu", max_acc_drop=1, command=shlex.join(["compress", *MINIMAL]))
+
+
+def test_flag_values_reach_the_config():
+    argv = [*MINIMAL, "--finetune-samples", "0", "--profiles", "a", "--profiles", "b", "--resume", "--lr", "0.5",
+            "--task", "detect", "--imgsz", "64", "--crop", "24"]
+    config = _config(_run_parser().parse_args(argv), argv)
+    assert (config.finetune_samples, config.profiles, config.resume, config.lr, config.task, config.imgsz,
+            config.crop) == (None, ("a", "b"), True, 0.5, "detect", 64, 24)
+    assert config.command == shlex.join(["compress", *argv])
+
+
+@pytest.mark.parametrize("name, names", [("allocation", ALLOCATIONS.names), ("criterion", CRITERIA.names),
+                                         ("task", lambda: list(TASKS)), ("calibration", lambda: list(METHODS)),
+                                         ("precision", lambda: ["auto", "fp32", "fp16", "int8"])])
+def test_choices_come_from_the_registries(capsys, name, names):
+    assert choices(name) == names()
+    assert " | ".join(names()) in _help_entries(capsys)[_flag(name)]
+
+
+@pytest.mark.parametrize("name, cause", [("allocation", "unknown --allocation 'nope'"),
+                                         ("task", "unknown --task 'nope'"),
+                                         ("calibration", "unknown --calibration 'nope'"),
+                                         ("precision", "unknown --precision 'nope'"),
+                                         ("criterion", "--criterion: unknown criterion 'nope'")])
+def test_an_unknown_choice_is_a_user_error_naming_the_valid_ones(capsys, name, cause):
+    error, hint = _user_error(capsys, [*MINIMAL, _flag(name), "nope"]).splitlines()
+    assert cause in error
+    assert all(valid in hint for valid in choices(name)), hint
+
+
+def test_help_survives_a_broken_registry(monkeypatch, capsys):
+    import edgecompress.pruning
+    monkeypatch.setattr(edgecompress.pruning, "CRITERIA", None)
+    assert "NAME: see README" in _help_entries(capsys)["--criterion"]

@@ -1,62 +1,136 @@
-"""Everything one `compress` run was asked to do, validated once (the CLI only fills it in)."""
+"""Everything one `compress` run was asked to do, validated once.
+
+Each field that is a flag declares it here, once: default, help, metavar, argument group and the
+registry its choices come from. cli.py builds the `compress` parser from these declarations, so a
+default or a choice is written in one place; fields declared without `option()` are not flags.
+"""
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Callable, get_args
 
 from edgecompress.errors import UserError
 
-PRECISIONS = ("auto", "int8", "fp16", "fp32")
-CALIBRATIONS = ("minmax", "entropy", "percentile")
-ALLOCATIONS = ("cr", "uniform")
 TASKS = ("auto", "classify", "detect")
+PREPROCESSING = "the model's preprocessing (declared once; used for evaluation, calibration and latency)"
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How a RunConfig field appears on the command line. "{choices}" in `help` becomes the names."""
+
+    help: str
+    metavar: str | None = None
+    group: str | None = None                            # the title of its argument group
+    choices: Callable[[], list[str]] | None = None      # the registry's names, read when asked
+    from_flag: Callable[[Any], Any] = lambda value: value   # command-line value -> field value
+
+
+def option(default: Any = MISSING, help: str = "", **flag: Any) -> Any:
+    """A RunConfig field that is also a `compress` flag (MISSING default: a required flag)."""
+    return field(default=default, metadata={"flag": Flag(help, **flag)})
+
+
+def choices(name: str) -> list[str]:
+    """The values the flag for field `name` accepts: --help shows and `_problems` checks the same."""
+    return list(RunConfig.__dataclass_fields__[name].metadata["flag"].choices())
+
+
+def _targets() -> list[str]:
+    from edgecompress.profiles import list_profiles
+    return list_profiles()
+
+
+def _precisions() -> list[str]:
+    from edgecompress.profiles import Precision
+    return ["auto", *get_args(Precision)]
+
+
+def _calibrations() -> list[str]:
+    from edgecompress.calibration import METHODS
+    return list(METHODS)
+
+
+def _criteria() -> list[str]:
+    from edgecompress.pruning import CRITERIA
+    return CRITERIA.names()
+
+
+def _allocations() -> list[str]:
+    from edgecompress.pruning import ALLOCATIONS
+    return ALLOCATIONS.names()
+
+
+def _presets() -> list[str]:
+    from edgecompress.inputs.preprocess import PRESETS
+    return list(PRESETS)
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    target: str
-    max_acc_drop: float | None = None          # absolute points of validation top-1
-    latency_budget_ms: float | None = None
-    model: str | None = None                   # None: the shipped ResNet-20
-    weights: str | None = None
-    data: str | None = None                    # None: fashion-mnist
-    out: str | None = None                     # None: runs/<target>-<timestamp>
-    resume: bool = False
-    seed: int = 0
-    profiles: tuple[str, ...] = ()
-    device: str | None = None                  # ssh://user@host[:port]
-    precision: str = "auto"
-    calibration: str = "minmax"
-    criterion: str = "permutation"             # the seed method, per-layer contribution rates (group=share)
-    allocation: str | None = None              # None: the pruning engine's default
-    reconstruct: bool = False
-    min_search_interval: float = 0.01
-    finetune_epochs: float = 1.0
-    finetune_samples: int | None = 20000       # images per fine-tuning epoch (None: the whole train split)
-    probe_finetune_steps: int = 100            # distillation steps inside each probe (its accuracy predicts the fine-tuned one)
-    bn_batches: int = 16                       # training batches to re-estimate BatchNorm per probe
-    batch_size: int = 128
-    parity_images: int = 256
-    temperature: float = 4.0
-    alpha: float = 0.9
-    lr: float = 0.01
-    threads: int | None = None
+    target: str = option(help="target profile: {choices} (details: `compress targets`)", choices=_targets)
+    max_acc_drop: float | None = option(None, "accuracy budget: absolute points of validation top-1")
+    latency_budget_ms: float | None = option(None, "latency budget on the target, batch 1, ms")
+    model: str | None = option(None, "zoo name, package.module:factory, or a file saved with torch.save(model) "
+                               "(default: the shipped ResNet-20)")
+    weights: str | None = option(None, "state dict for --model (the file is only read)")
+    data: str | None = option(None, "fashion-mnist[:DIR] (default), imagefolder:DIR, or package.module:function")
+    out: str | None = option(None, "run directory (default runs/<target>-<timestamp>)")
+    resume: bool = option(False, "continue the run in --out at its first unfinished step")
+    seed: int = option(0, "random seed of the run")
+    profiles: tuple[str, ...] = option((), "extra directory of profile YAMLs (repeatable)", metavar="DIR")
+    device: str | None = option(None, "measure on a remote device: ssh://user@host[:port]")
+    precision: str = option("auto", "{choices} (auto: fastest within the budget)", choices=_precisions)
+    calibration: str = option("minmax", "INT8 calibration: {choices}", choices=_calibrations)
+    # the seed method, per-layer contribution rates (group=share)
+    criterion: str = option("permutation", "channel importance criterion: NAME or NAME:OPTION=VALUE,... "
+                            "(e.g. permutation:group=share); NAME: {choices}", choices=_criteria)
+    allocation: str | None = option(None, "how one knob becomes per-layer keep counts: {choices} "
+                                    "(default: the pruning engine's)", choices=_allocations)
+    reconstruct: bool = option(False, "least-squares reconstruction of the next layer after pruning")
+    min_search_interval: float = option(0.01, "stop the search below this cr interval")
+    finetune_epochs: float = option(1.0, "distillation epochs after the search")
+    # None: the whole train split (the flag's 0)
+    finetune_samples: int | None = option(20000, "training images per fine-tuning epoch (0: all)",
+                                          from_flag=lambda n: n or None)
+    # its accuracy predicts the fine-tuned one
+    probe_finetune_steps: int = option(100, "distillation steps inside each search probe")
+    bn_batches: int = option(16, "training batches to recalibrate BatchNorm per probe")
+    batch_size: int = option(128, "batch size for fine-tuning and BN recalibration")
+    parity_images: int = 256                   # not a flag: images the exported artifact is compared on
+    temperature: float = option(4.0, "distillation temperature")
+    alpha: float = option(0.9, "weight of the distillation (soft) loss")
+    lr: float = option(0.01, "fine-tuning learning rate (cosine schedule)")
+    threads: int | None = option(None, "PyTorch threads (default: the CPU cores this process may use)")
     # the model's preprocessing (inputs/preprocess.py): a preset, and fields that override it
-    preprocess: str | None = None              # None: the zoo checkpoint's, else the data's default
-    input_size: str | None = None              # N or HxW
-    resize: int | None = None                  # shorter side
-    crop: int | None = None                    # centre crop
-    mean: str | None = None                    # comma-separated, one per channel
-    std: str | None = None
-    augment: bool = False                      # random crop + flip while distilling
-    train_device: str = "auto"                 # auto | cpu | cuda[:N]
-    data_workers: int | None = None            # DataLoader workers for image files (None: cores - 1, at most 4)
-    task: str = "auto"                         # auto (from the model) | classify | detect
-    metric: str | None = None                  # module:function(run, batches) -> points, higher is better
-    imgsz: int | None = None                   # detection input size (None: the checkpoint's)
-    command: str = ""
+    preprocess: str | None = option(
+        None, "{choices}: imagenet = resize 256, crop 224, ImageNet mean/std; folder-stats = the training "
+        "folder's own mean/std. Default: the zoo checkpoint's declaration, else fashion-mnist for it, "
+        "folder-stats for an image folder, none for a function's data. The flags below override the "
+        "preset's fields", metavar="PRESET", group=PREPROCESSING, choices=_presets)
+    input_size: str | None = option(None, "the model's input size (images are resized to it last)",
+                                    metavar="N|HxW", group=PREPROCESSING)
+    resize: int | None = option(None, "resize the shorter side to N pixels (aspect kept)", metavar="N",
+                                group=PREPROCESSING)
+    crop: int | None = option(None, "centre crop NxN after --resize", metavar="N", group=PREPROCESSING)
+    mean: str | None = option(None, "per-channel mean of images scaled to [0, 1]", metavar="M[,M,M]",
+                              group=PREPROCESSING)
+    std: str | None = option(None, "per-channel std of images scaled to [0, 1]", metavar="S[,S,S]",
+                             group=PREPROCESSING)
+    augment: bool = option(False, "random crop + horizontal flip while distilling", group=PREPROCESSING)
+    train_device: str = option("auto", "auto | cpu | cuda[:N]: where pruning's training work and evaluation "
+                               "run (auto: CUDA when present, mixed precision there); latency is always "
+                               "measured on the target", metavar="DEVICE", group=PREPROCESSING)
+    data_workers: int | None = option(None, "processes decoding image files (default: cores - 1, at most 4; "
+                                      "0: none)", metavar="N", group=PREPROCESSING)
+    task: str = option("auto", "{choices} (auto: from the model)", choices=lambda: list(TASKS))
+    metric: str | None = option(None, "the accuracy promise's score: FUNCTION(run, batches) -> points, "
+                                "higher is better", metavar="MODULE:FUNCTION")
+    imgsz: int | None = option(None, "detection input size in pixels (default: the checkpoint's)")
+    command: str = ""                          # not a flag: the command line, as the CLI received it
 
     def __post_init__(self) -> None:
         problems = list(self._problems())
@@ -73,21 +147,20 @@ class RunConfig:
         if self.latency_budget_ms is not None and not (self.latency_budget_ms > 0 and math.isfinite(self.latency_budget_ms)):
             yield f"--latency-budget-ms {self.latency_budget_ms:g} is not positive", "give milliseconds > 0"
         if not 0 < self.min_search_interval < 1:
-            yield f"--min-search-interval {self.min_search_interval:g} is outside (0, 1)", "the default is 0.01"
+            default = RunConfig.__dataclass_fields__["min_search_interval"].default
+            yield f"--min-search-interval {self.min_search_interval:g} is outside (0, 1)", f"the default is {default:g}"
         for flag, value in (("--finetune-epochs", self.finetune_epochs), ("--probe-finetune-steps", self.probe_finetune_steps),
                             ("--bn-batches", self.bn_batches), ("--batch-size", self.batch_size - 1)):
             if value < 0:
                 yield f"{flag} {value} is negative", "give 0 or more"
-        if self.precision not in PRECISIONS:
-            yield f"unknown --precision {self.precision!r}", f"valid: {', '.join(PRECISIONS)}"
-        if self.calibration not in CALIBRATIONS:
-            yield f"unknown --calibration {self.calibration!r}", f"valid: {', '.join(CALIBRATIONS)}"
-        if self.task not in TASKS:
-            yield f"unknown --task {self.task!r}", f"valid: {', '.join(TASKS)}"
+        # --target is checked where profiles load (--profiles adds some), --criterion by parse_spec
+        # (NAME:OPTIONS) and --preprocess by from_flags, below, against the same registries
+        for name in ("precision", "calibration", "task", "allocation"):
+            value, valid = getattr(self, name), choices(name)
+            if value is not None and value not in valid:
+                yield f"unknown --{name} {value!r}", f"valid: {', '.join(valid)}"
         if self.imgsz is not None and self.imgsz <= 0:
             yield f"--imgsz {self.imgsz} is not positive", "give the detector's square input size in pixels, e.g. 64"
-        if self.allocation is not None and self.allocation not in ALLOCATIONS:
-            yield f"unknown --allocation {self.allocation!r}", f"valid: {', '.join(ALLOCATIONS)}"
         from edgecompress.training.device import HINT, check_spec
         if check_spec(self.train_device):
             yield check_spec(self.train_device), HINT

@@ -218,34 +218,6 @@ def test_local_targets_give_callers_that_compare_can_interleave(tmp_path, conv_o
     assert counts == {"a": expected, "b": expected}
 
 
-def test_isolated_timing_runs_each_engine_in_a_process_of_its_own(tmp_path, conv_onnx, monkeypatch):
-    """With isolated=True (profile benchmark.isolate) every engine is opened by the one loader in
-    its own process and each block's calls are run and timed there: the engines' processes are
-    neither this one nor each other's, every block asks each engine for `runs_per_block` calls, and
-    an engine that cannot open is one UserError line."""
-    import os
-
-    from edgecompress.targets import get_target
-    from edgecompress.targets.isolated import IsolatedEngine, isolated_calls
-    target = get_target("x86-cpu")
-    build = target.build(conv_onnx, tmp_path, precision="fp32")
-    pids, asked = set(), []
-    real_timed = IsolatedEngine.timed
-
-    def timed(self, runs):
-        pids.add(self._proc.pid)
-        asked.append(runs)
-        return real_timed(self, runs)
-    monkeypatch.setattr(IsolatedEngine, "timed", timed)
-    timing = time_builds(target, {"a": build, "b": build}, reference="a", warmup=1, runs_per_block=2,
-                         min_blocks=6, max_time_s=0.2, isolated=True)
-    assert len(pids) == 2 and os.getpid() not in pids
-    assert asked.count(2) == 2 * 2 * timing.blocks and timing.ratios["a"].median == 1.0
-    with pytest.raises(UserError, match="could not open the engine in its own process"):
-        with isolated_calls({"x": (tmp_path / "missing.xml", "openvino", None, 1)}):
-            pass
-
-
 def _false_exclusions(runs: int) -> float:
     """Two copies of one engine (true ratio exactly 1), stopped by decided(1.0): the first look whose
     interval excludes 1.0 ends sampling. The share of runs whose REPORTED interval excludes 1.0."""

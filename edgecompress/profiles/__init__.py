@@ -40,9 +40,6 @@ class Benchmark(_Frozen):
     # the final pruned-vs-unpruned decision, verify, check), and the whole latency table
     compare_time_s: float = Field(20.0, gt=0)
     table_time_s: float = Field(60.0, gt=0)
-    # the figures a run promises (baseline engines and deployment, verify, check) time each engine in
-    # a process of its own, as a user's application runs it (targets/isolated.py); the search in-process
-    isolate: bool = True
 
 
 class Device(_Frozen):

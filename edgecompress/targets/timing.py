@@ -159,21 +159,13 @@ def _pilot(block: Callable[[], np.ndarray], names: list[str], reference: str, mi
             return len(rows), "time cap"
 
 
-def time_builds(target: Target, builds: dict[str, BuildResult], *, reference: str, isolated: bool = False,
-                **kw) -> Timing:
-    """`compare` the engines of `builds` on this machine, each loaded with its own settings; with
-    `isolated`, each in a process of its own as a user's application runs it (targets/isolated.py:
-    what the run promises is timed that way). The warm-up defaults to the profile's (a runtime's
-    first calls compile and allocate)."""
+def time_builds(target: Target, builds: dict[str, BuildResult], *, reference: str, **kw) -> Timing:
+    """`compare` the engines of `builds` on this machine, each loaded with its own settings. The warm-up
+    defaults to the profile's (a runtime's first calls compile and allocate)."""
     if target.latency_source != "local":
         raise UserError(f"{target.profile.name} latency is {target.latency_source}, not timed on this machine",
                         "interleaved timing needs engines that run here; use target.measure for the device")
     kw.setdefault("warmup", target.profile.benchmark.warmup)
-    if isolated and target.profile.benchmark.isolate:
-        from edgecompress.targets.isolated import isolated_calls
-        specs = {name: (b.engine, b.runtime, target.settings(b), target.profile.batch) for name, b in builds.items()}
-        with isolated_calls(specs) as calls:
-            return compare(calls, reference=reference, **kw)
     return compare({name: target.caller(b) for name, b in builds.items()}, reference=reference, **kw)
 
 
@@ -254,14 +246,10 @@ def _fit_runs(runs_per_block: int, call_s: float) -> int:
 
 def _time_block(calls: list[Callable[[], object]], order: np.ndarray, runs: int,
                 clock: Callable[[], float]) -> np.ndarray:
-    """Mean ms per call of each engine (indexed like `calls`), the engines run in `order`. A call
-    with `timed(runs)` (an engine in its own process) times its block itself."""
+    """Mean ms per call of each engine (indexed like `calls`), the engines run in `order`."""
     ms = np.empty(len(calls))
     for i in order:
         call = calls[i]
-        if hasattr(call, "timed"):
-            ms[i] = call.timed(runs) * 1e3 / runs
-            continue
         t0 = clock()
         for _ in range(runs):
             call()

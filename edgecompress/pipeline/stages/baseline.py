@@ -38,7 +38,7 @@ class BaselineStage:
         ctx.builder.settings = settings
         engines = self._engines(ctx, precision, probe)
         timing = relative_timing(ctx.target, {n: e["build"] for n, e in engines.items()}, reference=precision,
-                                 max_time_s=ctx.profile.benchmark.compare_time_s, isolated=True)   # the yardstick: each alone
+                                 max_time_s=ctx.profile.benchmark.compare_time_s)
         base_ms = timing.ms[precision]
         for name, e in engines.items():
             e.update(latency_ms=base_ms * timing.ratios[name].median, ratio=timing.ratios[name].to_dict())
@@ -83,7 +83,7 @@ class BaselineStage:
                 tried[name] = {"runtime": runtime, "precision": precision, "settings": settings, **choice}
                 builds[name] = replace(build, settings=settings)
         first = f"{main} {preferred}"
-        timing = relative_timing(ctx.target, builds, reference=first, max_time_s=cap, isolated=True)
+        timing = relative_timing(ctx.target, builds, reference=first, max_time_s=cap)
         best = _fastest(timing, first, main)
         for name, t in tried.items():
             t["ratio"] = timing.ratios[name].to_dict()

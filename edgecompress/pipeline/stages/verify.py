@@ -44,7 +44,7 @@ class VerifyStage:
         test_acc = run_accuracy(ctx, run, "test")
         builds = engines_to_time(ctx, build)
         timing = relative_timing(ctx.target, builds, reference=ENGINE, max_time_s=ctx.profile.benchmark.compare_time_s,
-                                 half_width=HALF_WIDTH, isolated=True)   # each engine alone, as a user runs it
+                                 half_width=HALF_WIDTH)
         speedups = {name: timing.ratios[name] for name in builds if name != ENGINE}   # other / engine
         for name, r in speedups.items():
             ctx.ui.say(f"  engine vs {name:<10} {r} faster ({timing.stopped}, {timing.blocks} blocks)")

@@ -112,10 +112,15 @@ class DetectionTask:
     name: str = field(default="detect", init=False)
     metric: str = field(default="mAP50-95", init=False)
     unit: str = field(default="", init=False)
-    collate: Callable = field(default=yolo_collate, init=False, repr=False)
     # sigmoid outputs: Hinton's T = 4 (the classifier's --temperature, tuned for a softmax) flattens
     # every class score towards 0.5; distillation here uses its own
     distill_temperature: float = 1.0
+
+    @property
+    def collate(self) -> Callable:
+        """Targets differ in length per image: (images [B, C, H, W], targets [M, 6]). A property: a
+        dataclass field holding a function would be read back as a bound method."""
+        return yolo_collate
 
     def evaluate(self, run: Run, batches: Iterable, *, on_batch: Callable[[int], None] | None = None) -> float:
         return detection_map(run, batches, strides=self.strides, config=self.postprocess, on_batch=on_batch)

@@ -75,7 +75,8 @@ def artifact_evaluator(*, fp32_onnx: str | Path, work_dir: str | Path,
                        run: Callable[[object], Runner], measure: Callable[[object], float | None],
                        backend: str = "ort", method: str = "minmax",
                        symmetric_activations: bool = False,
-                       val_batches: Callable[[], Iterable] | None = None):
+                       val_batches: Callable[[], Iterable] | None = None,
+                       score: Callable[[Runner, Iterable], float] = engine_accuracy):
     """`evaluate(precision, keep_float)` for `PrecisionSelector`, over a target's own calls.
 
     Validation data: `val_batches()` -> (images, labels) batches, streamed on every evaluation
@@ -83,7 +84,8 @@ def artifact_evaluator(*, fp32_onnx: str | Path, work_dir: str | Path,
 
     INT8: quantize with `backend` (keeping `keep_float` layers float), then `build(artifact,
     "int8", dir)`; float precisions: `build(fp32_onnx, precision, dir)`. Accuracy is then measured
-    by running the built engine (`run(built)`) on the validation arrays, latency by `measure(built)`.
+    by running the built engine (`run(built)`) on the validation arrays and scoring its outputs with
+    `score(run, batches)` (top-1 by default; the pipeline passes its task's), latency by `measure(built)`.
     For a Target: build=lambda src, p, d: target.build(src, d, precision=p), run=target.runner,
     measure=lambda b: target.measure(b).median_ms.
     """
@@ -103,7 +105,7 @@ def artifact_evaluator(*, fp32_onnx: str | Path, work_dir: str | Path,
                        "symmetric_activations": symmetric_activations}
         built = build(src, precision, out)
         batches = val_batches() if val_batches is not None else array_batches(val_images, val_labels)
-        acc = engine_accuracy(run(built), batches)
+        acc = score(run(built), batches)
         return acc, measure(built), {**details, "artifact": str(src), "built": built}
 
     return evaluate

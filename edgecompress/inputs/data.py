@@ -3,7 +3,9 @@
 - `fashion-mnist` or `fashion-mnist:DIR`: the embedded default (Debian's IDX files, or DIR);
 - `imagefolder:DIR`: `DIR/train/<class>/*`, `DIR/val/<class>/*` (and optionally `DIR/test/`);
 - `package.module:function`: returns `(train, val)` or `(train, val, test)` datasets, or a
-  `DataSplits`. The current directory is importable, as with `python -m`.
+  `DataSplits`. The current directory is importable, as with `python -m`;
+- `yolo:data.yaml`: a detection dataset in the YOLO layout (inputs/yolo.py), images resized to
+  `imgsz` and scaled to [0, 1] (no mean / std: the zoo detector takes them so).
 
 Every image goes through the run's one `Preprocess` (inputs/preprocess.py).
 """
@@ -23,14 +25,25 @@ from edgecompress.inputs.specs import IMPORT_SPEC, call_spec
 from edgecompress.inputs.splits import DataSplits
 from edgecompress.zoo import fashion_mnist as fmnist
 
-SPEC_HINT = "use fashion-mnist[:DIR], imagefolder:DIR (with train/ and val/) or package.module:function"
+SPEC_HINT = ("use fashion-mnist[:DIR], imagefolder:DIR (with train/ and val/), yolo:data.yaml (detection) "
+             "or package.module:function")
+DEFAULT_IMGSZ = 64   # detection input side when neither --imgsz nor a shipped checkpoint says
 
 
-def resolve_data(spec: str | None, *, preprocess: Preprocess | None = None, workers: int | None = None) -> DataSplits:
+def resolve_data(spec: str | None, *, preprocess: Preprocess | None = None, workers: int | None = None,
+                 imgsz: int | None = None) -> DataSplits:
     """`preprocess` None: the data's own default (fashion-mnist: its statistics; image folder:
     folder-stats at the first image's size, said loudly by the caller; a function's data: as given)."""
     spec = spec or "fashion-mnist"
     kind, _, rest = spec.partition(":")
+    if kind == "yolo":
+        if not rest:
+            raise UserError("yolo needs the dataset's data.yaml: yolo:PATH/data.yaml", SPEC_HINT)
+        if preprocess is not None:
+            raise UserError("detection data is only resized (--imgsz) and scaled to [0, 1]",
+                            "drop --preprocess/--input-size/--resize/--crop/--mean/--std; use --imgsz")
+        from edgecompress.inputs.yolo import yolo_splits
+        return yolo_splits(rest, imgsz=imgsz or DEFAULT_IMGSZ, workers=default_workers() if workers is None else workers)
     if kind == "fashion-mnist":
         return fashion_mnist(rest or None, preprocess=preprocess)
     if kind == "imagefolder":

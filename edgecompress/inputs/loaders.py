@@ -6,6 +6,8 @@ the small embedded default lives in memory (`in_memory`).
 from __future__ import annotations
 
 import os
+from functools import partial
+from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, default_collate
@@ -35,9 +37,12 @@ def in_memory(ds: Dataset) -> bool:
 
 
 def loader(ds: Dataset, *, batch_size: int, workers: int = 0, shuffle: bool = False, seed: int = 0,
-           sampler=None, drop_last: bool = False, pin_memory: bool = False) -> DataLoader:
+           sampler=None, drop_last: bool = False, pin_memory: bool = False,
+           collate: Callable | None = None) -> DataLoader:
     """A DataLoader over `ds`: worker processes for files, none for tensors in memory.
     Shuffled order is fixed by `seed`; `pin_memory` (CUDA training) makes `non_blocking` copies real.
+    `collate`: how items become a batch (None: torch's default; a detection set's targets differ in
+    length per image, so it brings its own, a module-level function that workers can unpickle).
 
     Workers start from a fork server, not by forking this process: after the latency table has
     built and timed a dozen OpenVINO engines, a worker forked from this (threaded) process crashed
@@ -48,7 +53,8 @@ def loader(ds: Dataset, *, batch_size: int, workers: int = 0, shuffle: bool = Fa
     return _Loader(_PassUserErrors(ds), batch_size=batch_size, shuffle=shuffle and sampler is None,
                    generator=gen, sampler=sampler, drop_last=drop_last, num_workers=workers,
                    persistent_workers=False, prefetch_factor=2 if workers else None, pin_memory=pin_memory,
-                   multiprocessing_context=WORKER_START if workers else None, collate_fn=_collate)
+                   multiprocessing_context=WORKER_START if workers else None,
+                   collate_fn=_collate if collate is None else partial(_collate, collate=collate))
 
 
 class _Failed:
@@ -76,9 +82,9 @@ class _PassUserErrors(Dataset):
             return _Failed(exc)
 
 
-def _collate(items: list):
+def _collate(items: list, collate: Callable = default_collate):
     failed = next((item for item in items if isinstance(item, _Failed)), None)
-    return failed if failed is not None else default_collate(items)
+    return failed if failed is not None else collate(items)
 
 
 class _Loader(DataLoader):
@@ -96,14 +102,17 @@ class BatchStream:
     held: what `ctx.train_batches` gives importance, BatchNorm recalibration and INT8 calibration.
     Re-iterable; `[:k]` is the first k batches; `list(stream)` materialises (small counts only)."""
 
-    def __init__(self, ds: Dataset, indices: list[int], *, batch_size: int, workers: int = 0) -> None:
+    def __init__(self, ds: Dataset, indices: list[int], *, batch_size: int, workers: int = 0,
+                 collate: Callable | None = None) -> None:
         self.ds, self.indices, self.batch_size, self.workers = ds, list(indices), batch_size, workers
+        self.collate = collate
 
     def __len__(self) -> int:
         return -(-len(self.indices) // self.batch_size)
 
     def __iter__(self):
-        for x, _ in loader(Subset(self.ds, self.indices), batch_size=self.batch_size, workers=self.workers):
+        for x, _ in loader(Subset(self.ds, self.indices), batch_size=self.batch_size, workers=self.workers,
+                           collate=self.collate):
             yield x
 
     def __getitem__(self, key):
@@ -112,7 +121,8 @@ class BatchStream:
             if step != 1:
                 raise IndexError("BatchStream slices take consecutive batches")
             b = self.batch_size
-            return BatchStream(self.ds, self.indices[start * b:stop * b], batch_size=b, workers=self.workers)
+            return BatchStream(self.ds, self.indices[start * b:stop * b], batch_size=b, workers=self.workers,
+                               collate=self.collate)
         i = range(len(self))[key]
         chunk = self.indices[i * self.batch_size:(i + 1) * self.batch_size]
         return torch.stack([torch.as_tensor(self.ds[j][0], dtype=torch.float32) for j in chunk])

@@ -31,7 +31,10 @@ class LoadedModel:
 
 
 def resolve_model(spec: str | None, *, weights: str | None, data: DataSplits) -> LoadedModel:
-    if spec is None or spec in zoo.MODELS:
+    from edgecompress.zoo.detector import DETECTORS
+    if spec in DETECTORS:
+        loaded = _zoo_detector(spec, weights=weights, data=data)
+    elif spec is None or spec in zoo.MODELS:
         loaded = _zoo_model(spec or "resnet20", weights=weights, data=data)
     elif IMPORT_SPEC.match(spec):
         loaded = _factory_model(spec, weights=weights)
@@ -52,6 +55,23 @@ def _zoo_model(name: str, *, weights: str | None, data: DataSplits) -> LoadedMod
         model, meta = zoo.pretrained(name)
         return LoadedModel(model, f"{name} (shipped, test {meta.get('test_accuracy', '?')} %)")
     model = zoo.create_model(name, in_channels=data.input_shape[0], num_classes=data.num_classes)
+    load_weights(model, Path(weights))
+    return LoadedModel(model, f"{name} + {weights}")
+
+
+def _zoo_detector(name: str, *, weights: str | None, data: DataSplits) -> LoadedModel:
+    """A zoo detector: its shipped weights (trained on the Fashion-MNIST detection demo, so only for
+    data with the demo's classes), or `--weights` for a detector built for the data's classes."""
+    from edgecompress.zoo.detection_demo import CLASS_NAMES
+    from edgecompress.zoo.detector import create_detector, pretrained_detector
+    if weights is None:
+        if data.classes != CLASS_NAMES:
+            raise UserError(f"the shipped {name} weights are for the Fashion-MNIST detection demo's classes, "
+                            f"not those of {data.name}", "give --weights FILE with weights trained on your data")
+        model, meta = pretrained_detector(name)
+        return LoadedModel(model, f"{name} (shipped, val mAP50-95 {meta.get('val_map', float('nan')):.2f} "
+                                  f"at {meta.get('imgsz', '?')} px)")
+    model = create_detector(name, in_channels=data.input_shape[0], num_classes=data.num_classes)
     load_weights(model, Path(weights))
     return LoadedModel(model, f"{name} + {weights}")
 
@@ -138,7 +158,7 @@ def check_model(model: nn.Module, *, data: DataSplits, name: str) -> None:
         if p.is_floating_point() and not torch.isfinite(p).all():
             raise UserError(f"the model {name} has NaN or infinite values in {pname}",
                             "give weights from a training run that did not diverge")
-    x, _ = as_tensors(data.val, limit=2)
+    x = data.images(2) if data.kind == "detect" else as_tensors(data.val, limit=2)[0]
     model.eval()
     try:
         out = model(x)
@@ -146,9 +166,23 @@ def check_model(model: nn.Module, *, data: DataSplits, name: str) -> None:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"the model {name} rejects images of shape {tuple(x.shape[1:])} from {data.name}: "
                         f"{msg[:200]}", "give data the model was built for (channels, size)") from exc
+    if data.kind == "detect":
+        _check_detector(out, data=data, name=name)
+        return
     if not torch.is_tensor(out) or out.dim() != 2:
         raise UserError(f"the model {name} returns {tuple(out.shape) if torch.is_tensor(out) else type(out).__name__}"
                         ", not class scores of shape (batch, classes)", "use a classification model")
     if out.shape[1] < data.num_classes:
         raise UserError(f"{data.name} has labels up to {data.num_classes - 1} but the model {name} has "
                         f"{out.shape[1]} outputs", "give data whose labels are the model's classes")
+
+
+def _check_detector(out, *, data: DataSplits, name: str) -> None:
+    """A detector returns raw head outputs [N, 4 + classes, cells] (zoo/detector.py)."""
+    if not torch.is_tensor(out) or out.dim() != 3:
+        raise UserError(f"the model {name} returns {tuple(out.shape) if torch.is_tensor(out) else type(out).__name__}"
+                        ", not raw detection outputs of shape (batch, 4 + classes, cells)",
+                        "use a detector whose forward returns its raw head outputs (the zoo's tiny-yolo does)")
+    if out.shape[1] != 4 + data.num_classes:
+        raise UserError(f"{data.name} has {data.num_classes} classes but the detector {name} predicts "
+                        f"{out.shape[1] - 4}", "give data whose classes are the detector's, or weights for them")

@@ -6,7 +6,7 @@ read in this process for tensors in memory.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.utils.data import Dataset, Subset
@@ -28,6 +28,9 @@ class DataSplits:
     name: str
     preprocess: Any = None        # the inputs.preprocess.Preprocess these images went through
     workers: int = 0              # DataLoader worker processes (0: items are in memory)
+    collate: Callable | None = None   # items -> batch (None: torch's default; detection: inputs.yolo.collate)
+    kind: str = "classify"        # what the labels are: "classify" (class indices) or "detect" (boxes)
+    classes: tuple[str, ...] = () # class names, where the data declares them (data.yaml)
 
     def split(self, name: str) -> Dataset | None:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
@@ -38,16 +41,16 @@ class DataSplits:
 
     def batches(self, split: str = "val", *, batch_size: int = EVAL_BATCH):
         """(images, labels) batches of a split in order, decoded by the loader's workers."""
-        return loader(self.split(split), batch_size=batch_size, workers=self.workers)
+        return loader(self.split(split), batch_size=batch_size, workers=self.workers, collate=self.collate)
 
     def images(self, n: int, split: str = "val") -> torch.Tensor:
         """The first `n` images of a split (parity checks, sensitivity, latency inputs)."""
         ds = self.split(split)
-        x, _ = next(iter(loader(Subset(ds, range(min(n, len(ds)))), batch_size=n, workers=0)))
+        x, _ = next(iter(loader(Subset(ds, range(min(n, len(ds)))), batch_size=n, workers=0, collate=self.collate)))
         return x
 
     def train_batches(self, *, count: int, batch_size: int, seed: int) -> BatchStream:
         """`count` batches of training images drawn without replacement, fixed by `seed`: a
         re-iterable `BatchStream` (decoded on each pass, never held), `[:k]` for the first k."""
         idx = seeded_indices(len(self.train), count * batch_size, seed)
-        return BatchStream(self.train, idx, batch_size=batch_size, workers=self.workers)
+        return BatchStream(self.train, idx, batch_size=batch_size, workers=self.workers, collate=self.collate)

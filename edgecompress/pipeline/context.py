@@ -17,6 +17,7 @@ from edgecompress.pipeline.ui import UI
 from edgecompress.profiles import Profile
 from edgecompress.pruning.search import Budget
 from edgecompress.targets import Target
+from edgecompress.tasks import ClassificationTask, Task
 from edgecompress.training.distributed import Coordinator
 
 
@@ -34,6 +35,7 @@ class Context:
     notes: list[str] = field(default_factory=list)
     results: Records = field(default_factory=Records)   # what each finished stage recorded
     dist: Coordinator | None = None               # the torchrun coordinator, when launched that way
+    task: Task = field(default_factory=ClassificationTask)   # every score, fine-tuning loss and collate
 
     @property
     def profile(self) -> Profile:

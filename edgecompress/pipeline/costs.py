@@ -33,6 +33,7 @@ from edgecompress.pipeline.rundir import write_json
 from edgecompress.pruning import PruningPlan
 from edgecompress.pruning.cost import Removal
 from edgecompress.pruning.depth import Block, remove_blocks
+from edgecompress.pruning.detection import fold_removed_bottlenecks
 from edgecompress.report.baseline import runtime_version
 from edgecompress.util import describe_device
 from edgecompress.targets.timing import Ratio, relative_timing
@@ -76,7 +77,9 @@ def spaced(counts: list[int], steps: int) -> list[int]:
 
 def entry_model(plan: PruningPlan, entry: dict) -> nn.Module:
     if entry["kind"] == "block":
-        return remove_blocks(plan.model, [entry["name"]])
+        model = remove_blocks(plan.model, [entry["name"]])
+        fold_removed_bottlenecks(model)   # as the probes are built (stages/prune.py Prober.pruned)
+        return model
     return plan.prune_units({entry["name"]: entry["units"]})
 
 

@@ -25,6 +25,7 @@ from edgecompress.pipeline.ui import UI, summary_line
 from edgecompress.profiles import load_profile
 from edgecompress.report import summary
 from edgecompress.targets import get_target
+from edgecompress.tasks import select_task
 from edgecompress.training.device import resolve_device
 from edgecompress.training.distributed import Coordinator, launched_by_torchrun
 
@@ -63,7 +64,8 @@ def _run(config: RunConfig, coordinator) -> int:
         pre = ctx.data.preprocess
         ui.say(f"run directory: {rundir.path}  (target {ctx.profile.name}, model {ctx.model_name}, data {ctx.data.name})")
         ui.say(f"preprocessing {pre.describe() if pre else 'as given'}; input {'x'.join(map(str, ctx.input_shape))}; "
-               f"training on {ctx.device}" + (f"; {ctx.data.workers} data worker(s)" if ctx.data.workers else ""))
+               f"training on {ctx.device}" + (f"; {ctx.data.workers} data worker(s)" if ctx.data.workers else "")
+               + ("" if ctx.task.name == "classify" else f"; task {ctx.task.name}, score {ctx.task.metric}"))
         for note in [*notes, *ctx.target.notes]:
             ctx.note(note)
         try:
@@ -83,8 +85,9 @@ def _resolve(config: RunConfig, ui: UI) -> dict:
     target = get_target(profile, device=config.device)
     device = resolve_device(config.train_device)
     data, loaded, notes = resolve_inputs(config)
+    task = select_task(data.kind, num_classes=data.num_classes, model=loaded.model, metric=config.metric)
     return {"data": data, "original": loaded.model.eval(), "model_name": loaded.name, "target": target,
-            "device": device, "notes": loaded.notes + notes}
+            "device": device, "notes": loaded.notes + notes, "task": task}
 
 
 def _inputs(config: RunConfig) -> dict:

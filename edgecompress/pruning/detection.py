@@ -71,25 +71,50 @@ def fold_removed_bottlenecks(model: nn.Module) -> list[str]:
     """After depth pruning (pruning/depth.remove_blocks puts nn.Identity in place of a C2f
     bottleneck), the identity's output is its input, so cv2 reads the same tensor twice through the
     concat. A conv is linear in its input, W_a·y + W_b·y = (W_a + W_b)·y: the duplicate's weight
-    slice is added to the original's and the duplicate leaves the concat, so cv2 gets `c` fewer
-    input channels and the result is exact. Returns the names of the blocks folded."""
+    slice is added to the original's and the duplicate leaves the concat, so cv2 loses that many
+    input channels and the result is exact. Offsets are the concat inputs' actual widths, so a
+    block whose halves width pruning left unequal folds too. Returns the names of the blocks folded."""
     folded = []
     for name, block in model.named_modules():
         if not isinstance(block, C2fUnsplit):
             continue
         while any(isinstance(m, nn.Identity) for m in block.m):
             i = next(i for i, m in enumerate(block.m) if isinstance(m, nn.Identity))
-            _merge_input_slices(block.cv2.conv, block.c, src=i + 2, dst=i + 1)  # y[i+2] = m[i](y[i+1])
+            widths = _concat_widths(block)
+            src = i + 2          # y[i+2] = m[i](y[i+1]) = y[i+1]
+            _merge_input_slices(block.cv2.conv, start=sum(widths[:src]), width=widths[src],
+                                into=sum(widths[:src - 1]))
             del block.m[i]
             folded.append(f"{name}.m.{i}")
     return folded
 
 
-def _merge_input_slices(conv: nn.Conv2d, c: int, *, src: int, dst: int) -> None:
+def _concat_widths(block: C2fUnsplit) -> list[int]:
+    """Channels of each tensor the block concatenates: cv1a's, cv1b's, then each bottleneck's
+    (a residual one or an identity keeps its input's width)."""
+    widths = [block.cv1a.conv.out_channels, block.cv1b.conv.out_channels]
+    for m in block.m:
+        residual = isinstance(m, nn.Identity) or getattr(m, "add", False)
+        widths.append(widths[-1] if residual else m.cv2.conv.out_channels)
+    return widths
+
+
+def _merge_input_slices(conv: nn.Conv2d, *, start: int, width: int, into: int) -> None:
     w = conv.weight.data
-    w[:, dst * c:(dst + 1) * c] += w[:, src * c:(src + 1) * c]
-    conv.weight = nn.Parameter(torch.cat([w[:, :src * c], w[:, (src + 1) * c:]], 1).contiguous())
+    w[:, into:into + width] += w[:, start:start + width]
+    conv.weight = nn.Parameter(torch.cat([w[:, :start], w[:, start + width:]], 1).contiguous())
     conv.in_channels = conv.weight.shape[1]
+
+
+def prunable_form(model: nn.Module) -> tuple[nn.Module, list[nn.Module], list[str]]:
+    """(the model pruning works on, layers whose output channels stay, C2f blocks rewritten): the
+    model itself when Torch-Pruning can trace it as written; a copy with its C2f blocks unsplit
+    (same outputs) when it has some. A detector's head output convs are never pruned."""
+    if not any(is_c2f(m) for m in model.modules()):
+        return model, head_output_layers(model), []
+    work = copy.deepcopy(model)
+    names = unsplit_c2f(work)
+    return work, head_output_layers(work), names
 
 
 def head_output_layers(model: nn.Module) -> list[nn.Module]:

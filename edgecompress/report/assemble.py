@@ -5,6 +5,14 @@ from pathlib import Path
 
 from edgecompress.pruning.search import Budget
 
+TOP1 = {"name": "top-1", "unit": "%", "task": "classify"}
+
+
+def metric_label(report: dict) -> str | None:
+    """The score's name when it is not top-1 accuracy ("mAP50-95"), else None (the report says "accuracy")."""
+    metric = report.get("metric") or TOP1
+    return None if metric["name"] == TOP1["name"] else metric["name"]
+
 
 def budget_record(results, result: dict) -> dict:
     """Whether what ships meets each budget (the one Budget the baseline resolved), and by how much
@@ -71,6 +79,8 @@ def assemble_report(*, config, results, run: dict, result: dict, extra: dict, un
         "seed": cfg.seed, "code": run.get("code"), "search": {k: getattr(r.prune, k) for k in ("moved_from", "allocation", "criterion", "probes_restored")},
         "finetune": r.finetune.to_dict(), "result_details": extra,
         "preprocess": run["preprocess"], "train_device": run["train_device"],
+        # what `accuracy` means everywhere in this report: top-1 in %, or another score in points
+        "metric": run.get("metric") or TOP1,
     }
 
 
@@ -88,7 +98,10 @@ def summary(report: dict, run_dir: Path) -> str:
         low, high = latency["interval_ms"]
         budget += (f"  latency budget {latency['budget_ms']:g} ms: {latency['ms']:.3f} [{low:.3f}, {high:.3f}] ms"
                    + ("" if latency["clear"] or not report["budget"]["met"] else " (the interval reaches past it)"))
-    return (f"accuracy {b['accuracy']:.2f} % -> {res['accuracy']:.2f} % (val), latency {b['latency_ms']:.3f} -> "
+    label = metric_label(report)
+    score = (f"accuracy {b['accuracy']:.2f} % -> {res['accuracy']:.2f} % (val)" if label is None else
+             f"{label} {b['accuracy']:.2f} -> {res['accuracy']:.2f} (val)")
+    return (f"{score}, latency {b['latency_ms']:.3f} -> "
             f"{res['latency_ms']:.3f} ms ({method}, {ratio_text(res['speedup'])}), {report['precision']}, "
             f"{pruning_phrase(report)}, "
             f"{where}{budget}")

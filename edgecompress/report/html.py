@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from edgecompress.errors import MissingBackendError, UserError
+from edgecompress.report.assemble import metric_label
 
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
@@ -84,9 +85,10 @@ def render_report_html(report: dict, *, run_dir: Path, extra_roots: list[Path] =
 
 def _summary_section(report: dict) -> str:
     base, res = report.get("baseline") or {}, report.get("result") or {}
+    score = _score_name(report)
     rows = [
-        ("validation accuracy (%)", base.get("accuracy"), res.get("accuracy"), _diff),
-        ("test accuracy (%)", base.get("test_accuracy"), res.get("test_accuracy"), _diff),
+        (f"validation {score}", base.get("accuracy"), res.get("accuracy"), _diff),
+        (f"test {score}", base.get("test_accuracy"), res.get("test_accuracy"), _diff),
         ("latency (ms)", base.get("latency_ms"), res.get("latency_ms"), _speedup),
         ("FLOPs", base.get("flops"), res.get("flops"), _ratio),
         ("parameters", base.get("params"), res.get("params"), _ratio),
@@ -117,6 +119,11 @@ def _summary_section(report: dict) -> str:
             f"{body}</table></section>")
 
 
+def _score_name(report: dict) -> str:
+    """What the report's `accuracy` values are: "accuracy (%)" (top-1), or the task's metric ("mAP50-95")."""
+    return metric_label(report) or "accuracy (%)"
+
+
 def _pruning_paragraph(report: dict) -> str:
     """What pruning bought on top of the unpruned model quantized the same way."""
     unpruned, pruning = report.get("unpruned"), report.get("pruning") or {}
@@ -132,7 +139,8 @@ def _pruning_paragraph(report: dict) -> str:
     return (f"<p><b>{_num(gain.get('ratio'))}x [{_num(gain.get('low'))}, {_num(gain.get('high'))}] over the user's "
             f"fastest plain engine</b>: {_e(unpruned.get('tool'))} {_e(unpruned.get('precision'))} on "
             f"{_e(unpruned.get('runtime'))} at its defaults, {_num(unpruned.get('latency_ms'))} ms "
-            f"({_e(unpruned.get('latency_method'))}), validation accuracy {_num(unpruned.get('accuracy'))} %, "
+            f"({_e(unpruned.get('latency_method'))}), validation {_e(metric_label(report) or 'accuracy')} "
+            f"{_num(unpruned.get('accuracy'))}{'' if metric_label(report) else ' %'}, "
             f"timed side by side with the engine. Pruning's own share, at equal shape, settings and precision: "
             f"<b>{_num(share.get('ratio'))}x [{_num(share.get('low'))}, {_num(share.get('high'))}]</b> ({what}).</p>"
             + _steps_table(report) + _loading_snippet(report))
@@ -200,7 +208,7 @@ def _probes_section(report: dict) -> str:
             f"<p class=sub>Each probe prunes at one cumulative contribution rate (cr), recalibrates "
             f"and measures. Green: within budget; red: rejected; star: chosen; diamond: the shipped "
             f"model after fine-tuning and quantization.</p>{img}"
-            f"<table><tr><th>#</th><th>mode</th><th>cr</th><th>val. accuracy (%)</th><th>latency (ms)</th>"
+            f"<table><tr><th>#</th><th>mode</th><th>cr</th><th>val. {_e(_score_name(report))}</th><th>latency (ms)</th>"
             f"<th>FLOPs</th><th>params</th><th>accepted</th></tr>{rows}</table></section>")
 
 
@@ -228,7 +236,7 @@ def _precisions_section(report: dict) -> str:
         f"<td>{_num(p.get('latency_ms'))}</td><td class=l>{_float_layers(p.get('float_layers'))}</td>"
         f"<td>{'chosen' if p.get('chosen') else ''}</td></tr>" for p in rows_in)
     return (f"<section id=precisions><h2>Precisions tried</h2><table><tr><th class=l>precision</th>"
-            f"<th class=l>backend</th><th>val. accuracy (%)</th><th>latency (ms)</th>"
+            f"<th class=l>backend</th><th>val. {_e(_score_name(report))}</th><th>latency (ms)</th>"
             f"<th class=l>layers kept in float</th><th></th></tr>{rows}</table></section>")
 
 
@@ -286,10 +294,10 @@ def _probes_figure(report: dict):
     _scatter_probes(ax_acc, probes, "cr", "accuracy", report)
     _scatter_probes(ax_lat, probes, "cr", "latency_ms", report)
     _scatter_probes(ax_pareto, probes, "latency_ms", "accuracy", report)
-    ax_acc.set(xlabel="cr (cumulative contribution rate)", ylabel="validation accuracy (%)",
+    ax_acc.set(xlabel="cr (cumulative contribution rate)", ylabel=f"validation {_score_name(report)}",
                title="cr vs validation accuracy")
     ax_lat.set(xlabel="cr (cumulative contribution rate)", ylabel=lat_label, title="cr vs latency")
-    ax_pareto.set(xlabel=lat_label, ylabel="validation accuracy (%)", title="accuracy vs latency")
+    ax_pareto.set(xlabel=lat_label, ylabel=f"validation {_score_name(report)}", title="accuracy vs latency")
     if floor is not None:
         for ax in (ax_acc, ax_pareto):
             ax.axhline(floor, color="tab:orange", ls="--", lw=1.2, label=f"accuracy floor {floor:.2f} %")

@@ -1,6 +1,10 @@
-"""Tasks other than classification: what a score, a loss and a distillation loss mean for them."""
+"""Tasks: what a score, a training objective and a batch mean for classification, detection, or a
+user's metric (tasks/base.py); the pipeline holds one, chosen by `select_task`."""
 from __future__ import annotations
 
+from edgecompress.tasks.base import Task, torch_runner
+from edgecompress.tasks.classification import ClassificationTask
 from edgecompress.tasks.detection import DetectionTask, detection_map
+from edgecompress.tasks.select import MetricTask, select_task
 
-__all__ = ["DetectionTask", "detection_map"]
+__all__ = ["ClassificationTask", "DetectionTask", "MetricTask", "Task", "detection_map", "select_task", "torch_runner"]

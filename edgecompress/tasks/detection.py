@@ -19,10 +19,12 @@ import numpy as np
 import torch
 
 from edgecompress.errors import MissingBackendError
+from edgecompress.inputs.yolo import collate as yolo_collate
+from edgecompress.tasks.base import Run, torch_runner
 from edgecompress.tasks.boxes import PostprocessConfig, postprocess, targets_to_boxes
 from edgecompress.tasks.detection_loss import LossConfig, detection_distill_loss, detection_loss
 
-Run = Callable[[np.ndarray], object]
+__all__ = ["CocoMap", "DetectionTask", "as_tensor", "detection_map", "torch_runner"]
 
 
 class CocoMap:
@@ -81,26 +83,21 @@ def as_tensor(outputs: object) -> torch.Tensor:
 
 
 def detection_map(run: Run, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, strides: tuple[int, ...] = (8, 16),
-                  config: PostprocessConfig = PostprocessConfig()) -> float:
+                  config: PostprocessConfig = PostprocessConfig(),
+                  on_batch: Callable[[int], None] | None = None) -> float:
     """COCO mAP50-95 in points (0..100) of `run` over (images [B, C, H, W], targets [M, 6]) batches."""
     metric = CocoMap()
+    seen = 0
     for images, targets in batches:
         x = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
         n, _, h, w = x.shape
         raw = as_tensor(run(np.ascontiguousarray(x, dtype=np.float32)))
-        preds = postprocess(raw, height=h, width=w, strides=strides, config=config)
-        metric.update(preds, targets_to_boxes(targets, batch_size=n, height=h, width=w))
+        preds = postprocess(raw.float(), height=h, width=w, strides=strides, config=config)
+        metric.update(preds, targets_to_boxes(torch.as_tensor(targets), batch_size=n, height=h, width=w))
+        seen += n
+        if on_batch:
+            on_batch(seen)
     return metric.compute()
-
-
-def torch_runner(model: torch.nn.Module) -> Run:
-    """`run` for a PyTorch model: eval mode, no gradients, CPU."""
-    model.eval()
-
-    def run(batch: np.ndarray) -> torch.Tensor:
-        with torch.no_grad():
-            return model(torch.from_numpy(batch))
-    return run
 
 
 @dataclass(frozen=True)
@@ -112,9 +109,35 @@ class DetectionTask:
     strides: tuple[int, ...] = (8, 16)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     loss_config: LossConfig = field(default_factory=LossConfig)
+    name: str = field(default="detect", init=False)
+    metric: str = field(default="mAP50-95", init=False)
+    unit: str = field(default="", init=False)
+    # sigmoid outputs: Hinton's T = 4 (the classifier's --temperature, tuned for a softmax) flattens
+    # every class score towards 0.5; distillation here uses its own
+    distill_temperature: float = 1.0
 
-    def evaluate(self, run: Run, batches: Iterable) -> float:
-        return detection_map(run, batches, strides=self.strides, config=self.postprocess)
+    @property
+    def collate(self) -> Callable:
+        """Targets differ in length per image: (images [B, C, H, W], targets [M, 6]). A property: a
+        dataclass field holding a function would be read back as a bound method."""
+        return yolo_collate
+
+    def evaluate(self, run: Run, batches: Iterable, *, on_batch: Callable[[int], None] | None = None) -> float:
+        return detection_map(run, batches, strides=self.strides, config=self.postprocess, on_batch=on_batch)
+
+    def evaluate_model(self, model: torch.nn.Module, batches: Iterable, *, device: torch.device | str = "cpu") -> float:
+        """On the CPU in float32, as the engines' outputs are decoded (the score decides what ships)."""
+        return self.evaluate(torch_runner(model.cpu()), batches)
+
+    def objective(self, student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, *,
+                  images: torch.Tensor, temperature: float, alpha: float) -> torch.Tensor:
+        """`alpha` x distillation from the teacher's raw outputs + (1 - alpha) x the detection loss
+        against the labels (`--alpha` weighs them as for a classifier; `temperature`, the softmax's,
+        is not used: see `distill_temperature`)."""
+        h, w = images.shape[-2:]
+        hard = self.loss(student, targets.to(student.device), height=h, width=w)
+        soft = detection_distill_loss(student, teacher, temperature=self.distill_temperature)
+        return alpha * soft + (1 - alpha) * hard
 
     def loss(self, raw: torch.Tensor, targets: torch.Tensor, *, height: int, width: int) -> torch.Tensor:
         return detection_loss(raw, targets, height=height, width=width, strides=self.strides, config=self.loss_config)[0]

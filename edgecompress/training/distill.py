@@ -57,8 +57,15 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
 
 
+def _objective(task) -> Callable[..., torch.Tensor]:
+    """The task's fine-tuning loss; without a task, classification's."""
+    if task is not None:
+        return task.objective
+    return lambda s, t, y, *, images, temperature, alpha: kd_loss(s, t, y, temperature=temperature, alpha=alpha)
+
+
 def _loader(dataset: Dataset, *, batch_size: int, seed: int, rank: int, world_size: int, epoch: int,
-            workers: int = 0, pin_memory: bool = False) -> DataLoader:
+            workers: int = 0, pin_memory: bool = False, collate: Callable | None = None) -> DataLoader:
     # A last short batch gives BatchNorm noisy statistics; drop it unless the data is that small.
     full = len(dataset) >= batch_size * world_size
     if world_size > 1:
@@ -66,9 +73,9 @@ def _loader(dataset: Dataset, *, batch_size: int, seed: int, rank: int, world_si
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
         sampler.set_epoch(epoch)
         return loader(dataset, batch_size=batch_size, sampler=sampler, drop_last=full, workers=workers,
-                      pin_memory=pin_memory)
+                      pin_memory=pin_memory, collate=collate)
     return loader(dataset, batch_size=batch_size, shuffle=True, seed=seed * 1000 + epoch, drop_last=full,
-                  workers=workers, pin_memory=pin_memory)
+                  workers=workers, pin_memory=pin_memory, collate=collate)
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -91,8 +98,12 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 def distill(student: nn.Module, teacher: nn.Module, dataset: Dataset, *, steps: int,
             config: DistillConfig = DistillConfig(), seed: int = 0, distributed: bool = False,
             on_step: Callable[[int, float], None] | None = None, device: torch.device | str = "cpu",
-            workers: int = 0) -> list[float]:
+            workers: int = 0, task=None) -> list[float]:
     """Train `student` in place for `steps` optimiser steps (per rank); returns the loss per step.
+
+    `task` (tasks/base.py): its `objective` is the loss and its `collate` batches the items; None:
+    classification (`kd_loss`, torch's collate). `augment` (flips) applies to classification only:
+    a detector's boxes would have to flip with the image.
 
     `distributed`: train with DDP across the torchrun ranks (each must call this with the same
     steps). Off for work only rank 0 does (the search's probe distillation): wrapping in DDP there
@@ -103,12 +114,12 @@ def distill(student: nn.Module, teacher: nn.Module, dataset: Dataset, *, steps: 
     device = torch.device(device)
     with on_device(device, student, teacher):
         losses = _train(student, teacher, dataset, steps=steps, config=config, seed=seed,
-                        distributed=distributed, on_step=on_step, device=device, workers=workers)
+                        distributed=distributed, on_step=on_step, device=device, workers=workers, task=task)
     student.eval()
     return losses
 
 
-def _train(student, teacher, dataset, *, steps, config, seed, distributed, on_step, device, workers) -> list[float]:
+def _train(student, teacher, dataset, *, steps, config, seed, distributed, on_step, device, workers, task) -> list[float]:
     rank, world_size = world() if distributed else (0, 1)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed + 7)
@@ -123,20 +134,23 @@ def _train(student, teacher, dataset, *, steps, config, seed, distributed, on_st
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     scaler = grad_scaler(device)
     losses: list[float] = []
+    objective = _objective(task)
+    flips = config.augment and getattr(task, "name", "classify") == "classify"
     epoch = 0
     while len(losses) < steps:
         before = len(losses)
         for x, y in _loader(dataset, batch_size=config.batch_size, seed=seed, rank=rank, world_size=world_size,
-                            epoch=epoch, workers=workers, pin_memory=device.type == "cuda"):
+                            epoch=epoch, workers=workers, pin_memory=device.type == "cuda",
+                            collate=getattr(task, "collate", None)):
             x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device, non_blocking=True)
-            if config.augment:
+            if flips:
                 x = augment(x, gen)
             with autocast(device):
                 with torch.no_grad():
                     teacher_logits = teacher(x)
                 student_logits = model(x)
-            loss = kd_loss(student_logits.float(), teacher_logits.float(), y,
-                           temperature=config.temperature, alpha=config.alpha)
+            loss = objective(student_logits.float(), teacher_logits.float(), y, images=x,
+                             temperature=config.temperature, alpha=config.alpha)
             opt.zero_grad(set_to_none=True)
             if scaler is None:
                 loss.backward()

@@ -57,7 +57,7 @@ class Evaluator:
         self.builds = {b: artifact_evaluator(
             fp32_onnx=fp32, work_dir=work / b, calib_batches=ctx.builder.calibration(shipped=True),
             val_batches=lambda: ctx.data.batches("val"), build=self.build,
-            run=ctx.target.runner, measure=lambda built: None, backend=b, method=_method(ctx, b),
+            run=ctx.target.runner, measure=lambda built: None, backend=b, method=_method(ctx, b), score=ctx.task.evaluate,
             symmetric_activations=SYMMETRIC_ACTIVATIONS.get(runtime, False)) for b in self.backends}
 
     def build(self, src: Path, precision: str, out: Path):

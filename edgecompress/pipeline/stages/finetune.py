@@ -17,6 +17,7 @@ from edgecompress.pipeline.context import Context
 from edgecompress.pipeline.measure import accuracy
 from edgecompress.pipeline.records import FinetuneRecord
 from edgecompress.pipeline.stage import StageOutput
+from edgecompress.tasks import select_task
 from edgecompress.training.device import resolve_device
 from edgecompress.training.distill import DistillConfig, distill, steps_for
 from edgecompress.training.distributed import Coordinator
@@ -57,7 +58,8 @@ class FinetuneStage:
             ctx.dist.start_finetune(student)
         with ctx.ui.progress("distilling", steps) as bar:
             losses = distill(student, ctx.original, dataset, steps=steps, config=settings, seed=cfg.seed,
-                             distributed=ctx.dist is not None, device=ctx.device, workers=ctx.data.workers, on_step=lambda i, loss: bar.update(i, info=f"loss {loss:.3f}"))
+                             distributed=ctx.dist is not None, device=ctx.device, workers=ctx.data.workers,
+                             task=ctx.task, on_step=lambda i, loss: bar.update(i, info=f"loss {loss:.3f}"))
         after = accuracy(ctx, student)
         kept = "finetuned"
         if after < before:
@@ -79,11 +81,12 @@ def worker(config, coordinator: Coordinator) -> int:
     device = resolve_device(config.train_device)
     data, loaded, _ = resolve_inputs(config)
     teacher = loaded.model.eval()
+    task = select_task(data.kind, num_classes=data.num_classes, model=teacher, metric=config.metric)
     message = coordinator.wait()
     if message["cmd"] == "finetune":
         student = torch.load(io.BytesIO(message["student"]), map_location="cpu", weights_only=False)
         dataset, steps, settings = finetune_plan(config, data.train, coordinator.world_size)
         distill(student, teacher, dataset, steps=steps, config=settings, seed=config.seed, distributed=True,
-                device=device, workers=data.workers)
+                device=device, workers=data.workers, task=task)
     coordinator.dist.destroy_process_group()
     return 0

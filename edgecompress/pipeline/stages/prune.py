@@ -22,6 +22,7 @@ from edgecompress.pipeline.stage import StageOutput
 from edgecompress.pruning import PruningPlan
 from edgecompress.pruning.cost import Structure, describe, removal_order, skip_candidates, structure, with_step
 from edgecompress.pruning.depth import find_blocks as find, remove_blocks, safe_blocks
+from edgecompress.pruning.detection import fold_removed_bottlenecks, prunable_form
 from edgecompress.pruning.reconstruct import reconstruct
 from edgecompress.pruning.search import Budget, ProbeResult, Searcher, SearchOutcome
 from edgecompress.pruning.structure import widths_of
@@ -73,7 +74,9 @@ class Prober:
 
     def pruned(self, s: Structure) -> nn.Module:
         model = self.plan.prune_units(s.counts) if s.counts else self.plan.model
-        return remove_blocks(model, s.blocks, copy_model=not s.counts)
+        model = remove_blocks(model, s.blocks, copy_model=not s.counts)
+        fold_removed_bottlenecks(model)   # a detector's removed C2f bottlenecks leave its concat (exact)
+        return model
 
     def model_for(self, s: Structure) -> nn.Module:
         """The probe's trained model; rebuilt identically (same seeds) when it is not in memory."""
@@ -91,7 +94,8 @@ class Prober:
             distill(model, self.ctx.original, self.ctx.data.train, steps=cfg.probe_finetune_steps,
                     config=DistillConfig(temperature=cfg.temperature, alpha=cfg.alpha, lr=cfg.lr,
                                          batch_size=cfg.batch_size, augment=cfg.augment),
-                    seed=probe_seed(cfg.seed, key), device=self.ctx.device, workers=self.ctx.data.workers)
+                    seed=probe_seed(cfg.seed, key), device=self.ctx.device, workers=self.ctx.data.workers,
+                    task=self.ctx.task)
         self.models = {key: model.eval()}   # only the latest: the chosen one is rebuilt if needed
         return model
 
@@ -122,7 +126,8 @@ class PruneStage:
     def run(self, ctx: Context, out: Path) -> StageOutput:
         cfg, base = ctx.config, ctx.results.baseline
         precision = ctx.results.baseline.probe_precision or probe_precision(ctx.profile, cfg.precision)
-        plan, blocks = build_plan(ctx), find_blocks(ctx)
+        plan = build_plan(ctx)
+        blocks = find_blocks(ctx, plan.model)
         for item in plan.unprunable:
             ctx.note(f"left at full width: {', '.join(item['layers'])} -- {item['reason']}")
         state = ctx.rundir.load_checkpoint(CHECKPOINT) or {}
@@ -280,17 +285,25 @@ def deviation_batches(ctx: Context) -> list[torch.Tensor]:
 
 
 def build_plan(ctx: Context):
+    """The plan on the model in a form Torch-Pruning can trace (pruning/detection.prunable_form:
+    the original itself, or a detector's copy with its C2f blocks unsplit, same outputs), the
+    layers whose outputs are the model's output format left whole."""
     cfg = ctx.config
     batches = ctx.data.train_batches(count=PLAN_BATCHES, batch_size=PLAN_BATCH_SIZE, seed=cfg.seed)
     opts = {} if cfg.allocation is None else {"allocation": cfg.allocation}
-    return PruningPlan.build(ctx.original, batches, criterion=cfg.criterion, **opts)
+    model, ignored, rewritten = prunable_form(ctx.original)
+    if rewritten:
+        ctx.note(f"pruned in a traceable form: {len(rewritten)} C2f block(s) with their split 1x1 conv as two "
+                 f"convs (same outputs): {', '.join(rewritten)}")
+    return PruningPlan.build(model, batches, criterion=cfg.criterion, ignored=ignored, **opts)
 
 
-def find_blocks(ctx: Context) -> list:
-    """The original's removable residual blocks, scored on the first DEPTH_BATCHES importance
-    batches; a block whose removal breaks the forward stays (noted, never fatal)."""
+def find_blocks(ctx: Context, model: nn.Module | None = None) -> list:
+    """The removable residual blocks of `model` (default: the original), scored on the first
+    DEPTH_BATCHES importance batches; a block whose removal breaks the forward stays (noted, never fatal)."""
     batches = deviation_batches(ctx)
-    blocks, failed = safe_blocks(ctx.original, find(ctx.original, batches), batches[0][:2])
+    model = ctx.original if model is None else model
+    blocks, failed = safe_blocks(model, find(model, batches), batches[0][:2])
     for item in failed:
         ctx.note(f"block kept: {', '.join(item['layers'])} -- {item['reason']}")
     return blocks

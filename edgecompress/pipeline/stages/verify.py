@@ -177,6 +177,7 @@ def run_facts(ctx: Context, verify_seconds: float) -> dict:
     pre = ctx.data.preprocess
     return {"target": ctx.profile.name, "model": ctx.model_name, "data": ctx.data.name, "code": CODE,
             "preprocess": pre.record() if pre else None, "train_device": str(ctx.device), "notes": list(ctx.notes),
+            "metric": {"name": ctx.task.metric, "unit": ctx.task.unit, "task": ctx.task.name},
             "artifacts": {**ctx.rundir.artifacts(), **VERIFY_FILES}, "timings_s": timings}
 
 

@@ -23,7 +23,7 @@ from edgecompress.inputs.yolo import collate, yolo_datasets
 from edgecompress.pruning.detection import head_output_layers, unsplit_c2f
 from edgecompress.pruning.groups import find_groups, prune_copy
 from edgecompress.tasks.detection import DetectionTask, detection_map, torch_runner
-from edgecompress.training.detection import DetectorFinetuneConfig, finetune_detector
+from edgecompress.tasks.detection_finetune import DetectorFinetuneConfig, finetune_detector
 from edgecompress.training.evaluation import macs_and_params, recalibrate_bn
 from edgecompress.zoo.detector import pretrained_detector
 

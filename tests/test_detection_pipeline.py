@@ -28,7 +28,7 @@ def weights(tmp_path_factory, demo) -> Path:
     from edgecompress.inputs.loaders import loader
     from edgecompress.inputs.yolo import collate, yolo_datasets
     from edgecompress.tasks import DetectionTask
-    from edgecompress.training.detection import DetectorFinetuneConfig, finetune_detector
+    from edgecompress.tasks.detection_finetune import DetectorFinetuneConfig, finetune_detector
     from edgecompress.zoo.detector import create_detector
     torch.manual_seed(0)
     _, sets = yolo_datasets(demo, imgsz=64)

@@ -182,7 +182,7 @@ def test_shipped_detector_finds_the_demo_objects(tmp_path, one_thread):
 def test_finetuning_pulls_the_student_to_the_teacher_and_leaves_the_teacher(one_thread):
     import copy
 
-    from edgecompress.training.detection import DetectorFinetuneConfig, finetune_detector
+    from edgecompress.tasks.detection_finetune import DetectorFinetuneConfig, finetune_detector
     torch.manual_seed(0)
     teacher = create_detector("tiny-yolo-test", num_classes=NC).eval()
     student = copy.deepcopy(teacher)

@@ -15,7 +15,8 @@ import torch
 
 from edgecompress.calibration import METHODS
 from edgecompress.cli import _config, _run_parser, main
-from edgecompress.pipeline.config import TASKS, RunConfig, choices
+from edgecompress.pipeline.config import RunConfig, choices
+from edgecompress.tasks.select import TASKS
 from edgecompress.pruning import ALLOCATIONS, CRITERIA
 from edgecompress.zoo import CHECKPOINTS
 
@@ -203,7 +204,7 @@ def test_flag_values_reach_the_config():
 
 
 @pytest.mark.parametrize("name, names", [("allocation", ALLOCATIONS.names), ("criterion", CRITERIA.names),
-                                         ("task", lambda: list(TASKS)), ("calibration", lambda: list(METHODS)),
+                                         ("task", lambda: ["auto", *TASKS]), ("calibration", lambda: list(METHODS)),
                                          ("precision", lambda: ["auto", "fp32", "fp16", "int8"])])
 def test_choices_come_from_the_registries(capsys, name, names):
     assert choices(name) == names()

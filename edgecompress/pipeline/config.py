@@ -14,7 +14,6 @@ from typing import Any, Callable, get_args
 
 from edgecompress.errors import UserError
 
-TASKS = ("auto", "classify", "detect")
 PREPROCESSING = "the model's preprocessing (declared once; used for evaluation, calibration and latency)"
 
 
@@ -62,6 +61,11 @@ def _criteria() -> list[str]:
 def _allocations() -> list[str]:
     from edgecompress.pruning import ALLOCATIONS
     return ALLOCATIONS.names()
+
+
+def _tasks() -> list[str]:
+    from edgecompress.tasks.select import TASKS
+    return ["auto", *TASKS]
 
 
 def _presets() -> list[str]:
@@ -126,7 +130,7 @@ class RunConfig:
                                "measured on the target", metavar="DEVICE", group=PREPROCESSING)
     data_workers: int | None = option(None, "processes decoding image files (default: cores - 1, at most 4; "
                                       "0: none)", metavar="N", group=PREPROCESSING)
-    task: str = option("auto", "{choices} (auto: from the model)", choices=lambda: list(TASKS))
+    task: str = option("auto", "{choices} (auto: from the model)", choices=_tasks)
     metric: str | None = option(None, "the accuracy promise's score: FUNCTION(run, batches) -> points, "
                                 "higher is better", metavar="MODULE:FUNCTION")
     imgsz: int | None = option(None, "detection input size in pixels (default: the checkpoint's)")

@@ -14,18 +14,21 @@ from edgecompress.tasks.base import Run, Task, torch_runner
 from edgecompress.tasks.classification import ClassificationTask
 from edgecompress.tasks.detection import DetectionTask
 
+# the tasks `--task` names (its choices, with "auto"): kind -> Task(num_classes, model)
+TASKS: dict[str, Callable[[int, nn.Module | None], Task]] = {
+    "classify": lambda num_classes, model: ClassificationTask(),
+    "detect": lambda num_classes, model: DetectionTask(num_classes=num_classes,
+                                                       strides=tuple(getattr(model, "strides", (8, 16)))),
+}
 METRIC_HINT = "--metric names a function evaluate(run, batches) -> points (higher is better), as package.module:function"
 
 
 def select_task(kind: str, *, num_classes: int, model: nn.Module | None = None, metric: str | None = None) -> Task:
     """`kind` "classify" or "detect" (inputs.resolve.task_kind resolved `auto`); `metric`, when
     given, scores every model and engine instead of the task's own score."""
-    if kind == "detect":
-        task: Task = DetectionTask(num_classes=num_classes, strides=tuple(getattr(model, "strides", (8, 16))))
-    elif kind == "classify":
-        task = ClassificationTask()
-    else:
-        raise UserError(f"unknown task {kind!r}", "valid: classify, detect")
+    if kind not in TASKS:
+        raise UserError(f"unknown task {kind!r}", f"valid: {', '.join(TASKS)}")
+    task: Task = TASKS[kind](num_classes, model)
     if metric:
         from edgecompress.inputs.specs import IMPORT_SPEC, import_object
         if not IMPORT_SPEC.match(metric):

@@ -34,3 +34,11 @@ def reference_run(tmp_path_factory, fault_weights) -> Path:
     assert proc.returncode == 0, proc.stderr
     assert json.loads((out / "manifest.json").read_text())["finished"]
     return out
+
+
+def pytest_sessionstart(session):
+    """The timing host (targets/isolated.py) is started before any test loads a runtime, as the
+    runner starts it before its stages: a process started from one that has run OpenVINO and
+    DataLoader workers crashed it."""
+    from edgecompress.targets.isolated import start_host
+    start_host()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 
 import numpy as np
 import pytest
@@ -196,7 +197,7 @@ def test_local_targets_give_callers_that_compare_can_interleave(tmp_path, conv_o
         pytest.skip(f"{module} is not installed")
     from edgecompress.targets import get_target
     from edgecompress.targets.base import input_dims, random_input
-    target = get_target(profile)
+    target = get_target(_in_process(profile))
     build = target.build(conv_onnx, tmp_path, precision="fp32")
     out = np.asarray(target.caller(build)())   # the one loader: the call returns the output
     want = target.runner(build)(random_input(input_dims(build.onnx, target.profile)))
@@ -216,6 +217,50 @@ def test_local_targets_give_callers_that_compare_can_interleave(tmp_path, conv_o
                          min_blocks=6, max_time_s=0.2)
     expected = 1 + 2 * timing.blocks * timing.runs_per_block
     assert counts == {"a": expected, "b": expected}
+
+
+def _in_process(name: str):
+    """Profile `name` with its engines timed in this process (benchmark.isolate off)."""
+    from edgecompress.profiles import load_profile
+    profile = load_profile(name)
+    return profile.model_copy(update={"benchmark": profile.benchmark.model_copy(update={"isolate": False})})
+
+
+def test_time_builds_runs_each_engine_in_a_process_of_its_own(tmp_path, conv_onnx, monkeypatch):
+    """By default (benchmark.isolate) every engine is opened by the one loader with exactly the
+    settings `Target.settings` gives it (what deploy.json ships), in a worker process of the timing
+    host, neither this process nor the host; every block asks each engine for `runs_per_block`
+    calls timed there; an engine that cannot open is one UserError line."""
+    if importlib.util.find_spec("openvino") is None:
+        pytest.skip("openvino is not installed")
+    from dataclasses import replace
+    from pathlib import Path
+
+    from edgecompress.targets import get_target, isolated
+    target = get_target("x86-cpu")
+    build = target.build(conv_onnx, tmp_path, precision="fp32")
+    builds = {"a": build, "b": replace(build, settings={"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1})}
+    specs, asked = {}, []
+    real_calls, real_timed = isolated.isolated_calls, isolated.IsolatedEngine.timed
+
+    def calls(given):
+        specs.update(given)
+        return real_calls(given)
+
+    def timed(self, runs):
+        asked.append(runs)
+        return real_timed(self, runs)
+    monkeypatch.setattr(isolated, "isolated_calls", calls)
+    monkeypatch.setattr(isolated.IsolatedEngine, "timed", timed)
+    timing = time_builds(target, builds, reference="a", warmup=1, runs_per_block=2, min_blocks=6, max_time_s=0.2)
+    assert specs == {n: (b.engine, "openvino", target.settings(b), 1) for n, b in builds.items()}
+    assert specs["b"][2] != specs["a"][2]
+    assert asked.count(1) == 2 and asked.count(2) == 2 * 2 * timing.blocks and timing.ratios["a"].median == 1.0
+    host = isolated.start_host().process.pid
+    workers = Path(f"/proc/{host}/task/{host}/children").read_text().split()
+    assert len(workers) >= 2 and str(os.getpid()) not in workers and str(host) != str(os.getpid())
+    with pytest.raises(UserError, match="could not open an engine in its own process: .*missing.xml"):
+        isolated.isolated_calls({"x": (tmp_path / "missing.xml", "openvino", None, 1)})
 
 
 def _false_exclusions(runs: int) -> float:

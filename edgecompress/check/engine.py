@@ -296,6 +296,8 @@ def check_run(run_dir: str | Path, *, tolerance: float | None = None, threads: i
               accept_unmeasured: bool = False) -> CheckResult:
     """Outputs, then latency, of a run directory's engine against what the run recorded. A run
     this machine cannot time gives a result that says why (and passes only when accepted)."""
+    from edgecompress.targets.isolated import start_host
+    start_host()   # before this process opens a runtime: the side-by-side timing runs there, as the run's did
     try:
         engine = open_run(run_dir, threads=threads)
         outputs = engine.compare_outputs()

@@ -25,6 +25,7 @@ from edgecompress.pipeline.ui import UI, summary_line
 from edgecompress.profiles import load_profile
 from edgecompress.report import summary
 from edgecompress.targets import get_target
+from edgecompress.targets.isolated import start_host
 from edgecompress.tasks import select_task
 from edgecompress.training.device import resolve_device
 from edgecompress.training.distributed import Coordinator, launched_by_torchrun
@@ -51,6 +52,7 @@ def run(config: RunConfig) -> int:
 
 
 def _run(config: RunConfig, coordinator) -> int:
+    start_host()   # engines are timed there; started before this process runs a runtime or a DataLoader worker
     ui = UI()
     start = time.perf_counter()
     out = config.out_dir()

@@ -160,12 +160,19 @@ def _pilot(block: Callable[[], np.ndarray], names: list[str], reference: str, mi
 
 
 def time_builds(target: Target, builds: dict[str, BuildResult], *, reference: str, **kw) -> Timing:
-    """`compare` the engines of `builds` on this machine, each loaded with its own settings. The warm-up
-    defaults to the profile's (a runtime's first calls compile and allocate)."""
+    """`compare` the engines of `builds` on this machine, each loaded with its own settings, each in
+    a process of its own as a user's application runs it (targets/isolated.py; in this process
+    only where the profile's benchmark says `isolate: false`). The warm-up defaults to the
+    profile's (a runtime's first calls compile and allocate)."""
     if target.latency_source != "local":
         raise UserError(f"{target.profile.name} latency is {target.latency_source}, not timed on this machine",
                         "interleaved timing needs engines that run here; use target.measure for the device")
     kw.setdefault("warmup", target.profile.benchmark.warmup)
+    if target.profile.benchmark.isolate:
+        from edgecompress.targets.isolated import isolated_calls
+        calls = isolated_calls({name: (b.engine, b.runtime, target.settings(b), target.profile.batch)
+                                for name, b in builds.items()})
+        return compare(calls, reference=reference, **kw)
     return compare({name: target.caller(b) for name, b in builds.items()}, reference=reference, **kw)
 
 
@@ -226,11 +233,7 @@ def _warm_up(calls: dict[str, Callable[[], object]], warmup: int, clock: Callabl
     """Run each call `warmup` times; the slowest engine's median warm-up call in seconds (0: none)."""
     slowest = 0.0
     for call in calls.values():
-        seconds = []
-        for _ in range(warmup):
-            t0 = clock()
-            call()
-            seconds.append(clock() - t0)
+        seconds = [_seconds(call, 1, clock) for _ in range(warmup)]
         if seconds:
             slowest = max(slowest, float(np.median(seconds)))
     return slowest
@@ -249,12 +252,18 @@ def _time_block(calls: list[Callable[[], object]], order: np.ndarray, runs: int,
     """Mean ms per call of each engine (indexed like `calls`), the engines run in `order`."""
     ms = np.empty(len(calls))
     for i in order:
-        call = calls[i]
-        t0 = clock()
-        for _ in range(runs):
-            call()
-        ms[i] = (clock() - t0) * 1e3 / runs
+        ms[i] = _seconds(calls[i], runs, clock) * 1e3 / runs
     return ms
+
+
+def _seconds(call: Callable[[], object], runs: int, clock: Callable[[], float]) -> float:
+    """Seconds of `runs` calls back to back; an engine in its own process (`timed`) times them there."""
+    if hasattr(call, "timed"):
+        return call.timed(runs)
+    t0 = clock()
+    for _ in range(runs):
+        call()
+    return clock() - t0
 
 
 def _ratios(rows: list[np.ndarray], names: list[str], reference: str) -> dict[str, Ratio]:

@@ -142,7 +142,9 @@ class TableCache:
                "where": describe_device() if ctx.target.latency_source == "local" else ctx.target.latency_source,
                "runtime": [ctx.target.runtime, runtime_version(ctx.target.runtime)],
                "model": model_digest(ctx.original),
-               "input": list(ctx.input_shape), "data": ctx.data.name, "seed": cfg.seed, "width_steps": WIDTH_STEPS}
+               "input": list(ctx.input_shape), "data": ctx.data.name, "seed": cfg.seed, "width_steps": WIDTH_STEPS,
+               # timed how (in a process per engine or not, caps) and loaded with which settings
+               "benchmark": ctx.profile.benchmark.model_dump(), "settings": ctx.settings_for(precision)}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
         return cls(Path(folder) / "latency-tables" / f"{digest}.json", key)
 

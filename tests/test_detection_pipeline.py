@@ -82,3 +82,8 @@ def test_detector_compress_end_to_end_with_map_as_the_promise(capsys, tmp_path, 
     summary = [line for line in out.splitlines() if line.startswith("mAP50-95 ")]
     assert summary and f"{base['accuracy']:.2f} -> {result['accuracy']:.2f} (val)" in summary[-1]
     assert "mAP50-95" in (run / "report.html").read_text()
+    # scores are printed as mAP points, never as a top-1 percentage
+    assert not [line for line in out.splitlines() if " val " in line and line.rstrip().endswith("%")]
+    # the layer table names the layers of one form (C2f unsplit): an unpruned model keeps every width
+    if report["pruning"]["unpruned"]:
+        assert all(layer["after"] == layer["before"] for layer in report["layers"])

@@ -101,3 +101,32 @@ def test_yolo_data_with_task_classify_is_refused():
         resolve_inputs(_config(data="yolo:x/data.yaml", task="classify"))
     with pytest.raises(UserError, match="needs detection data"):
         resolve_inputs(_config(task="detect", data="fashion-mnist"))
+
+
+def mean_recall(run, batches) -> float:
+    """A user's --metric for the end-to-end test: mean per-class recall in points."""
+    hits, seen = np.zeros(10), np.zeros(10)
+    for x, y in batches:
+        pred = np.asarray(run(np.ascontiguousarray(torch.as_tensor(x).numpy(), dtype=np.float32))).argmax(1)
+        y = torch.as_tensor(y).numpy()
+        np.add.at(seen, y, 1)
+        np.add.at(hits, y, pred == y)
+    return float(100 * np.mean(hits[seen > 0] / seen[seen > 0]))
+
+
+@pytest.mark.slow
+def test_compress_with_a_users_metric_judges_every_model_by_it(tmp_path, fault_weights):
+    """`compress --metric module:function` end to end: the run finishes, its scores are the user's
+    function's (points, not "%"), and the report, the stage lines and the summary name it."""
+    import json
+
+    from _faults import run_cli, tiny_argv
+    out = tmp_path / "run"
+    proc = run_cli(tiny_argv(out, fault_weights, "--metric", f"{__name__}:mean_recall"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["metric"]["name"] == "mean_recall" and report["metric"]["unit"] == ""
+    assert 0 < report["baseline"]["accuracy"] <= 100 and 0 < report["result"]["accuracy"] <= 100
+    lines = proc.stdout + proc.stderr
+    assert "validation mean_recall" in lines and "mean_recall" in lines.strip().splitlines()[-1]
+    assert not [line for line in lines.splitlines() if " val " in line and line.rstrip().endswith("%")]

@@ -6,6 +6,7 @@ default or a choice is written in one place; fields declared without `option()` 
 """
 from __future__ import annotations
 
+import importlib
 import math
 import time
 from dataclasses import MISSING, asdict, dataclass, field
@@ -38,39 +39,26 @@ def choices(name: str) -> list[str]:
     return list(RunConfig.__dataclass_fields__[name].metadata["flag"].choices())
 
 
+def _names(module: str, attr: str, *first: str) -> Callable[[], list[str]]:
+    """The names `module.attr` holds (a Registry, a mapping, a Literal type), after `first`; read
+    when asked, so `compress --help` imports no heavy package it does not need."""
+    def names() -> list[str]:
+        held = getattr(importlib.import_module(module), attr)
+        return [*first, *(held.names() if hasattr(held, "names") else get_args(held) or held)]
+    return names
+
+
 def _targets() -> list[str]:
     from edgecompress.profiles import list_profiles
     return list_profiles()
 
 
-def _precisions() -> list[str]:
-    from edgecompress.profiles import Precision
-    return ["auto", *get_args(Precision)]
-
-
-def _calibrations() -> list[str]:
-    from edgecompress.calibration import METHODS
-    return list(METHODS)
-
-
-def _criteria() -> list[str]:
-    from edgecompress.pruning import CRITERIA
-    return CRITERIA.names()
-
-
-def _allocations() -> list[str]:
-    from edgecompress.pruning import ALLOCATIONS
-    return ALLOCATIONS.names()
-
-
-def _tasks() -> list[str]:
-    from edgecompress.tasks.select import TASKS
-    return ["auto", *TASKS]
-
-
-def _presets() -> list[str]:
-    from edgecompress.inputs.preprocess import PRESETS
-    return list(PRESETS)
+_precisions = _names("edgecompress.profiles", "Precision", "auto")
+_calibrations = _names("edgecompress.calibration", "METHODS")
+_criteria = _names("edgecompress.pruning", "CRITERIA")
+_allocations = _names("edgecompress.pruning", "ALLOCATIONS")
+_tasks = _names("edgecompress.tasks.select", "TASKS", "auto")
+_presets = _names("edgecompress.inputs.preprocess", "PRESETS")
 
 
 @dataclass(frozen=True)
@@ -90,8 +78,9 @@ class RunConfig:
     precision: str = option("auto", "{choices} (auto: fastest within the budget)", choices=_precisions)
     calibration: str = option("minmax", "INT8 calibration: {choices}", choices=_calibrations)
     # the seed method, per-layer contribution rates (group=share)
-    criterion: str = option("permutation", "channel importance criterion: NAME or NAME:OPTION=VALUE,... "
-                            "(e.g. permutation:group=share); NAME: {choices}", choices=_criteria)
+    criterion: str | None = option(None, "channel importance criterion: NAME or NAME:OPTION=VALUE,... "
+                                   "(e.g. permutation:group=share); NAME: {choices} (default: the pruning "
+                                   "engine's)", choices=_criteria)
     allocation: str | None = option(None, "how one knob becomes per-layer keep counts: {choices} "
                                     "(default: the pruning engine's)", choices=_allocations)
     reconstruct: bool = option(False, "least-squares reconstruction of the next layer after pruning")
@@ -176,7 +165,8 @@ class RunConfig:
             yield exc.cause, exc.hint
         from edgecompress.pruning.criteria import parse_spec
         try:
-            parse_spec(self.criterion)
+            if self.criterion is not None:
+                parse_spec(self.criterion)
         except UserError as exc:
             yield f"--criterion: {exc.cause}", exc.hint
 

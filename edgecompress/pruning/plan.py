@@ -34,14 +34,15 @@ class PruningPlan:
         self._allocate = alloc.ALLOCATIONS.get(allocation)
 
     @classmethod
-    def build(cls, model: nn.Module, batches: Iterable, *, criterion: str = DEFAULT_CRITERION,
+    def build(cls, model: nn.Module, batches: Iterable, *, criterion: str | None = None,
               allocation: str = "cr", ignored: Iterable = (), example_input: torch.Tensor | None = None,
               safe: bool = True, **criterion_opts) -> "PruningPlan":
         """Groups, safety screen (`safe`: each group tried at its thinnest, failures left at full
         width in `unprunable`), then scores. A model with nothing prunable gets a plan without
         groups whose `prune` returns an unchanged copy; only a model that does not run on the
-        batches is a UserError."""
+        batches is a UserError. `criterion` None: DEFAULT_CRITERION."""
         batches = list(batches) if not isinstance(batches, (list, tuple)) else batches
+        criterion = criterion or DEFAULT_CRITERION
         name, spec_opts = parse_spec(criterion)   # "name" or "name:key=value,..."
         score_fn, criterion_opts = CRITERIA.get(name), {**spec_opts, **criterion_opts}
         alloc.ALLOCATIONS.get(allocation)     # fail on a bad name before the expensive part

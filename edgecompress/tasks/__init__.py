@@ -2,9 +2,9 @@
 user's metric (tasks/base.py); the pipeline holds one, chosen by `select_task`."""
 from __future__ import annotations
 
-from edgecompress.tasks.base import Task, torch_runner
+from edgecompress.tasks.base import Task, points, torch_runner
 from edgecompress.tasks.classification import ClassificationTask
 from edgecompress.tasks.detection import DetectionTask, detection_map
 from edgecompress.tasks.select import MetricTask, select_task
 
-__all__ = ["ClassificationTask", "DetectionTask", "MetricTask", "Task", "detection_map", "select_task", "torch_runner"]
+__all__ = ["ClassificationTask", "DetectionTask", "MetricTask", "Task", "detection_map", "points", "select_task", "torch_runner"]

@@ -34,6 +34,13 @@ class Task(Protocol):
         """The fine-tuning loss: `alpha` x distillation from the teacher + (1 - alpha) x the task's own loss."""
 
 
+def points(task: Task, value: float | None, width: int = 0) -> str:
+    """A score as the run prints it: "94.80 %" for top-1, "54.08 mAP50-95" for another metric."""
+    if value is None:
+        return "n/a"
+    return f"{value:{width}.2f} %" if task.unit == "%" else f"{value:{width}.2f} {task.metric}"
+
+
 def torch_runner(model: nn.Module) -> Run:
     """`run` for a PyTorch model: eval mode, no gradients, CPU."""
     model.eval()

@@ -18,6 +18,7 @@ from edgecompress.pruning.search import Budget
 from edgecompress.pruning.structure import widths_of
 from edgecompress.targets.settings import DEFAULTS, choose_settings
 from edgecompress.targets.timing import relative_timing
+from edgecompress.tasks import points
 from edgecompress.training.evaluation import macs_and_params
 
 OURS_INT8 = "int8"
@@ -49,9 +50,9 @@ class BaselineStage:
         yardstick = self._yardstick(engines, budget)
         for name, e in engines.items():
             ctx.ui.say(f"  {name:<20} {e['tool']:<26} {e['latency_ms']:7.3f} ms  {timing.ratios[name]} of {precision}"
-                       + (f"  val {e['accuracy']:.2f} %" if e.get("accuracy") is not None else "")
+                       + (f"  val {points(ctx.task, e['accuracy'])}" if e.get("accuracy") is not None else "")
                        + ("  <- yardstick" if name == yardstick else ""))
-        ctx.ui.say(f"  original: val {acc:.2f} %, test {_pct(test_acc)}, {macs / 1e6:.1f} M MACs ({timing.stopped}, "
+        ctx.ui.say(f"  original: val {points(ctx.task, acc)}, test {points(ctx.task, test_acc)}, {macs / 1e6:.1f} M MACs ({timing.stopped}, "
                    f"{timing.blocks} blocks)")
         return StageOutput(data=BaselineRecord.from_dict({
             "accuracy": acc, "test_accuracy": test_acc, "flops": macs, "params": params,
@@ -134,7 +135,3 @@ def _fastest(timing, first: str, main: str) -> str:
     best = min(faster, key=lambda n: timing.ratios[n].median)
     tied = [n for n in faster if timing.between(n, best).low <= 1.0]
     return min(tied, key=lambda n: (not n.startswith(f"{main} "), timing.ratios[n].median))
-
-
-def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.2f} %"

@@ -15,6 +15,7 @@ from edgecompress.pipeline.stage import StageOutput
 from edgecompress.pipeline.stages.prune import PAYS_ESTIMATED
 from edgecompress.pruning.search import Budget
 from edgecompress.targets.timing import relative_timing
+from edgecompress.tasks import points
 
 SENSITIVITY_IMAGES = 256
 
@@ -33,7 +34,7 @@ class CalibrateStage:
         files = _keep_artifact(Path(chosen.details["artifact"]), out) if chosen.precision == "int8" else {}
         records = [_record(r, chosen) for r in selection.records]
         for r in records:
-            ctx.ui.say(f"  {r['precision']:<5} {r['backend'] or '':<8} val {r['accuracy']:6.2f} %  {_ms(r['latency_ms'])}"
+            ctx.ui.say(f"  {r['precision']:<5} {r['backend'] or '':<8} val {points(ctx.task, r['accuracy'], 6)}  {_ms(r['latency_ms'])}"
                        f"  {r['ratio']['ratio']:.3f}x [{r['ratio']['low']:.3f}, {r['ratio']['high']:.3f}] of fp32"
                        f"{'  <- chosen' if r['chosen'] else ''}")
         return StageOutput(files=files, data=CalibrateRecord.from_dict({"precision": chosen.precision, "precisions": records,

@@ -17,7 +17,7 @@ from edgecompress.pipeline.context import Context
 from edgecompress.pipeline.measure import accuracy
 from edgecompress.pipeline.records import FinetuneRecord
 from edgecompress.pipeline.stage import StageOutput
-from edgecompress.tasks import select_task
+from edgecompress.tasks import points, select_task
 from edgecompress.training.device import resolve_device
 from edgecompress.training.distill import DistillConfig, distill, steps_for
 from edgecompress.training.distributed import Coordinator
@@ -63,10 +63,11 @@ class FinetuneStage:
         after = accuracy(ctx, student)
         kept = "finetuned"
         if after < before:
-            ctx.note(f"fine-tuning lowered validation accuracy ({before:.2f} -> {after:.2f} %); "
+            ctx.note(f"fine-tuning lowered validation {ctx.task.metric} ({points(ctx.task, before)} -> "
+                     f"{points(ctx.task, after)}); "
                      f"the searched model is kept")
             student, kept = ctx.rundir.load_model("prune", "searched_model"), "searched"
-        ctx.ui.say(f"  validation accuracy {before:.2f} % -> {after:.2f} %")
+        ctx.ui.say(f"  validation {ctx.task.metric} {points(ctx.task, before)} -> {points(ctx.task, after)}")
         torch.save(student, out / "model_pruned.pt")
         return StageOutput(files={"pruned_model": "model_pruned.pt"}, data=FinetuneRecord.from_dict({
             "accuracy_before": before, "accuracy_after": after, "kept": kept, "steps": steps,

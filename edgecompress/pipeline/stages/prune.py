@@ -25,6 +25,7 @@ from edgecompress.pruning.depth import find_blocks as find, remove_blocks, safe_
 from edgecompress.pruning.detection import fold_removed_bottlenecks, prunable_form
 from edgecompress.pruning.reconstruct import reconstruct
 from edgecompress.pruning.search import Budget, ProbeResult, Searcher, SearchOutcome
+from edgecompress.tasks import points
 from edgecompress.pruning.structure import widths_of
 from edgecompress.targets.timing import decided, relative_timing
 from edgecompress.training.distill import DistillConfig, distill
@@ -167,7 +168,9 @@ class PruneStage:
             ctx.note(note)
         shipped = prober.model_for(chosen_s) if not decision["unpruned"] else ctx.original
         torch.save(shipped, out / "model_searched.pt")
-        before, after = widths_of(plan.model), widths_of(shipped)
+        # widths in the form pruning worked on (a detector's C2f unsplit): the unpruned original keeps them all
+        before = widths_of(plan.model)
+        after = before if decision["unpruned"] else widths_of(shipped)
         return StageOutput(files={"searched_model": "model_searched.pt"}, data=PruneRecord.from_dict({
             "cr": outcome.chosen.cr, "chosen": asdict(outcome.chosen), "met": outcome.met, "missed": outcome.missed,
             "moved_from": outcome.moved_from, "notes": outcome.notes,
@@ -190,7 +193,7 @@ class PruneStage:
             state["search"], state["probes"] = s["probes"], list(prober.by_key.values())
             ctx.rundir.save_checkpoint(CHECKPOINT, state)
             p = ProbeResult.from_dict(s["probes"][-1])
-            ctx.ui.say(f"  probe {len(s['probes']):2d}: knob {p.cr:.4f}  val {p.accuracy:6.2f} %  "
+            ctx.ui.say(f"  probe {len(s['probes']):2d}: knob {p.cr:.4f}  val {points(ctx.task, p.accuracy, 6)}  "
                        f"{p.latency_ms:8.3f} ms (table)  {p.flops / 1e6:7.1f} M MACs  "
                        f"{len(p.blocks_removed or [])} blocks removed  {'accepted' if p.accepted else 'rejected'}")
         searcher.on_probe = checkpoint

@@ -239,11 +239,15 @@ def test_criterion_spec_carries_options(tiny):
         parse_spec("l1:p=3")
 
 
-def test_one_default_criterion_for_the_library_and_the_pipeline():
+def test_one_default_criterion_for_the_library_and_the_pipeline(tiny):
     import inspect
     from edgecompress.pipeline.config import RunConfig
-    assert inspect.signature(PruningPlan.build).parameters["criterion"].default == RunConfig.criterion
-    assert RunConfig.criterion in CRITERIA.names()
+    from edgecompress.pruning.criteria import DEFAULT_CRITERION
+    # both say "the engine's default", which is written once, in pruning.criteria
+    assert inspect.signature(PruningPlan.build).parameters["criterion"].default is None is RunConfig.criterion
+    assert DEFAULT_CRITERION in CRITERIA.names()
+    model, batches = tiny
+    assert PruningPlan.build(model, batches).criterion == DEFAULT_CRITERION
 
 
 def test_registries_have_the_required_names():

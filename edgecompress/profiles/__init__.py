@@ -40,7 +40,7 @@ class Benchmark(_Frozen):
     # the final pruned-vs-unpruned decision, verify, check), and the whole latency table
     compare_time_s: float = Field(20.0, gt=0)
     table_time_s: float = Field(60.0, gt=0)
-    # time each engine in a process of its own, as a user's application runs it (targets/isolated.py)
+    # time the engines of a comparison in a fresh process of their own, not the run's (targets/isolated.py)
     isolate: bool = True
 
 

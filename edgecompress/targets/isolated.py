@@ -1,29 +1,32 @@
-"""Engines timed each in a process of its own, as a user's application runs one.
+"""The engines of a comparison timed in a fresh process of their own, not in the run's.
 
 The run's own process is no place to time an engine: after training it holds PyTorch's thread
-pools, DataLoader workers and every engine it built, and ratios it measured there differed from
-those of a fresh process per engine by -8 to +9 % (docs/benchmarks.md, "user_view"). So every
-local timing goes through a host process started before the run loads any runtime (`start_host`,
-called first by the runner and by `compress check`): a fresh interpreter that imports the one
-loader and runs nothing else; it forks one worker per engine, each opening its engine with `open_engine` and
-its settings, as the user's code does. The protocol (timing.compare) still interleaves blocks and
-pairs ratios; each block's calls run inside the engine's worker and are timed there, so the pipes
-stay outside the clock. Workers are kept (least recently used first out) while their engine file
-is unchanged: the original's engine is the reference of every probe.
+pools, DataLoader workers and every engine it built, and ratios measured there differed from a
+fresh process's by -8 to +9 % (docs/benchmarks.md, "user_view"). So every local comparison goes
+through a host started before the run loads any runtime (`start_host`, called first by the runner
+and by `compress check`): a fresh interpreter that imports the one loader and runs nothing else.
+For each comparison it forks one worker that opens the comparison's engines with `open_engine`
+and their settings, as the user's code does; the protocol (timing.compare) interleaves blocks and
+pairs ratios as before, each block's calls run and are timed inside the worker, so the pipes stay
+outside the clock.
 
-Why a host started early rather than a process per comparison: starting processes from a run
-that had used OpenVINO and DataLoader workers crashed it (SIGSEGV in waitpid, vfork on or off).
-Why a plain subprocess rather than a multiprocessing child: multiprocessing joins its children at
-exit, and the exit hook that stopped the host first crashed the interpreter after OpenVINO and
-DataLoader workers had run (SIGSEGV in the atexit call); the host needs no hook, it ends when its
-socket to this process closes, however this process ends.
+Why one process for the engines of a comparison, not one each: a process's own layout luck moves
+an engine's speed by several percent. Two copies of one engine, each in a process of its own,
+measured 0.96-1.02x of each other; the pruned ResNet-20 over its unpruned engine measured 0.86-0.98
+in six fresh pairs of processes (intervals +-1-2 %, so the spread is the processes'), 0.92-0.94
+in six fresh single processes: engines sharing a process share its luck, and their ratio holds.
+Why a host started early: starting processes from a run that had used OpenVINO and DataLoader
+workers crashed it (SIGSEGV in waitpid, vfork on or off). Why a plain subprocess rather than a
+multiprocessing child: multiprocessing joins its children at exit, and the exit hook that stopped
+the host first crashed the interpreter after OpenVINO and DataLoader workers had run (SIGSEGV in
+the atexit call); the host needs no hook, it ends when its socket to this process closes, however
+this process ends.
 
     calls = isolated_calls({"a": (path, "openvino", settings, 1), "b": ...})
     timing = compare(calls, reference="a")
 """
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
 import socket
@@ -31,14 +34,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections import OrderedDict
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 from edgecompress.errors import UserError
 
 READY = "ready"
-MAX_WORKERS = 12           # engines kept open in the host; a probe's engines are used once
 START_TIMEOUT_S = 300      # the host imports the loader (PyTorch included) before it answers
 
 _lock = threading.Lock()
@@ -83,36 +84,25 @@ def start_host() -> Host:
 
 
 class IsolatedEngine:
-    """A zero-argument call (one inference) of an engine open in its own process; `timed(n)` runs
-    n inferences back to back there and returns their seconds."""
+    """A zero-argument call (one inference) of an engine open in the comparison's process;
+    `timed(n)` runs n inferences back to back there and returns their seconds."""
 
-    def __init__(self, host: Host, key: str) -> None:
-        self._host, self.key = host, key
+    def __init__(self, host: Host, name: str) -> None:
+        self._host, self.name = host, name
 
     def __call__(self) -> float:
         return self.timed(1)
 
     def timed(self, runs: int) -> float:
-        return self._host.ask("time", self.key, runs)
+        return self._host.ask("time", self.name, runs)
 
 
 def isolated_calls(specs: dict[str, tuple]) -> dict[str, IsolatedEngine]:
-    """name -> (path, runtime, settings, batch): each opened by the one loader in a process of its
-    own (opened side by side; an engine already open with the same file and settings is reused)."""
+    """name -> (path, runtime, settings, batch): all opened by the one loader in one fresh process
+    (the previous comparison's process ends)."""
     host = start_host()
-    keys = {name: _key(*spec) for name, spec in specs.items()}
-    host.ask("open", {keys[name]: spec for name, spec in specs.items()})
-    return {name: IsolatedEngine(host, key) for name, key in keys.items()}
-
-
-def _key(path, runtime: str, settings: dict | None, batch: int | None) -> str:
-    """Same file (path, size, modification time), runtime, settings and batch: same engine."""
-    try:
-        stat = os.stat(path)
-        version = (stat.st_size, stat.st_mtime_ns)
-    except OSError:
-        version = None   # the worker reports the missing file
-    return json.dumps([str(Path(path).resolve()), version, runtime, settings, batch], sort_keys=True, default=str)
+    host.ask("open", {name: (str(path), *rest) for name, (path, *rest) in specs.items()})
+    return {name: IsolatedEngine(host, name) for name in specs}
 
 
 def _package_root() -> str:
@@ -121,62 +111,48 @@ def _package_root() -> str:
 
 
 def serve_host(fd: int) -> None:
-    """The host: forks workers, relays block requests; ends when the parent's end closes."""
+    """The host: forks the comparison's worker, relays block requests; ends when the parent's end
+    closes (the worker is a daemon and goes with it)."""
     conn = Connection(fd)
     from edgecompress.targets import deploy  # noqa: F401  (imported once, inherited by every fork)
     fork = mp.get_context("fork")
-    workers: OrderedDict[str, tuple] = OrderedDict()   # key -> (process, connection)
+    worker = None   # (process, connection) of the comparison being timed
     try:
         while True:
             message = conn.recv()
             if message[0] == "open":
-                conn.send(_open(fork, workers, message[1]))
+                if worker:
+                    _close(*worker)
+                worker, reply = _open(fork, message[1])
+                conn.send(reply)
             else:
-                _, key, runs = message
-                workers.move_to_end(key)
-                worker = workers[key][1]
-                worker.send(runs)
-                conn.send(worker.recv())
+                worker[1].send(message[1:])
+                conn.send(worker[1].recv())
     except (EOFError, OSError):
-        return   # the run has ended (or was killed): the workers are daemons and go with the host
+        return
     finally:
-        for process, worker in workers.values():
-            _close(process, worker)
+        if worker:
+            _close(*worker)
 
 
-def _open(fork, workers: OrderedDict, specs: dict[str, tuple]) -> str:
-    started = {}
-    for key, spec in specs.items():
-        if key in workers:
-            workers.move_to_end(key)
-            continue
-        parent, child = fork.Pipe()
-        process = fork.Process(target=_serve, args=(spec, child), daemon=True)
-        process.start()
-        child.close()
-        started[key] = (process, parent)
-    errors = []
-    for key, (process, parent) in started.items():
-        if (reply := _ready(parent)) == READY:
-            workers[key] = (process, parent)
-        else:
-            errors.append(reply)
-            _close(process, parent)
-    for key in [k for k in workers if k not in specs][:max(0, len(workers) - MAX_WORKERS)]:
-        _close(*workers.pop(key))
-    return errors[0] if errors else READY
-
-
-def _ready(conn) -> str:
+def _open(fork, specs: dict[str, tuple]) -> tuple[tuple | None, str]:
+    parent, child = fork.Pipe()
+    process = fork.Process(target=_serve, args=(specs, child), daemon=True)
+    process.start()
+    child.close()
     try:
-        return conn.recv() if conn.poll(START_TIMEOUT_S) else f"error: not open after {START_TIMEOUT_S} s"
+        reply = parent.recv() if parent.poll(START_TIMEOUT_S) else f"error: not open after {START_TIMEOUT_S} s"
     except EOFError:
-        return "error: the engine's process ended while opening it"
+        reply = "error: the engines' process ended while opening them"
+    if reply != READY:
+        _close(process, parent)
+        return None, reply
+    return (process, parent), reply
 
 
 def _close(process, conn) -> None:
     try:
-        conn.send(0)
+        conn.send(None)
     except OSError:
         pass
     process.join(5)
@@ -184,18 +160,21 @@ def _close(process, conn) -> None:
         process.kill()
 
 
-def _serve(spec: tuple, conn) -> None:
-    """One engine in its process: runs n calls on request and sends back their seconds."""
-    path, runtime, settings, batch = spec
+def _serve(specs: dict[str, tuple], conn) -> None:
+    """The engines of one comparison in their process: runs n calls of one on request and sends
+    back their seconds."""
     try:
         from edgecompress.targets.deploy import open_engine
-        call = open_engine(path, runtime, settings, batch=batch or 1).caller()
+        calls = {key: open_engine(path, runtime, settings, batch=batch or 1).caller()
+                 for key, (path, runtime, settings, batch) in specs.items()}
     except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
         conn.send(f"error: {type(exc).__name__}: {exc}")
         return
     conn.send(READY)
     try:
-        while runs := conn.recv():
+        while request := conn.recv():
+            key, runs = request
+            call = calls[key]
             start = time.perf_counter()
             for _ in range(runs):
                 call()

@@ -160,9 +160,9 @@ def _pilot(block: Callable[[], np.ndarray], names: list[str], reference: str, mi
 
 
 def time_builds(target: Target, builds: dict[str, BuildResult], *, reference: str, **kw) -> Timing:
-    """`compare` the engines of `builds` on this machine, each loaded with its own settings, each in
-    a process of its own as a user's application runs it (targets/isolated.py; in this process
-    only where the profile's benchmark says `isolate: false`). The warm-up defaults to the
+    """`compare` the engines of `builds` on this machine, each loaded with its own settings, in a
+    fresh process of their own, not the run's (targets/isolated.py; in this process only where the
+    profile's benchmark says `isolate: false`). The warm-up defaults to the
     profile's (a runtime's first calls compile and allocate)."""
     if target.latency_source != "local":
         raise UserError(f"{target.profile.name} latency is {target.latency_source}, not timed on this machine",

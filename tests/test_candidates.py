@@ -50,16 +50,18 @@ def _decide(ctx, chosen: Structure):
 PRUNED = Structure(counts={"layer3.0.conv1": 3}, blocks=["layer2.1"], predicted_ms=0.2)
 
 
-def test_pruned_model_ships_when_its_interval_is_below_the_unpruned_and_the_yardstick(monkeypatch):
-    _fake_timing(monkeypatch, {UNPRUNED: (1.30, 1.27, 1.33), "yardstick": (1.25, 1.22, 1.28)})
+@pytest.mark.parametrize("yardstick", [(1.25, 1.22, 1.28), (1.01, 0.98, 1.04), (1.33, 0.90, 1.44)])
+def test_pruned_model_ships_when_its_interval_is_below_the_unpruned(monkeypatch, yardstick):
+    """The yardstick is recorded, not a gate: the unpruned engine that would ship instead is slower
+    than the pruned one whatever the yardstick's interval."""
+    _fake_timing(monkeypatch, {UNPRUNED: (1.30, 1.27, 1.33), "yardstick": yardstick})
     outcome, decision = _decide(_ctx(), PRUNED)
     assert not decision["unpruned"] and outcome.chosen.mode == MODE
-    assert decision["speedups"]["yardstick"] == {"ratio": 1.25, "low": 1.22, "high": 1.28}
+    assert decision["speedups"]["yardstick"] == dict(zip(("ratio", "low", "high"), yardstick))
 
 
 @pytest.mark.parametrize("speedups", [
     {UNPRUNED: (1.02, 0.99, 1.05), "yardstick": (1.20, 1.15, 1.25)},   # not measurably faster than unpruned
-    {UNPRUNED: (1.20, 1.15, 1.25), "yardstick": (1.01, 0.98, 1.04)},   # nor than the yardstick
     {UNPRUNED: (0.90, 0.88, 0.92), "yardstick": (0.95, 0.93, 0.97)},   # slower
 ])
 def test_an_interval_containing_one_ships_the_unpruned_engine(monkeypatch, speedups):
@@ -68,7 +70,8 @@ def test_an_interval_containing_one_ships_the_unpruned_engine(monkeypatch, speed
     outcome, decision = _decide(ctx, PRUNED)
     assert decision["unpruned"] and outcome.chosen.mode == UNPRUNED and outcome.chosen.cr == 1.0
     assert outcome.chosen.accuracy == 95.0   # the baseline's: the original ships
-    assert any("not measurably faster" in n for n in ctx.notes)
+    assert any(f"not measurably faster than the {UNPRUNED} engine: {speedups[UNPRUNED][0]:.2f}x" in n
+               for n in ctx.notes)
 
 
 @pytest.mark.parametrize("gain, pays", [(1.04, False), (1.06, True)])

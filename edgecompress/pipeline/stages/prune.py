@@ -228,8 +228,12 @@ class PruneStage:
     def _decide(self, ctx: Context, prober: Prober, outcome: SearchOutcome, chosen: Structure, budget: Budget,
                 precision: str) -> tuple[SearchOutcome, dict]:
         """The chosen structure, the unpruned original at the same precision and the yardstick,
-        timed side by side: the pruned model ships only when it is measurably faster than both
-        (the interval of its latency ratio below 1; estimated: PAYS_ESTIMATED)."""
+        timed side by side: the pruned model ships only when it is measurably faster than the
+        unpruned engine, the one that ships otherwise (the interval of its latency ratio below 1;
+        estimated: PAYS_ESTIMATED). The yardstick is timed for the record, not a gate: whatever it
+        says of the pruned model, the unpruned one is slower still. Gating on it shipped the
+        unpruned ResNet-20 when the pruned one was 1.12x [1.04, 1.18] faster than it and 1.33x
+        [0.90, 1.44] the yardstick (a 2-thread engine at defaults: the noisiest of the three)."""
         if not chosen.counts and not chosen.blocks:
             why = "nothing in this model can be pruned" if not prober.order else                 "no pruned model kept the accuracy" if budget.min_accuracy is not None else "it meets the budget"
             return _unpruned_outcome(ctx, budget, why, prober.reference_ms), {"unpruned": True, "why": why}
@@ -240,7 +244,8 @@ class PruneStage:
         # timed here: an interval; estimated or over ssh: one figure per engine, no interval (a remote
         # probe times each engine on its own), so a margin stands in for it
         threshold = 1.0 if ctx.target.latency_source == "local" else 1 / PAYS_ESTIMATED
-        until = decided(threshold)
+        pays_off = decided(threshold)
+        until = lambda ratios: pays_off({UNPRUNED: ratios[UNPRUNED]})  # noqa: E731
         if budget.max_latency_ms is not None:   # and whether it meets the latency budget, as clearly
             # the speed-up over the unpruned it takes, with the margin for the engine that ships being another build
             needed = decided(prober.reference_ms * PAYS_MEASURED / budget.max_latency_ms)
@@ -250,16 +255,15 @@ class PruneStage:
         gains = {name: timing.ratios[name] for name in builds if name != MODE}   # other / pruned: speed-up
         for name, r in gains.items():
             ctx.ui.say(f"  side by side at {precision}: pruned vs {name}: {r}  ({timing.stopped})")
-        pays = all(r.low > 1.0 and r.median >= PAYS_MEASURED if threshold == 1.0 else r.median >= PAYS_ESTIMATED
-                   for r in gains.values())
+        r = gains[UNPRUNED]
+        pays = r.low > 1.0 and r.median >= PAYS_MEASURED if threshold == 1.0 else r.median >= PAYS_ESTIMATED
         decision = {"unpruned": not pays, "speedups": {n: r.to_dict() for n, r in gains.items()},
                     "predicted_ms": chosen.predicted_ms, "measured_ms": prober.reference_ms / gains[UNPRUNED].median,
                     "measured_high_ms": prober.reference_ms / gains[UNPRUNED].low,   # the interval's slow end
                     "timing": {k: v for k, v in timing.to_dict().items() if k != "ratios"}}
         if pays:
             return outcome, decision
-        slowest = min(gains, key=lambda n: gains[n].median)
-        why = (f"the pruned model is not measurably faster than the {slowest} engine: {gains[slowest]} "
+        why = (f"the pruned model is not measurably faster than the {UNPRUNED} engine: {gains[UNPRUNED]} "
                f"(side by side, 95 % interval)")
         decision["why"] = why
         return _unpruned_outcome(ctx, budget, why, prober.reference_ms), decision

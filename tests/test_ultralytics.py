@@ -133,6 +133,19 @@ def test_weights_beside_a_checkpoint_are_refused(checkpoint, demo):
         resolve_model(str(checkpoint), weights=str(checkpoint), data=resolve_data(f"yolo:{demo}", imgsz=IMGSZ, workers=0))
 
 
+def test_attention_blocks_and_other_tasks_are_refused_in_one_line(yolo, tmp_path):
+    from ultralytics.nn.tasks import DetectionModel, SegmentationModel
+    from edgecompress.errors import UserError
+    from edgecompress.inputs.ultralytics import load_ultralytics
+    yolo11 = save_like_ultralytics(DetectionModel("yolo11n.yaml", nc=10, verbose=False), tmp_path / "yolo11.pt")
+    with pytest.raises(UserError, match="C2PSA blocks .* not supported yet"):
+        load_ultralytics(yolo11)
+    seg = tmp_path / "seg.pt"
+    torch.save({"model": SegmentationModel("yolov8n-seg.yaml", nc=2, verbose=False)}, seg)
+    with pytest.raises(UserError, match="holds a SegmentationModel, not an Ultralytics DetectionModel"):
+        load_ultralytics(seg)
+
+
 @pytest.fixture
 def detector(checkpoint) -> nn.Module:
     from edgecompress.inputs.ultralytics import load_ultralytics

@@ -24,6 +24,7 @@ from torch import nn
 from edgecompress.errors import UserError
 
 EXTRA_HINT = "install the extra: bash scripts/setup.sh --yolo"
+UNSUPPORTED_BLOCKS = {"C2PSA", "PSA", "A2C2f"}   # attention blocks (YOLO11, YOLO12)
 
 
 def is_ultralytics_checkpoint(path: str | Path) -> bool:
@@ -82,6 +83,12 @@ def _detection_model(ckpt: object, path: str | Path) -> nn.Module:
         # YOLOv10 / YOLO26: one-to-one head (NMS inside, reg_max 1); a fused model: no one-to-many branch
         raise UserError(f"{path} has an end-to-end (NMS-free) or fused head, not supported yet",
                         "use a YOLOv8 or YOLO11 detection checkpoint as training saved it")
+    attention = sorted({type(m).__name__ for m in model.modules() if type(m).__name__ in UNSUPPORTED_BLOCKS})
+    if attention:
+        # their split -> attention -> concat is not rewritten for Torch-Pruning (pruning/detection.py),
+        # and tracing a YOLO11n as it is took 18 GB before it was stopped
+        raise UserError(f"{path} has {', '.join(attention)} blocks (YOLO11 / YOLO12 attention), not supported yet",
+                        "use a YOLOv8 detection checkpoint")
     model = model.float()
     for p in model.parameters():   # a finished best.pt is saved with requires_grad off
         p.requires_grad_(True)

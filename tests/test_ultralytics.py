@@ -125,12 +125,14 @@ def test_task_and_input_size_come_from_the_checkpoint(checkpoint):
     assert detection_imgsz(config) == 96
 
 
-def test_weights_beside_a_checkpoint_are_refused(checkpoint, demo):
+def test_weights_beside_a_checkpoint_and_a_size_off_the_stride_are_refused(checkpoint, demo):
     from edgecompress.errors import UserError
     from edgecompress.inputs.data import resolve_data
     from edgecompress.inputs.models import resolve_model
     with pytest.raises(UserError, match="holds its own weights"):
         resolve_model(str(checkpoint), weights=str(checkpoint), data=resolve_data(f"yolo:{demo}", imgsz=IMGSZ, workers=0))
+    with pytest.raises(UserError, match="input size 80 is not a multiple of .* largest stride 32"):
+        resolve_model(str(checkpoint), weights=None, data=resolve_data(f"yolo:{demo}", imgsz=80, workers=0))
 
 
 def test_attention_blocks_and_other_tasks_are_refused_in_one_line(yolo, tmp_path):
@@ -196,12 +198,16 @@ def test_onnx_export_runs_and_matches_pytorch(detector, tmp_path):
 def test_a_pruned_detector_is_loaded_back_by_the_weights_only_unpickler(detector, tmp_path):
     """A run directory's models are loaded with weights_only=True (pipeline/rundir.py): the wrapper
     holds layers and plain data only, and the pruning rewrite keeps that."""
-    from edgecompress.pipeline.rundir import _module_classes
+    import importlib
     from edgecompress.pruning.detection import prunable_form
     work, _, _ = prunable_form(detector)
-    torch.save(work, tmp_path / "m.pt")
-    with torch.serialization.safe_globals(_module_classes(tmp_path / "m.pt")):
-        back = torch.load(tmp_path / "m.pt", weights_only=True)
+    path = tmp_path / "m.pt"
+    torch.save(work, path)
+    named = [n.rpartition(".") for n in torch.serialization.get_unsafe_globals_in_checkpoint(path)]
+    classes = [getattr(importlib.import_module(module), name) for module, _, name in named]
+    assert all(issubclass(c, nn.Module) for c in classes), classes   # what the run directory's loader allows
+    with torch.serialization.safe_globals(classes):
+        back = torch.load(path, weights_only=True)
     x = torch.rand(1, 3, IMGSZ, IMGSZ)
     with torch.no_grad():
         assert torch.equal(back.eval()(x), work.eval()(x))

@@ -84,6 +84,10 @@ def _ultralytics_model(path: Path, *, weights: str | None, data: DataSplits) -> 
     if weights:
         raise UserError(f"{path} is an Ultralytics checkpoint, which holds its own weights", "drop --weights")
     ckpt = load_ultralytics(path)
+    size, stride = data.input_shape[-1], max(ckpt.model.strides)
+    if size % stride:   # the feature maps would round up, the cell grid decoded outside would not
+        raise UserError(f"input size {size} is not a multiple of {path}'s largest stride {stride}",
+                        f"give --imgsz a multiple of {stride}, e.g. {(size // stride + 1) * stride}")
     notes = []
     if data.classes and len(data.classes) == len(ckpt.names) and list(data.classes) != ckpt.names:
         notes.append(f"{path}'s class names {ckpt.names} differ from {data.name}'s {list(data.classes)}: "

@@ -3,7 +3,8 @@
 - nothing: the embedded default, the shipped ResNet-20 trained on Fashion-MNIST;
 - a zoo name (`resnet20`, `mobilenetv2`, ...): shipped weights for Fashion-MNIST, or `--weights`;
 - `package.module:factory`: `factory()` builds the model, `--weights` holds its state dict;
-- a file saved with `torch.save(model)`: the whole module.
+- a file saved with `torch.save(model)`: the whole module;
+- an Ultralytics checkpoint (`best.pt`, YOLOv8 / YOLO11 detect; extra `yolo`): inputs/ultralytics.py.
 The user's files are only read, never written.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from edgecompress import zoo
 from edgecompress.errors import UserError
 from edgecompress.inputs.loaders import as_tensors
 from edgecompress.inputs.specs import IMPORT_SPEC, call_spec
+from edgecompress.inputs.ultralytics import is_ultralytics_checkpoint, load_ultralytics
 from edgecompress.inputs.splits import DataSplits
 
 MODEL_HINT = "use a zoo name, package.module:factory with --weights FILE, or a file saved with torch.save(model)"
@@ -38,6 +40,8 @@ def resolve_model(spec: str | None, *, weights: str | None, data: DataSplits) ->
         loaded = _zoo_model(spec or "resnet20", weights=weights, data=data)
     elif IMPORT_SPEC.match(spec):
         loaded = _factory_model(spec, weights=weights)
+    elif is_ultralytics_checkpoint(spec):
+        loaded = _ultralytics_model(Path(spec), weights=weights, data=data)
     elif Path(spec).exists():
         loaded = _file_model(Path(spec), weights=weights)
     else:
@@ -74,6 +78,21 @@ def _zoo_detector(name: str, *, weights: str | None, data: DataSplits) -> Loaded
     model = create_detector(name, in_channels=data.input_shape[0], num_classes=data.num_classes)
     load_weights(model, Path(weights))
     return LoadedModel(model, f"{name} + {weights}")
+
+
+def _ultralytics_model(path: Path, *, weights: str | None, data: DataSplits) -> LoadedModel:
+    if weights:
+        raise UserError(f"{path} is an Ultralytics checkpoint, which holds its own weights", "drop --weights")
+    ckpt = load_ultralytics(path)
+    size, stride = data.input_shape[-1], max(ckpt.model.strides)
+    if size % stride:   # the feature maps would round up, the cell grid decoded outside would not
+        raise UserError(f"input size {size} is not a multiple of {path}'s largest stride {stride}",
+                        f"give --imgsz a multiple of {stride}, e.g. {(size // stride + 1) * stride}")
+    notes = []
+    if data.classes and len(data.classes) == len(ckpt.names) and list(data.classes) != ckpt.names:
+        notes.append(f"{path}'s class names {ckpt.names} differ from {data.name}'s {list(data.classes)}: "
+                     f"matched by index")
+    return LoadedModel(ckpt.model, f"{path} (Ultralytics, trained at {ckpt.imgsz or '?'} px)", notes)
 
 
 def _factory_model(spec: str, *, weights: str | None) -> LoadedModel:

@@ -8,6 +8,7 @@ from edgecompress.errors import UserError
 from edgecompress.inputs.data import resolve_data
 from edgecompress.inputs.models import resolve_model
 from edgecompress.inputs.preprocess import Preprocess, from_record
+from edgecompress.inputs.ultralytics import is_ultralytics_checkpoint, load_ultralytics
 
 
 def declared_preprocess(config) -> Preprocess | None:
@@ -30,19 +31,24 @@ DEFAULT_DETECTOR = "tiny-yolo"
 
 
 def task_kind(config) -> str:
-    """`--task`, or for `auto`: detection when the model is a zoo detector or the data is `yolo:`."""
+    """`--task`, or for `auto`: detection when the model is a zoo detector or an Ultralytics
+    checkpoint, or the data is `yolo:`."""
     if config.task != "auto":
         return config.task
     from edgecompress.zoo.detector import DETECTORS
-    if config.model in DETECTORS or (config.data or "").startswith("yolo:"):
+    if (config.model in DETECTORS or (config.data or "").startswith("yolo:")
+            or (config.model and is_ultralytics_checkpoint(config.model))):
         return "detect"
     return "classify"
 
 
 def detection_imgsz(config) -> int | None:
-    """--imgsz, else the shipped checkpoint's input size (a zoo detector used with its own weights)."""
+    """--imgsz, else the checkpoint's input size (a zoo detector used with its own weights, or an
+    Ultralytics checkpoint's training size)."""
     if config.imgsz:
         return config.imgsz
+    if config.model and is_ultralytics_checkpoint(config.model):
+        return load_ultralytics(config.model).imgsz
     from edgecompress.zoo.detector import CHECKPOINTS, DEMO_DATASET, DETECTORS
     name = config.model or DEFAULT_DETECTOR
     path = CHECKPOINTS / f"{name}_{DEMO_DATASET}.pt"
@@ -54,6 +60,9 @@ def detection_imgsz(config) -> int | None:
 def detection_inputs(config):
     """`--task detect`: YOLO-layout data (or the demo canvases, built into the cache on first use)
     and a detector (the zoo's tiny-yolo by default)."""
+    # first: an Ultralytics checkpoint is read here (its input size), so a missing extra or a bad
+    # file stops the run before the demo set is built
+    imgsz = detection_imgsz(config)
     spec = config.data
     notes = []
     if spec is None:
@@ -63,7 +72,7 @@ def detection_inputs(config):
     elif not spec.startswith("yolo:"):
         raise UserError(f"--task detect needs detection data, not {spec!r}", "give --data yolo:PATH/data.yaml")
     data = resolve_data(spec, preprocess=config.declared_preprocess(), workers=config.data_workers,
-                        imgsz=detection_imgsz(config))
+                        imgsz=imgsz)
     loaded = resolve_model(config.model or DEFAULT_DETECTOR, weights=config.weights, data=data)
     return data, loaded, notes
 

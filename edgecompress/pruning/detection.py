@@ -95,7 +95,9 @@ def _concat_widths(block: C2fUnsplit) -> list[int]:
     widths = [block.cv1a.conv.out_channels, block.cv1b.conv.out_channels]
     for m in block.m:
         residual = isinstance(m, nn.Identity) or getattr(m, "add", False)
-        widths.append(widths[-1] if residual else m.cv2.conv.out_channels)
+        # a C3k (YOLO11's C3k2 blocks) ends in cv3, a bottleneck in cv2
+        last = getattr(m, "cv3", None) or getattr(m, "cv2", None)
+        widths.append(widths[-1] if residual else last.conv.out_channels)
     return widths
 
 
@@ -119,6 +121,10 @@ def prunable_form(model: nn.Module) -> tuple[nn.Module, list[nn.Module], list[st
 
 def head_output_layers(model: nn.Module) -> list[nn.Module]:
     """The convs that produce the raw head outputs (box and class per stride): never pruned, their
-    output sizes are the output format. Read from the zoo head's `box_out` / `cls_out`."""
+    output sizes are the output format. A model that names them (`output_layers()`, as
+    inputs/ultralytics.UltralyticsDetector does) is asked; else the zoo head's `box_out` / `cls_out`."""
+    named = getattr(model, "output_layers", None)
+    if callable(named):
+        return list(named())
     head = getattr(model, "head", None)
     return [*getattr(head, "box_out", ()), *getattr(head, "cls_out", ())]

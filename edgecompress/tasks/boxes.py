@@ -2,7 +2,9 @@
 
 Raw outputs are [N, 4 + nc, A]: per grid cell 4 raw distances (left, top, right, bottom) and nc
 class logits; cells are row-major per stride, strides in increasing order (zoo/detector.py).
-Decoding: distance = softplus(raw) * stride from the cell centre; score = sigmoid(logit).
+Decoding: distance = softplus(raw) * stride from the cell centre; score = sigmoid(logit). A head
+whose box values are already distances in strides (Ultralytics' DFL expectation,
+inputs/ultralytics.py) says `box="distance"`: the values are only scaled by the stride.
 Everything here runs after the engine, in float, identical for every engine compared.
 """
 from __future__ import annotations
@@ -11,6 +13,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+
+# how a head's 4 box values become distances from the cell centre, in strides
+BOX_ENCODINGS = {
+    "softplus": F.softplus,          # zoo/detector.py: raw values, softplus keeps them positive
+    "distance": lambda d: d,         # Ultralytics' Detect after its DFL: distances already
+}
 
 
 @dataclass(frozen=True)
@@ -39,12 +48,16 @@ def check_raw(raw: torch.Tensor, height: int, width: int, strides: tuple[int, ..
                          f"for a {height}x{width} input at strides {strides}")
 
 
-def decode(raw: torch.Tensor, *, height: int, width: int, strides: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw outputs -> boxes [N, A, 4] (x1, y1, x2, y2 pixels) and class scores [N, A, nc] in [0, 1]."""
+def decode(raw: torch.Tensor, *, height: int, width: int, strides: tuple[int, ...],
+           box: str = "softplus") -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw outputs -> boxes [N, A, 4] (x1, y1, x2, y2 pixels) and class scores [N, A, nc] in [0, 1].
+    `box` names the box values' encoding (BOX_ENCODINGS)."""
     check_raw(raw, height, width, strides)
+    if box not in BOX_ENCODINGS:
+        raise ValueError(f"unknown box encoding {box!r}; valid: {', '.join(BOX_ENCODINGS)}")
     points, stride = anchor_points(height, width, strides)
     raw = raw.float()
-    ltrb = F.softplus(raw[:, :4].transpose(1, 2)) * stride[None, :, None]
+    ltrb = BOX_ENCODINGS[box](raw[:, :4].transpose(1, 2)) * stride[None, :, None]
     boxes = torch.cat([points - ltrb[..., :2], points + ltrb[..., 2:]], -1)
     return boxes, raw[:, 4:].transpose(1, 2).sigmoid()
 
@@ -78,11 +91,11 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
     return nms(boxes + offset, scores, iou_threshold)
 
 
-def postprocess(raw: torch.Tensor, *, height: int, width: int, strides: tuple[int, ...],
+def postprocess(raw: torch.Tensor, *, height: int, width: int, strides: tuple[int, ...], box: str = "softplus",
                 config: PostprocessConfig = PostprocessConfig()) -> list[dict[str, torch.Tensor]]:
     """Raw outputs -> per image {boxes [K, 4] xyxy pixels, scores [K], labels [K]}, after the
     confidence threshold and per-class NMS. One class per cell: its best."""
-    boxes, scores = decode(raw, height=height, width=width, strides=strides)
+    boxes, scores = decode(raw, height=height, width=width, strides=strides, box=box)
     out = []
     for b, s in zip(boxes, scores):
         best, labels = s.max(1)

@@ -83,7 +83,7 @@ def as_tensor(outputs: object) -> torch.Tensor:
 
 
 def detection_map(run: Run, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, strides: tuple[int, ...] = (8, 16),
-                  config: PostprocessConfig = PostprocessConfig(),
+                  box: str = "softplus", config: PostprocessConfig = PostprocessConfig(),
                   on_batch: Callable[[int], None] | None = None) -> float:
     """COCO mAP50-95 in points (0..100) of `run` over (images [B, C, H, W], targets [M, 6]) batches."""
     metric = CocoMap()
@@ -92,7 +92,7 @@ def detection_map(run: Run, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
         x = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
         n, _, h, w = x.shape
         raw = as_tensor(run(np.ascontiguousarray(x, dtype=np.float32)))
-        preds = postprocess(raw.float(), height=h, width=w, strides=strides, config=config)
+        preds = postprocess(raw.float(), height=h, width=w, strides=strides, box=box, config=config)
         metric.update(preds, targets_to_boxes(torch.as_tensor(targets), batch_size=n, height=h, width=w))
         seen += n
         if on_batch:
@@ -107,6 +107,7 @@ class DetectionTask:
 
     num_classes: int
     strides: tuple[int, ...] = (8, 16)
+    box: str = "softplus"     # the head's box encoding (boxes.BOX_ENCODINGS): the model's `box_encoding`
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     loss_config: LossConfig = field(default_factory=LossConfig)
     name: str = field(default="detect", init=False)
@@ -123,7 +124,8 @@ class DetectionTask:
         return yolo_collate
 
     def evaluate(self, run: Run, batches: Iterable, *, on_batch: Callable[[int], None] | None = None) -> float:
-        return detection_map(run, batches, strides=self.strides, config=self.postprocess, on_batch=on_batch)
+        return detection_map(run, batches, strides=self.strides, box=self.box, config=self.postprocess,
+                             on_batch=on_batch)
 
     def evaluate_model(self, model: torch.nn.Module, batches: Iterable, *, device: torch.device | str = "cpu") -> float:
         """On the CPU in float32, as the engines' outputs are decoded (the score decides what ships)."""
@@ -140,7 +142,8 @@ class DetectionTask:
         return alpha * soft + (1 - alpha) * hard
 
     def loss(self, raw: torch.Tensor, targets: torch.Tensor, *, height: int, width: int) -> torch.Tensor:
-        return detection_loss(raw, targets, height=height, width=width, strides=self.strides, config=self.loss_config)[0]
+        return detection_loss(raw, targets, height=height, width=width, strides=self.strides, box=self.box,
+                              config=self.loss_config)[0]
 
     def distill_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         return detection_distill_loss(student, teacher)

@@ -51,11 +51,12 @@ def giou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def detection_loss(raw: torch.Tensor, targets: torch.Tensor, *, height: int, width: int, strides: tuple[int, ...],
-                   config: LossConfig = LossConfig()) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss of raw outputs [N, 4 + nc, A] against collated targets [M, 6]; and its parts."""
+                   box: str = "softplus", config: LossConfig = LossConfig()) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of raw outputs [N, 4 + nc, A] (box values encoded as `box` says) against collated
+    targets [M, 6]; and its parts."""
     check_raw(raw, height, width, strides)
     points, cell_strides = anchor_points(height, width, strides)
-    boxes, _ = decode(raw, height=height, width=width, strides=strides)
+    boxes, _ = decode(raw, height=height, width=width, strides=strides, box=box)
     logits = raw[:, 4:].transpose(1, 2)
     cls_target = torch.zeros_like(logits)
     pred, matched = [], []

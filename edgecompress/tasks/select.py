@@ -18,7 +18,8 @@ from edgecompress.tasks.detection import DetectionTask
 TASKS: dict[str, Callable[[int, nn.Module | None], Task]] = {
     "classify": lambda num_classes, model: ClassificationTask(),
     "detect": lambda num_classes, model: DetectionTask(num_classes=num_classes,
-                                                       strides=tuple(getattr(model, "strides", (8, 16)))),
+                                                       strides=tuple(getattr(model, "strides", (8, 16))),
+                                                       box=getattr(model, "box_encoding", "softplus")),
 }
 METRIC_HINT = "--metric names a function evaluate(run, batches) -> points (higher is better), as package.module:function"
 

@@ -54,6 +54,7 @@ WIDTH_STEPS = 3          # narrower widths per channel group in the table
 # save 3-5 % ([0.94, 0.97] intervals), the cheap ones in accuracy.
 MEASURABLE = 0.03
 ENTRIES_PER_CAP = 40     # the table's time cap is the profile's table_time_s per 40 entries
+ORIGINAL_RATIO = Ratio(1.0, 1.0, 1.0)   # the original against itself: what a block and a group's first step beat
 TABLE_VERSION = 1        # bump when what a table entry means changes: older cached tables are not reused
 
 
@@ -190,12 +191,12 @@ def removals(table: dict, *, reference_ms: float, blocks: list[Block]) -> list[R
     for name, entry in table["entries"].items():
         r = _ratio(table["ratios"][name])
         if entry["kind"] == "block":
-            saving = _resolved(1 - r.median, reference_ms) if _measurable(r, Ratio(1.0, 1.0, 1.0)) else 0.0
+            saving = _resolved(1 - r.median, reference_ms) if _measurable(r, ORIGINAL_RATIO) else 0.0
             out.append(Removal(kind="block", name=entry["name"], deviation=entry["deviation"], saving_ms=saving))
             continue
         # a width step saves what it runs faster than the group's last measurably faster step (the
         # anchor): small steps that each save nothing resolvable add up to one that does
-        anchor, prev_dev = previous.get(entry["name"], (Ratio(1.0, 1.0, 1.0), 0.0))
+        anchor, prev_dev = previous.get(entry["name"], (ORIGINAL_RATIO, 0.0))
         measurable = _measurable(r, anchor)
         saving = _resolved(anchor.median - r.median, reference_ms) if measurable else 0.0
         out.append(Removal(kind="width", name=entry["name"], units=entry["units"], inside=inside.get(entry["name"]),

@@ -9,8 +9,10 @@ with the runtime's documented recipe, at its defaults:
   ONNX Runtime: InferenceSession(path); quant_pre_process + quantize_static (defaults)
 
 all timed side by side in the one protocol (interleaved blocks of 20 calls, shuffled order,
-median of paired ratios, 95 % interval), all engines in a fresh process of their own (not
-this one, which made them; as the run times them; `--one-process`: in this process), and each
+median of paired ratios, 95 % interval, each block after one untimed call and followed by a wait
+for a quiet CPU), the engines in fresh processes (not this one, which made them), grouped as the
+run groups them (an ONNX Runtime session with a thread pool beside another in a process of its
+own, paired with a copy of the shipped engine there; `--one-process`: all in this process), each
 one's latency over the shipped engine's set
 beside the run's own figure (report.json `pruning_speedup`, against its yardstick).
 
@@ -41,6 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load_tensors, write_result  # noqa: E402
 
+from edgecompress.targets.isolated import process_groups, settle  # noqa: E402
 from edgecompress.targets.timing import MIN_BLOCKS, compare, median_interval  # noqa: E402
 from edgecompress.zoo import pretrained  # noqa: E402
 
@@ -108,8 +111,9 @@ def call(engine, x: np.ndarray):
 
 
 def _worker(specs: dict[str, tuple], x: np.ndarray, conn) -> None:
-    """The engines, each loaded as in a user's application, in a fresh process: runs n calls of one
-    on request, sends their seconds."""
+    """The engines, each loaded as in a user's application, in a fresh process: on request, one
+    untimed call of one, then n timed ones; waits until the process is quiet (a runtime's
+    spinning threads must not run into the next engine's block), sends their seconds."""
     runs = {name: call(open_spec(spec), x) for name, spec in specs.items()}
     for run in runs.values():
         for _ in range(50):
@@ -117,38 +121,52 @@ def _worker(specs: dict[str, tuple], x: np.ndarray, conn) -> None:
     conn.send("ready")
     while request := conn.recv():
         name, n = request
-        run, t0 = runs[name], time.perf_counter()
+        run = runs[name]
+        run()
+        t0 = time.perf_counter()
         for _ in range(n):
             run()
-        conn.send(time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        settle()
+        conn.send(seconds)
 
 
 def isolated(specs: dict[str, tuple], x: np.ndarray, *, reference: str, max_time_s: float, runs: int = 20,
              seed: int = 0) -> dict:
-    """The protocol with the engines in a fresh process of their own (not this one, which made them;
-    one process for all: a process's own layout luck moves an engine by several percent, and
-    engines sharing a process share it): blocks of `runs` calls, engines in a fresh order per
-    block, median of the per-block ratios to `reference` with its 95 % interval; blocks until
-    `max_time_s` (a fixed rule, not a look at the interval)."""
-    ctx = mp.get_context("spawn")
-    conn, child = ctx.Pipe()
-    proc = ctx.Process(target=_worker, args=(specs, x, child), daemon=True)
-    proc.start()
-    conn.recv()
-    names, rng, rows, start = list(specs), np.random.default_rng(seed), [], time.perf_counter()
+    """The protocol with the engines in fresh processes of their own (not this one, which made
+    them), grouped as the run groups them (`process_groups`: one process for all, but an ONNX
+    Runtime session with a thread pool beside another gets its own, with a copy of `reference` to
+    pair with): blocks of `runs` calls, engines in a fresh order per block, median of the
+    per-block ratios with its 95 % interval; blocks until `max_time_s` (a fixed rule, not a look
+    at the interval)."""
+    groups, paired_with = process_groups({n: (path, runtime, settings, 1) for n, (runtime, path, settings) in specs.items()},
+                                         reference)
+    ctx, route, procs = mp.get_context("spawn"), {}, []
+    for group in groups:
+        conn, child = ctx.Pipe()
+        proc = ctx.Process(target=_worker, args=({n: (rt, path, st) for n, (path, rt, st, _) in group.items()}, x, child),
+                           daemon=True)
+        proc.start()
+        conn.recv()
+        procs.append((proc, conn))
+        route.update(dict.fromkeys(group, conn))
+    names, rng, rows, start = list(route), np.random.default_rng(seed), [], time.perf_counter()
     while len(rows) < MIN_BLOCKS or time.perf_counter() - start < max_time_s:
         ms = {}
         for i in rng.permutation(len(names)):
-            conn.send((names[i], runs))
-            ms[names[i]] = conn.recv() * 1e3 / runs
+            route[names[i]].send((names[i], runs))
+            ms[names[i]] = route[names[i]].recv() * 1e3 / runs
         rows.append(ms)
-    conn.send(None)
-    proc.join(10)
+    for proc, conn in procs:
+        conn.send(None)
+        proc.join(10)
     ratios = {}
-    for name in names:
-        med, low, high = median_interval(np.array([r[name] / r[reference] for r in rows]))
+    for name in specs:
+        pair = paired_with.get(name, reference)
+        med, low, high = median_interval(np.array([r[name] / r[pair] for r in rows]))
         ratios[name] = {"ratio": round(med, 4), "low": round(low, 4), "high": round(high, 4)}
-    return {"ratios": ratios, "ms": {n: float(np.median([r[n] for r in rows])) for n in names}, "blocks": len(rows)}
+    return {"ratios": ratios, "ms": {n: float(np.median([r[n] for r in rows])) for n in specs}, "blocks": len(rows),
+            "processes": len(groups)}
 
 
 def measure(run_dir: Path, data, *, max_time_s: float, one_process: bool) -> dict:
@@ -167,7 +185,8 @@ def measure(run_dir: Path, data, *, max_time_s: float, one_process: bool) -> dic
                                                    timing.ms["shipped"], timing.blocks, timing.stopped)
         else:
             t = isolated(specs, x, reference="shipped", max_time_s=max_time_s)
-            ratios, shipped_ms, blocks, stopped = t["ratios"], t["ms"]["shipped"], t["blocks"], "time cap, one fresh process"
+            ratios, shipped_ms, blocks = t["ratios"], t["ms"]["shipped"], t["blocks"]
+            stopped = f"time cap, {t['processes']} fresh process(es)"
     plain = {n: ratios[n] for n in specs if n != "shipped"}   # plain latency / shipped: its speed-up
     fastest = min(plain, key=lambda n: plain[n]["ratio"])
     run_says = report["pruning_speedup"]

@@ -228,9 +228,11 @@ def _in_process(name: str):
 
 def test_time_builds_runs_the_engines_in_a_fresh_process_of_their_own(tmp_path, conv_onnx, monkeypatch):
     """By default (benchmark.isolate) the engines are opened by the one loader with exactly the
-    settings `Target.settings` gives each (what deploy.json ships), in one worker process of the
-    timing host, neither this process nor the host; every block asks each engine for
-    `runs_per_block` calls timed there; an engine that cannot open is one UserError line."""
+    settings `Target.settings` gives each (what deploy.json ships), in worker processes of the
+    timing host, neither this process nor the host: one for the engines that can share it, one
+    more (with a copy of the reference) for each further ONNX Runtime session with a thread pool;
+    every block asks each engine for `runs_per_block` calls timed there; the copies are not in
+    the answer; an engine that cannot open is one UserError line."""
     if importlib.util.find_spec("openvino") is None:
         pytest.skip("openvino is not installed")
     from dataclasses import replace
@@ -239,12 +241,14 @@ def test_time_builds_runs_the_engines_in_a_fresh_process_of_their_own(tmp_path, 
     from edgecompress.targets import get_target, isolated
     target = get_target("x86-cpu")
     build = target.build(conv_onnx, tmp_path, precision="fp32")
-    builds = {"a": build, "b": replace(build, settings={"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1})}
-    specs, asked = {}, []
+    ort = replace(build, runtime="ort", engine=str(conv_onnx), settings={})
+    builds = {"a": build, "b": replace(build, settings={"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1}),
+              "ort": ort, "ort again": ort, "ort 1 thread": replace(ort, settings={"intra_op_num_threads": 1})}
+    groups, asked = [], []
     real_calls, real_timed = isolated.isolated_calls, isolated.IsolatedEngine.timed
 
     def calls(given):
-        specs.update(given)
+        groups.extend(given)
         return real_calls(given)
 
     def timed(self, runs):
@@ -253,14 +257,46 @@ def test_time_builds_runs_the_engines_in_a_fresh_process_of_their_own(tmp_path, 
     monkeypatch.setattr(isolated, "isolated_calls", calls)
     monkeypatch.setattr(isolated.IsolatedEngine, "timed", timed)
     timing = time_builds(target, builds, reference="a", warmup=1, runs_per_block=2, min_blocks=6, max_time_s=0.2)
-    assert specs == {n: (b.engine, "openvino", target.settings(b), 1) for n, b in builds.items()}
-    assert specs["b"][2] != specs["a"][2]
-    assert asked.count(1) == 2 and asked.count(2) == 2 * 2 * timing.blocks and timing.ratios["a"].median == 1.0
+    spec = {n: (b.engine, b.runtime, target.settings(b), 1) for n, b in builds.items()}
+    assert groups == [{n: spec[n] for n in ("a", "b", "ort", "ort 1 thread")},
+                      {"ort again": spec["ort again"], "a (beside ort again)": spec["a"]}]
+    assert spec["b"][2] != spec["a"][2]
+    assert asked.count(1) == 6 and asked.count(2) == 6 * 2 * timing.blocks and timing.ratios["a"].median == 1.0
+    assert set(timing.ratios) == set(timing.ms) == set(timing.rows) == set(builds)
     host = isolated.start_host().process.pid
     workers = Path(f"/proc/{host}/task/{host}/children").read_text().split()
-    assert len(workers) == 1 and str(os.getpid()) not in workers and str(host) != str(os.getpid())
+    assert len(workers) == 2 and str(os.getpid()) not in workers and str(host) != str(os.getpid())
     with pytest.raises(UserError, match="could not open an engine in its own process: .*missing.xml"):
-        isolated.isolated_calls({"x": (tmp_path / "missing.xml", "openvino", None, 1)})
+        isolated.isolated_calls([{"x": (tmp_path / "missing.xml", "openvino", None, 1)}])
+
+
+def test_ort_sessions_with_thread_pools_get_a_process_each_paired_with_a_copy_of_the_reference():
+    """Two ONNX Runtime sessions with intra-op thread pools slow each other in one process; one
+    thread (no pool) or OpenVINO share it. When the reference itself has a pool, the others with
+    one are paired with it across processes (no copy to pair with that would not clash)."""
+    from edgecompress.targets.isolated import needs_own_process, process_groups
+    assert needs_own_process("ort", {}) and needs_own_process("ort", {"intra_op_num_threads": 2})
+    assert not needs_own_process("ort", {"intra_op_num_threads": 1}) and not needs_own_process("openvino", {})
+    ov, pool, one = ("m.xml", "openvino", {}, 1), ("m.onnx", "ort", {}, 1), ("m.onnx", "ort", {"intra_op_num_threads": 1}, 1)
+    groups, pairs = process_groups({"ref": ov, "x": pool, "y": pool, "z": one}, "ref")
+    assert groups == [{"ref": ov, "x": pool, "z": one}, {"y": pool, "ref (beside y)": ov}]
+    assert pairs == {"y": "ref (beside y)"}
+    groups, pairs = process_groups({"ref": pool, "x": pool, "z": one}, "ref")
+    assert groups == [{"ref": pool, "z": one}, {"x": pool}] and pairs == {}
+
+
+def test_compare_pairs_an_engine_with_the_call_it_is_told_to():
+    """`paired_with`: the engine's per-block ratio divides by that call, not the reference's
+    (a copy of the reference in a process that runs slower than the reference's own)."""
+    machine = FakeMachine(0, noise=0.0)
+    timing = compare({"ref": machine.engine(1.0), "copy": machine.engine(2.0), "x": machine.engine(3.0)},
+                     reference="ref", paired_with={"x": "copy"}, runs_per_block=1, warmup=0, min_blocks=MIN_BLOCKS,
+                     max_time_s=0.2, clock=machine.clock)
+    assert timing.ratios["x"].median == pytest.approx(1.5, rel=0.05)
+    assert timing.ratios["copy"].median == pytest.approx(2.0, rel=0.05)
+    assert timing.only({"ref", "x"}).ratios.keys() == {"ref", "x"}
+    with pytest.raises(UserError, match="paired with"):
+        compare({"ref": machine.engine(1.0)}, reference="ref", paired_with={"ref": "nothing"}, clock=machine.clock)
 
 
 def _false_exclusions(runs: int) -> float:

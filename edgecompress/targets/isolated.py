@@ -15,6 +15,17 @@ an engine's speed by several percent. Two copies of one engine, each in a proces
 measured 0.96-1.02x of each other; the pruned ResNet-20 over its unpruned engine measured 0.86-0.98
 in six fresh pairs of processes (intervals +-1-2 %, so the spread is the processes'), 0.92-0.94
 in six fresh single processes: engines sharing a process share its luck, and their ratio holds.
+Why some engines get a process of their own (`process_groups`): two ONNX Runtime sessions with
+intra-op thread pools slow each other in one process, whatever the order and however long one
+waits between them (MobileNetV2 FP32 at ORT's defaults: 0.53 ms beside a one-thread engine, 1.01
+ms right after a second such session, with the CPU quiet in between). A user runs one of them.
+So each such session runs in a process of its own with a copy of the reference, and its ratio is
+paired with that copy (`compare(paired_with=...)`); when the reference is one of them itself,
+the pairing crosses processes.
+Why each block is followed by a wait for a quiet CPU (`settle`): ONNX Runtime's threads spin ~40
+ms after a run at its defaults, on the core the next engine needs; the block after them measured
+3 % slower (a one-thread engine) to 60 % (another multi-thread one). The next block starts when
+the process that just ran has gone quiet, after one untimed call that warms its engine again.
 Why a host started early: starting processes from a run that had used OpenVINO and DataLoader
 workers crashed it (SIGSEGV in waitpid, vfork on or off). Why a plain subprocess rather than a
 multiprocessing child: multiprocessing joins its children at exit, and the exit hook that stopped
@@ -22,8 +33,8 @@ the host first crashed the interpreter after OpenVINO and DataLoader workers had
 the atexit call); the host needs no hook, it ends when its socket to this process closes, however
 this process ends.
 
-    calls = isolated_calls({"a": (path, "openvino", settings, 1), "b": ...})
-    timing = compare(calls, reference="a")
+    groups, paired_with = process_groups({"a": (path, "openvino", settings, 1), "b": ...}, reference="a")
+    timing = compare(isolated_calls(groups), reference="a", paired_with=paired_with)
 """
 from __future__ import annotations
 
@@ -41,6 +52,9 @@ from edgecompress.errors import UserError
 
 READY = "ready"
 START_TIMEOUT_S = 300      # the host imports the loader (PyTorch included) before it answers
+QUIET = 0.1                # a process is quiet when its threads use < 10 % of a core over SETTLE_STEP_S
+SETTLE_STEP_S = 0.002
+SETTLE_MAX_S = 0.5         # ONNX Runtime spins ~40 ms after a run at its defaults
 
 _lock = threading.Lock()
 _host: Host | None = None
@@ -97,12 +111,48 @@ class IsolatedEngine:
         return self._host.ask("time", self.name, runs)
 
 
-def isolated_calls(specs: dict[str, tuple]) -> dict[str, IsolatedEngine]:
-    """name -> (path, runtime, settings, batch): all opened by the one loader in one fresh process
-    (the previous comparison's process ends)."""
+def isolated_calls(groups: list[dict[str, tuple]]) -> dict[str, IsolatedEngine]:
+    """Each group name -> (path, runtime, settings, batch), opened by the one loader in a fresh
+    process of its own (the previous comparison's processes end); names are unique across groups."""
     host = start_host()
-    host.ask("open", {name: (str(path), *rest) for name, (path, *rest) in specs.items()})
-    return {name: IsolatedEngine(host, name) for name in specs}
+    host.ask("open", [{name: (str(path), *rest) for name, (path, *rest) in group.items()} for group in groups])
+    return {name: IsolatedEngine(host, name) for group in groups for name in group}
+
+
+def needs_own_process(runtime: str, settings: dict | None) -> bool:
+    """An ONNX Runtime session with an intra-op thread pool (any thread count but 1)."""
+    return runtime == "ort" and int((settings or {}).get("intra_op_num_threads", 0)) != 1
+
+
+def process_groups(specs: dict[str, tuple], reference: str) -> tuple[list[dict[str, tuple]], dict[str, str]]:
+    """(groups, paired_with) for `isolated_calls` and `compare`: one process for every engine
+    that can share one (the reference included), one more for each that cannot
+    (`needs_own_process`, specs' values (path, runtime, settings, batch)), holding a copy of the
+    reference to pair with, unless the reference cannot share either (then the pair crosses)."""
+    apart = [n for n, (_, runtime, settings, _) in specs.items()
+             if n != reference and needs_own_process(runtime, settings)]
+    ref_apart = needs_own_process(specs[reference][1], specs[reference][2])
+    if not ref_apart and apart:
+        apart = apart[1:]           # one such engine can stay with the others
+    groups = [{n: s for n, s in specs.items() if n not in apart}]
+    paired_with = {}
+    for name in apart:
+        groups.append({name: specs[name]})
+        if not ref_apart:
+            paired_with[name] = f"{reference} (beside {name})"
+            groups[-1][paired_with[name]] = specs[reference]
+    return groups, paired_with
+
+
+def settle() -> None:
+    """Wait (at most SETTLE_MAX_S) until this process's threads are quiet: a runtime's threads
+    that spin after a block must not run into the next engine's."""
+    end = time.perf_counter() + SETTLE_MAX_S
+    while time.perf_counter() < end:
+        cpu, start = time.process_time(), time.perf_counter()
+        time.sleep(SETTLE_STEP_S)
+        if time.process_time() - cpu < QUIET * (time.perf_counter() - start):
+            return
 
 
 def _package_root() -> str:
@@ -111,27 +161,35 @@ def _package_root() -> str:
 
 
 def serve_host(fd: int) -> None:
-    """The host: forks the comparison's worker, relays block requests; ends when the parent's end
-    closes (the worker is a daemon and goes with it)."""
+    """The host: forks the comparison's workers (one per group), relays block requests to the
+    one holding the engine; ends when the parent's end closes (the workers are daemons and go
+    with it)."""
     conn = Connection(fd)
     from edgecompress.targets import deploy  # noqa: F401  (imported once, inherited by every fork)
     fork = mp.get_context("fork")
-    worker = None   # (process, connection) of the comparison being timed
+    workers, route = [], {}   # (process, connection) of the comparison being timed; engine -> worker
     try:
         while True:
             message = conn.recv()
             if message[0] == "open":
-                if worker:
+                for worker in workers:
                     _close(*worker)
-                worker, reply = _open(fork, message[1])
+                workers, route, reply = [], {}, READY
+                for group in message[1]:
+                    worker, reply = _open(fork, group)
+                    if worker is None:
+                        break
+                    workers.append(worker)
+                    route.update(dict.fromkeys(group, worker[1]))
                 conn.send(reply)
             else:
-                worker[1].send(message[1:])
-                conn.send(worker[1].recv())
+                worker = route[message[1]]
+                worker.send(message[1:])
+                conn.send(worker.recv())
     except (EOFError, OSError):
         return
     finally:
-        if worker:
+        for worker in workers:
             _close(*worker)
 
 
@@ -161,8 +219,8 @@ def _close(process, conn) -> None:
 
 
 def _serve(specs: dict[str, tuple], conn) -> None:
-    """The engines of one comparison in their process: runs n calls of one on request and sends
-    back their seconds."""
+    """The engines of one group in their process: on request, one untimed call of an engine, then
+    n timed ones; waits for the process to go quiet (`settle`), then sends back their seconds."""
     try:
         from edgecompress.targets.deploy import open_engine
         calls = {key: open_engine(path, runtime, settings, batch=batch or 1).caller()
@@ -175,9 +233,12 @@ def _serve(specs: dict[str, tuple], conn) -> None:
         while request := conn.recv():
             key, runs = request
             call = calls[key]
+            call()
             start = time.perf_counter()
             for _ in range(runs):
                 call()
-            conn.send(time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            settle()
+            conn.send(seconds)
     except EOFError:
         return

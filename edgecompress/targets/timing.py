@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Literal
 
 import numpy as np
@@ -98,6 +98,12 @@ class Timing:
             return Ratio(value, value, value)
         return Ratio(*median_interval(np.asarray(self.rows[name]) / np.asarray(self.rows[other])))
 
+    def only(self, names) -> Timing:
+        """This timing with only `names` (the reference's copies in other processes left out)."""
+        def keep(values: dict | None) -> dict | None:
+            return None if values is None else {k: v for k, v in values.items() if k in names}
+        return replace(self, ratios=keep(self.ratios), ms=keep(self.ms), rows=keep(self.rows))
+
     def to_dict(self) -> dict:
         return {"reference": self.reference, "ratios": {k: r.to_dict() for k, r in self.ratios.items()},
                 "ms": {k: round(v, 4) for k, v in self.ms.items()}, "blocks": self.blocks,
@@ -117,7 +123,7 @@ def decided(threshold: float, *, resolution: float = 0.005) -> Until:
 
 def compare(calls: dict[str, Callable[[], object]], *, reference: str, runs_per_block: int = 20,
             warmup: int = 10, half_width: float = 0.01, min_blocks: int = 20, max_time_s: float = 20.0,
-            until: Until | None = None, seed: int = 0,
+            until: Until | None = None, seed: int = 0, paired_with: dict[str, str] | None = None,
             clock: Callable[[], float] = time.perf_counter) -> Timing:
     """Time `calls` against `calls[reference]` in interleaved blocks (see the module docstring).
 
@@ -130,21 +136,23 @@ def compare(calls: dict[str, Callable[[], object]], *, reference: str, runs_per_
     be wrong). The second phase times as many FRESH blocks as the first took, a count fixed before
     they start, and every figure returned (ratios, intervals, ms, `blocks`) comes from those
     alone, so their 95 % coverage is exact. `seconds` is both phases. Deterministic given `seed`
-    and the calls' timings."""
-    _check_args(calls, reference, runs_per_block, warmup, half_width, min_blocks, max_time_s)
+    and the calls' timings. `paired_with`: engine -> the call its per-block ratio divides by
+    instead of the reference's (a copy of the reference in the engine's own process)."""
+    _check_args(calls, reference, runs_per_block, warmup, half_width, min_blocks, max_time_s, paired_with or {})
+    pairs = {name: (paired_with or {}).get(name, reference) for name in calls}
     start = clock()
     runs = _fit_runs(runs_per_block, _warm_up(calls, warmup, clock))
     names, rng = list(calls), np.random.default_rng(seed)
 
     def block() -> np.ndarray:
         return _time_block([calls[n] for n in names], rng.permutation(len(names)), runs, clock)
-    pilot, stopped = _pilot(block, names, reference, min_blocks, max_time_s / 2, until, half_width,
+    pilot, stopped = _pilot(block, names, pairs, min_blocks, max_time_s / 2, until, half_width,
                             elapsed=lambda: clock() - start)
     fresh = [block() for _ in range(pilot)]
-    return _timing(fresh, names, reference, runs, clock() - start, stopped)
+    return _timing(fresh, names, reference, pairs, runs, clock() - start, stopped)
 
 
-def _pilot(block: Callable[[], np.ndarray], names: list[str], reference: str, min_blocks: int, cap_s: float,
+def _pilot(block: Callable[[], np.ndarray], names: list[str], pairs: dict[str, str], min_blocks: int, cap_s: float,
            until: Until | None, half_width: float, *, elapsed: Callable[[], float]) -> tuple[int, str]:
     """(blocks needed, why it stopped): the adaptive first phase of `compare`, its blocks discarded."""
     rows: list[np.ndarray] = []
@@ -153,7 +161,7 @@ def _pilot(block: Callable[[], np.ndarray], names: list[str], reference: str, mi
         rows.append(block())
         if len(rows) >= next_check:
             next_check = len(rows) + max(1, len(rows) // CHECK_FRACTION)
-            if _precise(_ratios(rows, names, reference), until, half_width):
+            if _precise(_ratios(rows, names, pairs), until, half_width):
                 return len(rows), "precise"
         if len(rows) >= MIN_BLOCKS and elapsed() >= cap_s:
             return len(rows), "time cap"
@@ -169,10 +177,11 @@ def time_builds(target: Target, builds: dict[str, BuildResult], *, reference: st
                         "interleaved timing needs engines that run here; use target.measure for the device")
     kw.setdefault("warmup", target.profile.benchmark.warmup)
     if target.profile.benchmark.isolate:
-        from edgecompress.targets.isolated import isolated_calls
-        calls = isolated_calls({name: (b.engine, b.runtime, target.settings(b), target.profile.batch)
-                                for name, b in builds.items()})
-        return compare(calls, reference=reference, **kw)
+        from edgecompress.targets.isolated import isolated_calls, process_groups
+        groups, paired_with = process_groups({name: (b.engine, b.runtime, target.settings(b), target.profile.batch)
+                                              for name, b in builds.items()}, reference)
+        timing = compare(isolated_calls(groups), reference=reference, paired_with=paired_with, **kw)
+        return timing.only(builds)
     return compare({name: target.caller(b) for name, b in builds.items()}, reference=reference, **kw)
 
 
@@ -215,10 +224,12 @@ def _lower_rank(n: int) -> int:
     return max(int(np.searchsorted(cdf, 0.025, side="right")) - 1, 0)
 
 
-def _check_args(calls, reference, runs_per_block, warmup, half_width, min_blocks, max_time_s) -> None:
+def _check_args(calls, reference, runs_per_block, warmup, half_width, min_blocks, max_time_s, paired_with) -> None:
     problems = []
     if reference not in calls:
         problems.append(f"reference {reference!r} is not one of the engines ({', '.join(calls) or 'none'})")
+    if not set(paired_with) | set(paired_with.values()) <= set(calls):
+        problems.append(f"an engine is paired with one that is not timed ({paired_with})")
     if runs_per_block < 1 or warmup < 0:
         problems.append(f"runs_per_block must be >= 1 and warmup >= 0, got {runs_per_block} and {warmup}")
     if not half_width > 0 or not max_time_s > 0:
@@ -266,9 +277,10 @@ def _seconds(call: Callable[[], object], runs: int, clock: Callable[[], float]) 
     return clock() - t0
 
 
-def _ratios(rows: list[np.ndarray], names: list[str], reference: str) -> dict[str, Ratio]:
+def _ratios(rows: list[np.ndarray], names: list[str], pairs: dict[str, str]) -> dict[str, Ratio]:
     blocks = np.stack(rows)
-    paired = blocks / blocks[:, [names.index(reference)]]   # x / x is exactly 1: the reference is (1, 1, 1)
+    # x / x is exactly 1: the reference is (1, 1, 1)
+    paired = blocks / blocks[:, [names.index(pairs[name]) for name in names]]
     return {name: Ratio(*median_interval(paired[:, j])) for j, name in enumerate(names)}
 
 
@@ -278,10 +290,10 @@ def _precise(ratios: dict[str, Ratio], until: Until | None, half_width: float) -
     return all(r.relative_half_width <= half_width for r in ratios.values())
 
 
-def _timing(rows: list[np.ndarray], names: list[str], reference: str, runs: int, seconds: float,
-            stopped: Literal["precise", "time cap"]) -> Timing:
+def _timing(rows: list[np.ndarray], names: list[str], reference: str, pairs: dict[str, str], runs: int,
+            seconds: float, stopped: Literal["precise", "time cap"]) -> Timing:
     ms = np.median(np.stack(rows), axis=0)
-    return Timing(reference=reference, ratios=_ratios(rows, names, reference),
+    return Timing(reference=reference, ratios=_ratios(rows, names, pairs),
                   ms={name: float(ms[j]) for j, name in enumerate(names)}, blocks=len(rows),
                   runs_per_block=runs, seconds=seconds, stopped=stopped,
                   rows={name: tuple(float(r[j]) for r in rows) for j, name in enumerate(names)})

@@ -18,7 +18,8 @@ beside the run's own figure (report.json `pruning_speedup`, against its yardstic
 
     .venv/bin/python benchmarks/user_view.py --out runs/user-view --json benchmarks/results/user_view.json
         # compress --target x86-cpu --max-acc-drop 1 --model M for each of --models (resnet20 resnet56
-        # mobilenetv2), each run resumed if it exists, then the timing; or time finished runs:
+        # mobilenetv2; tiny-yolo: the zoo detector on the offline detection demo, mAP50-95 as the
+        # promise), each run resumed if it exists, then the timing; or time finished runs:
     .venv/bin/python benchmarks/user_view.py --runs RUN [RUN ...] --json out.json
 
 The goal (issue 26): the shipped engine >= 1.5x over the user's fastest plain engine, pruning's
@@ -46,6 +47,7 @@ from _common import load_tensors, write_result  # noqa: E402
 from edgecompress.targets.isolated import process_groups, settle  # noqa: E402
 from edgecompress.targets.timing import MIN_BLOCKS, compare, median_interval  # noqa: E402
 from edgecompress.zoo import pretrained  # noqa: E402
+from edgecompress.zoo.detector import DETECTORS, pretrained_detector  # noqa: E402
 
 PLAIN_IMAGES = 300   # nncf.quantize's default subset_size
 
@@ -169,11 +171,28 @@ def isolated(specs: dict[str, tuple], x: np.ndarray, *, reference: str, max_time
             "processes": len(groups)}
 
 
-def measure(run_dir: Path, data, *, max_time_s: float, one_process: bool) -> dict:
+def original(report: dict) -> tuple[torch.nn.Module, np.ndarray]:
+    """The run's unpruned model and PLAIN_IMAGES training images (what a user's plain INT8
+    calibrates on): a zoo classifier on Fashion-MNIST, or the zoo detector on the offline
+    detection demo the run used."""
+    name = report["request"]["model"] or "resnet20"    # None: the default model
+    pick = torch.Generator().manual_seed(0)
+    if name in DETECTORS:
+        from edgecompress.inputs.yolo import yolo_datasets
+        from edgecompress.zoo.detection_demo import cached_demo
+        model, meta = pretrained_detector(name)
+        train = yolo_datasets(cached_demo(seed=0), imgsz=int(meta["imgsz"]))[1]["train"]
+        order = torch.randperm(len(train), generator=pick)[:PLAIN_IMAGES]
+        return model.eval(), torch.stack([train[int(i)][0] for i in order]).numpy()
+    model, _ = pretrained(name)
+    data = load_tensors()
+    order = torch.randperm(len(data.train_x), generator=pick)[:PLAIN_IMAGES]
+    return model, data.train_x[order].numpy().astype(np.float32)
+
+
+def measure(run_dir: Path, *, max_time_s: float, one_process: bool) -> dict:
     report = json.loads((run_dir / "report.json").read_text())
-    model, _ = pretrained(report["request"]["model"] or "resnet20")   # None: the default model
-    order = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(0))[:PLAIN_IMAGES]
-    images = data.train_x[order].numpy().astype(np.float32)
+    model, images = original(report)
     x = np.random.default_rng(0).standard_normal((1, *images.shape[1:])).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         specs = {"shipped": shipped_engine(run_dir), **user_engines(model, images, Path(tmp))}
@@ -247,8 +266,7 @@ def main() -> None:
         for model in args.models:
             walls[args.out / model] = compress(model, args.out / model)
         args.runs = [args.out / m for m in args.models]
-    data = load_tensors()
-    rows = [measure(r, data, max_time_s=args.max_time_s, one_process=args.one_process) for r in args.runs]
+    rows = [measure(r, max_time_s=args.max_time_s, one_process=args.one_process) for r in args.runs]
     for r in rows:
         o = r["over_fastest_plain"]
         print(f"{r['run']}: shipped {r['shipped_ms']} ms; over the fastest plain ({r['fastest_plain']}) "

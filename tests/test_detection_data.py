@@ -43,6 +43,25 @@ def test_reader_returns_images_and_targets(tmp_path):
     assert targets[:, 0].tolist() == [0, 0] and targets.shape == (2, 6)
 
 
+@pytest.mark.parametrize("preload", [False, True])
+def test_a_wide_image_is_letterboxed_and_its_boxes_move_with_it(tmp_path, preload):
+    """As Ultralytics feeds its models: 40x20 -> 32x16 centred on grey rows (114), the box's
+    height and centre moved with the image; a square image is only resized."""
+    from PIL import Image
+    yaml = write_set(tmp_path, {"wide": "0 0.5 0.25 0.5 0.5\n"})
+    Image.new("RGB", (40, 20), (200, 30, 0)).save(tmp_path / "images" / "val" / "wide.png")
+    _, sets = yolo_datasets(yaml, imgsz=32)
+    if preload:
+        sets["val"].preload()
+    image, target = sets["val"][0]
+    assert torch.allclose(image[:, :8], torch.full((3, 8, 32), 114 / 255), atol=1 / 255)   # padding above
+    assert torch.allclose(image[:, 24:], torch.full((3, 8, 32), 114 / 255), atol=1 / 255)  # and below
+    assert torch.allclose(image[:, 8:24, :, ], torch.tensor([200, 30, 0]).view(3, 1, 1) / 255 * torch.ones(3, 16, 32),
+                          atol=2 / 255)
+    assert torch.allclose(target, torch.tensor([[0, 0.5, 0.375, 0.5, 0.25]]))
+    assert torch.allclose(sets["train"][0][1], torch.tensor([[0, 0.5, 0.25, 0.5, 0.5]]))   # square: unchanged
+
+
 def test_image_without_label_file_is_background(tmp_path):
     yaml = write_set(tmp_path, {"x0": "1 0.5 0.5 0.2 0.2\n"})
     (tmp_path / "labels" / "val" / "x0.txt").unlink()

@@ -144,12 +144,15 @@ def scan_split(images: Path, num_classes: int) -> tuple[list[str], list[torch.Te
 class YoloDataset(Dataset):
     """(image [C, imgsz, imgsz] float in [0, 1], targets [n, 5] = class cx cy w h normalised).
 
-    Images are resized to a square `imgsz` (stretched, not letterboxed: normalised boxes stay valid
-    unchanged). Holds only file names and small label tensors; picklable for DataLoader workers."""
+    Images are letterboxed to a square `imgsz` as Ultralytics trains and validates them: scaled to
+    fit with their aspect ratio kept, centred on grey (114) padding, boxes moved with them; a square
+    image is only resized. Holds only file names and small label tensors; picklable for DataLoader
+    workers."""
 
     def __init__(self, files: list[str], targets: list[torch.Tensor], *, imgsz: int, mode: str = "RGB") -> None:
         self.files, self.targets, self.imgsz, self.mode = files, targets, imgsz, mode
         self.images: torch.Tensor | None = None   # uint8 N x C x S x S once `preload` ran
+        self.boxes: list[torch.Tensor] | None = None   # the targets in letterboxed coordinates, with `images`
 
     @property
     def in_memory(self) -> bool:
@@ -159,28 +162,52 @@ class YoloDataset(Dataset):
         """Decode every image once into uint8 memory (a small set: the demo's 2,500 64x64 canvases
         are 30 MB), so loaders read it in this process instead of starting workers each pass."""
         if self.images is None:
-            self.images = torch.stack([(self._decode(i) * 255).round().to(torch.uint8) for i in range(len(self))])
+            decoded = [self._decode(i) for i in range(len(self))]
+            self.images = torch.stack([(image * 255).round().to(torch.uint8) for image, _ in decoded])
+            self.boxes = [boxes for _, boxes in decoded]
         return self
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.images[i].float() / 255.0 if self.images is not None else self._decode(i)
-        return image, self.targets[i].clone()
+        if self.images is not None:
+            return self.images[i].float() / 255.0, self.boxes[i].clone()
+        return self._decode(i)
 
-    def _decode(self, i: int) -> torch.Tensor:
+    def _decode(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image i letterboxed, and its targets moved with it."""
         import numpy as np
         from PIL import Image, UnidentifiedImageError
         try:
             with Image.open(self.files[i]) as im:
                 im = im.convert(self.mode)
-                if im.size != (self.imgsz, self.imgsz):
-                    im = im.resize((self.imgsz, self.imgsz), Image.BILINEAR)
-                arr = np.asarray(im, dtype=np.float32) / 255.0
+                image, (scale_x, scale_y, pad_x, pad_y) = letterbox(im, self.imgsz)
+                arr = np.asarray(image, dtype=np.float32) / 255.0
         except (OSError, UnidentifiedImageError) as exc:
             raise UserError(f"cannot read image {self.files[i]}: {exc}", "remove or replace the broken file") from exc
-        return torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
+        boxes = self.targets[i].clone()
+        boxes[:, 1:] *= torch.tensor([scale_x, scale_y, scale_x, scale_y])
+        boxes[:, 1:3] += torch.tensor([pad_x, pad_y])
+        return torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy()), boxes
+
+
+PAD_GREY = 114   # Ultralytics' letterbox fill
+
+
+def letterbox(im, size: int):
+    """(the PIL image scaled to fit `size` x `size` with its aspect kept and centred on grey, and
+    (scale_x, scale_y, pad_x, pad_y): normalised box coordinates map as x * scale + pad)."""
+    from PIL import Image
+    width, height = im.size
+    if (width, height) == (size, size):
+        return im, (1.0, 1.0, 0.0, 0.0)
+    ratio = size / max(width, height)
+    new_w, new_h = max(1, round(width * ratio)), max(1, round(height * ratio))
+    canvas = Image.new(im.mode, (size, size), PAD_GREY if im.mode == "L" else (PAD_GREY,) * len(im.getbands()))
+    left, top = (size - new_w) // 2, (size - new_h) // 2
+    canvas.paste(im.resize((new_w, new_h), Image.BILINEAR), (left, top))
+    return canvas, (new_w / size, new_h / size, left / size, top / size)
 
 
 def collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:

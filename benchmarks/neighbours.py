@@ -16,10 +16,8 @@ engine timed just before it.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,59 +25,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load_tensors, write_result  # noqa: E402
-from user_view import PLAIN_IMAGES, call, open_spec, user_engines  # noqa: E402
+from user_view import PLAIN_IMAGES, grouped, interleave, user_engines  # noqa: E402
 
-from edgecompress.targets.isolated import process_groups, settle  # noqa: E402
 from edgecompress.targets.timing import median_interval  # noqa: E402
 from edgecompress.zoo import pretrained  # noqa: E402
 
 REFERENCE = "ort fp32, 1 thread, no spinning"
 
 
-def _worker(specs: dict, shape: tuple, settled: bool, conn) -> None:
-    x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
-    runs = {name: call(open_spec(spec), x) for name, spec in specs.items()}
-    for run in runs.values():
-        for _ in range(50):
-            run()
-    conn.send("ready")
-    while request := conn.recv():
-        name, n = request
-        if settled:
-            runs[name]()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            runs[name]()
-        seconds = time.perf_counter() - t0
-        if settled:
-            settle()
-        conn.send(seconds)
-
-
-def session(specs: dict, shape: tuple, *, grouped: bool, settled: bool, seconds: float) -> dict:
-    groups, pairs = ([{n: s for n, s in specs.items()}], {})
-    if grouped:
-        as_run = {n: (path, runtime, settings, 1) for n, (runtime, path, settings) in specs.items()}
-        groups, pairs = process_groups(as_run, REFERENCE)
-        groups = [{n: (rt, path, st) for n, (path, rt, st, _) in g.items()} for g in groups]
-    ctx, route, procs = mp.get_context("spawn"), {}, []
-    for group in groups:
-        conn, child = ctx.Pipe()
-        proc = ctx.Process(target=_worker, args=(group, shape, settled, child), daemon=True)
-        proc.start()
-        conn.recv()
-        procs.append((proc, conn))
-        route.update(dict.fromkeys(group, conn))
-    names, rng, rows, previous, start = list(route), np.random.default_rng(0), [], None, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        ms, before = {}, {}
-        for i in rng.permutation(len(names)):
-            route[names[i]].send((names[i], 20))
-            ms[names[i]], before[names[i]], previous = route[names[i]].recv() * 50, previous, names[i]
-        rows.append((ms, before))
-    for proc, conn in procs:
-        conn.send(None)
-        proc.join(10)
+def session(specs: dict, x: np.ndarray, *, grouped_: bool, settled: bool, seconds: float) -> dict:
+    groups, pairs = grouped(specs, REFERENCE) if grouped_ else ([specs], {})
+    rows = interleave(groups, x, max_time_s=seconds, settled=settled)
     out = {}
     for name in specs:
         ratio = lambda ms: ms[name] / ms[pairs.get(name, REFERENCE)]  # noqa: E731
@@ -113,9 +69,10 @@ def main() -> None:
                                                            "intra_op_num_threads": 1}),
                  "ort fp32 (defaults)": plain["ort fp32"], "ort quantize_static int8 (defaults)":
                  plain["ort quantize_static int8"], "openvino fp32 (LATENCY)": plain["openvino fp32"]}
-        for way, grouped, settled in (("one process", False, False), ("one process, settled", False, True),
+        x = np.random.default_rng(0).standard_normal((1, *images.shape[1:])).astype(np.float32)
+        for way, grouped_, settled in (("one process", False, False), ("one process, settled", False, True),
                                       ("grouped, settled", True, True)):
-            result = session(specs, images.shape[1:], grouped=grouped, settled=settled, seconds=args.seconds)
+            result = session(specs, x, grouped_=grouped_, settled=settled, seconds=args.seconds)
             for name, r in result["ratios"].items():
                 if name != REFERENCE:
                     rows.append({"timed": way, "engine": name, "over the reference": r["all"],

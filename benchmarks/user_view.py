@@ -112,10 +112,10 @@ def call(engine, x: np.ndarray):
     return lambda: engine.run(None, {name: x})
 
 
-def _worker(specs: dict[str, tuple], x: np.ndarray, conn) -> None:
-    """The engines, each loaded as in a user's application, in a fresh process: on request, one
-    untimed call of one, then n timed ones; waits until the process is quiet (a runtime's
-    spinning threads must not run into the next engine's block), sends their seconds."""
+def _worker(specs: dict[str, tuple], x: np.ndarray, settled: bool, conn) -> None:
+    """The engines, each loaded as in a user's application, in a fresh process: on request, n
+    timed calls of one, sends their seconds. `settled`: one untimed call first and, after, a wait
+    until the process is quiet (a runtime's spinning threads must not run into the next block)."""
     runs = {name: call(open_spec(spec), x) for name, spec in specs.items()}
     for run in runs.values():
         for _ in range(50):
@@ -124,51 +124,63 @@ def _worker(specs: dict[str, tuple], x: np.ndarray, conn) -> None:
     while request := conn.recv():
         name, n = request
         run = runs[name]
-        run()
+        if settled:
+            run()
         t0 = time.perf_counter()
         for _ in range(n):
             run()
         seconds = time.perf_counter() - t0
-        settle()
+        if settled:
+            settle()
         conn.send(seconds)
 
 
-def isolated(specs: dict[str, tuple], x: np.ndarray, *, reference: str, max_time_s: float, runs: int = 20,
-             seed: int = 0) -> dict:
-    """The protocol with the engines in fresh processes of their own (not this one, which made
-    them), grouped as the run groups them (`process_groups`: one process for all, but an ONNX
-    Runtime session with a thread pool beside another gets its own, with a copy of `reference` to
-    pair with): blocks of `runs` calls, engines in a fresh order per block, median of the
-    per-block ratios with its 95 % interval; blocks until `max_time_s` (a fixed rule, not a look
-    at the interval)."""
-    groups, paired_with = process_groups({n: (path, runtime, settings, 1) for n, (runtime, path, settings) in specs.items()},
-                                         reference)
+def grouped(specs: dict[str, tuple], reference: str) -> tuple[list[dict[str, tuple]], dict[str, str]]:
+    """`process_groups` (as the run groups engines into processes) for (runtime, file, settings) specs."""
+    groups, paired_with = process_groups({n: (path, rt, st, 1) for n, (rt, path, st) in specs.items()}, reference)
+    return [{n: (rt, path, st) for n, (path, rt, st, _) in g.items()} for g in groups], paired_with
+
+
+def interleave(groups: list[dict[str, tuple]], x: np.ndarray, *, max_time_s: float, settled: bool = True,
+               runs: int = 20, seed: int = 0) -> list[tuple[dict, dict]]:
+    """Each group's engines in a fresh process of its own; blocks of `runs` calls, every engine in
+    a fresh order per block, until `max_time_s` (a fixed rule, not a look at an interval). Rows of
+    ({engine: ms per call}, {engine: the engine timed just before it})."""
     ctx, route, procs = mp.get_context("spawn"), {}, []
     for group in groups:
         conn, child = ctx.Pipe()
-        proc = ctx.Process(target=_worker, args=({n: (rt, path, st) for n, (path, rt, st, _) in group.items()}, x, child),
-                           daemon=True)
+        proc = ctx.Process(target=_worker, args=(group, x, settled, child), daemon=True)
         proc.start()
         conn.recv()
         procs.append((proc, conn))
         route.update(dict.fromkeys(group, conn))
-    names, rng, rows, start = list(route), np.random.default_rng(seed), [], time.perf_counter()
+    names, rng, rows, previous, start = list(route), np.random.default_rng(seed), [], None, time.perf_counter()
     while len(rows) < MIN_BLOCKS or time.perf_counter() - start < max_time_s:
-        ms = {}
+        ms, before = {}, {}
         for i in rng.permutation(len(names)):
             route[names[i]].send((names[i], runs))
-            ms[names[i]] = route[names[i]].recv() * 1e3 / runs
-        rows.append(ms)
+            ms[names[i]], before[names[i]], previous = route[names[i]].recv() * 1e3 / runs, previous, names[i]
+        rows.append((ms, before))
     for proc, conn in procs:
         conn.send(None)
         proc.join(10)
+    return rows
+
+
+def isolated(specs: dict[str, tuple], x: np.ndarray, *, reference: str, max_time_s: float) -> dict:
+    """The protocol with the engines in fresh processes (not this one, which made them), grouped
+    as the run groups them (`process_groups`: one process for all, but an ONNX Runtime session
+    with a thread pool beside another gets its own, with a copy of `reference` to pair with):
+    median of the per-block ratios with its 95 % interval."""
+    groups, paired_with = grouped(specs, reference)
+    rows = interleave(groups, x, max_time_s=max_time_s)
     ratios = {}
     for name in specs:
         pair = paired_with.get(name, reference)
-        med, low, high = median_interval(np.array([r[name] / r[pair] for r in rows]))
+        med, low, high = median_interval(np.array([ms[name] / ms[pair] for ms, _ in rows]))
         ratios[name] = {"ratio": round(med, 4), "low": round(low, 4), "high": round(high, 4)}
-    return {"ratios": ratios, "ms": {n: float(np.median([r[n] for r in rows])) for n in specs}, "blocks": len(rows),
-            "processes": len(groups)}
+    return {"ratios": ratios, "ms": {n: float(np.median([ms[n] for ms, _ in rows])) for n in specs},
+            "blocks": len(rows), "processes": len(groups)}
 
 
 def original(report: dict) -> tuple[torch.nn.Module, np.ndarray]:

@@ -155,3 +155,34 @@ def test_skipping_ahead_looks_past_the_step_that_broke_the_accuracy_but_not_into
     assert skip_candidates(order, structure(order, 0.0, reference_ms=1.0), 2) == []   # nothing past the end
     # the first step broke it: the same group's next step (which includes its narrowing) is not tried
     assert skip_candidates(order, Structure(), 3) == [2, 3, 4]
+
+
+def test_removals_that_take_the_same_work_away_share_one_timed_engine():
+    """Like blocks of one stage (and one width step of each) cost the same wherever they sit: one
+    signature, so the table times one engine for them; the stage's downsampling block, another
+    stage's blocks and another width differ."""
+    import torch
+
+    from edgecompress.pipeline.costs import cost_signature, entry_model, input_shapes, table_entries
+    from edgecompress.pruning import PruningPlan
+    from edgecompress.pruning.depth import removable_blocks
+    from edgecompress.zoo import create_model
+    torch.manual_seed(0)
+    model = create_model("resnet20").eval()
+    x = torch.randn(2, 1, 28, 28)
+    plan = PruningPlan.build(model, [x])
+    blocks = [Block(name=n, stage=0, score=0.0) for n in removable_blocks(model)]
+    entries = table_entries(plan, blocks, multiple=1, min_channels=1)
+    shapes = input_shapes(model, x[:1])
+    sig = {name: cost_signature(model, entry_model(plan, e), shapes) for name, e in entries.items()}
+    stage1 = [n for n in sig if n.startswith("block:layer1.")]
+    assert len(stage1) >= 2 and len({sig[n] for n in stage1}) == 1
+    stage2 = [n for n in sig if n.startswith("block:layer2.")]
+    assert sig[stage2[0]] != sig[stage1[0]]
+    inner = {n: e for n, e in entries.items() if e["kind"] == "width" and ".conv1" in n and e["name"].startswith("layer1.")}
+    by_units = {}
+    for n, e in inner.items():
+        by_units.setdefault(e["units"], set()).add(sig[n])
+    assert len(by_units) >= 2 and all(len(s) == 1 for s in by_units.values())
+    assert len({next(iter(s)) for s in by_units.values()}) == len(by_units)   # another width, another cost
+    assert len(set(sig.values())) < len(sig)

@@ -185,15 +185,22 @@ def isolated(specs: dict[str, tuple], x: np.ndarray, *, reference: str, max_time
 
 def original(report: dict) -> tuple[torch.nn.Module, np.ndarray]:
     """The run's unpruned model and PLAIN_IMAGES training images (what a user's plain INT8
-    calibrates on): a zoo classifier on Fashion-MNIST, or the zoo detector on the offline
-    detection demo the run used."""
+    calibrates on): a zoo classifier on Fashion-MNIST, or a detector (the zoo's, or an Ultralytics
+    best.pt) on the YOLO set the run used (the offline detection demo when it named none)."""
     name = report["request"]["model"] or "resnet20"    # None: the default model
     pick = torch.Generator().manual_seed(0)
-    if name in DETECTORS:
+    if name in DETECTORS or name.endswith(".pt"):
         from edgecompress.inputs.yolo import yolo_datasets
         from edgecompress.zoo.detection_demo import cached_demo
-        model, meta = pretrained_detector(name)
-        train = yolo_datasets(cached_demo(seed=0), imgsz=int(meta["imgsz"]))[1]["train"]
+        if name in DETECTORS:
+            model, meta = pretrained_detector(name)
+            imgsz = int(meta["imgsz"])
+        else:   # an Ultralytics checkpoint (the extra `yolo`)
+            from edgecompress.inputs.ultralytics import load_ultralytics
+            ckpt = load_ultralytics(name)
+            model, imgsz = ckpt.model, int(report["request"].get("imgsz") or ckpt.imgsz)
+        data = report["request"].get("data")
+        train = yolo_datasets(data.removeprefix("yolo:") if data else cached_demo(seed=0), imgsz=imgsz)[1]["train"]
         order = torch.randperm(len(train), generator=pick)[:PLAIN_IMAGES]
         return model.eval(), torch.stack([train[int(i)][0] for i in order]).numpy()
     model, _ = pretrained(name)

@@ -4,9 +4,11 @@ the target at the precision that ships, measured once per run (pruning/cost.py o
 Every table entry is the original with that one removal (a block replaced by identity, or one
 group narrowed to a smaller unit count), built at the probe precision and timed with the
 original in one run of the timing protocol (targets/timing.py); removals that take the same work
-away (`cost_signature`: like blocks of one stage, one width step of each) share one timed
-engine, so a deep network's table times a few kinds, each more precisely. Its saving is the original's
-latency times (1 - its paired ratio). A saving counts when it is real (the interval lies below 1,
+away (`cost_signature`: like blocks of one stage, one width step of each) are one kind, timed as
+one engine with all of them applied at once: k like removals save k times the time, so the saving
+stands out of the noise k times as far, and each member's share is 1/k of it (latency adds up over
+layers; the search predicts a structure by that sum, and its choice is timed side by side). A
+removal's saving is the original's latency times (1 - its paired ratio). A saving counts when it is real (the interval lies below 1,
 or below its group's last measurable step) and larger than two compiles of one model differ by
 (the median at least MEASURABLE below); anything else counts as none. Estimated targets take the
 estimator's figures.
@@ -57,7 +59,7 @@ WIDTH_STEPS = 3          # narrower widths per channel group in the table
 MEASURABLE = 0.03
 ENTRIES_PER_CAP = 40     # the table's time cap is the profile's table_time_s per 40 entries
 ORIGINAL_RATIO = Ratio(1.0, 1.0, 1.0)   # the original against itself: what a block and a group's first step beat
-TABLE_VERSION = 2        # bump when what a table entry means changes: older cached tables are not reused
+TABLE_VERSION = 3        # bump when what a table entry means changes: older cached tables are not reused
 
 
 def table_entries(plan: PruningPlan, blocks: list[Block], *, multiple: int, min_channels: int) -> dict[str, dict]:
@@ -83,11 +85,30 @@ def spaced(counts: list[int], steps: int) -> list[int]:
 
 
 def entry_model(plan: PruningPlan, entry: dict) -> nn.Module:
-    if entry["kind"] == "block":
-        model = remove_blocks(plan.model, [entry["name"]])
-        fold_removed_bottlenecks(model)   # as the probes are built (stages/prune.py Prober.pruned)
-        return model
-    return plan.prune_units({entry["name"]: entry["units"]})
+    return applied(plan, [entry])
+
+
+def applied(plan: PruningPlan, entries: list[dict]) -> nn.Module:
+    """The original with every removal in `entries` at once (built as the probes are: stages/prune.py Prober.pruned)."""
+    counts = {e["name"]: e["units"] for e in entries if e["kind"] == "width"}
+    model = plan.prune_units(counts) if counts else plan.model
+    model = remove_blocks(model, [e["name"] for e in entries if e["kind"] == "block"], copy_model=not counts)
+    fold_removed_bottlenecks(model)   # a detector's removed C2f bottlenecks leave its concat (exact)
+    return model
+
+
+def kind_model(plan: PruningPlan, members: list[dict], x: torch.Tensor) -> tuple[nn.Module, int]:
+    """The engine that prices one kind: all its `members` applied at once, and how many that is
+    (one, when together they break the forward: each was checked alone)."""
+    if len(members) > 1:
+        try:
+            model = applied(plan, members)
+            with torch.no_grad():
+                model.eval()(x)
+            return model, len(members)
+        except Exception:   # noqa: BLE001 -- any failure of the joint forward: price the kind by one member
+            pass
+    return applied(plan, members[:1]), 1
 
 
 @torch.no_grad()
@@ -156,9 +177,12 @@ def measure_table(ctx: Context, plan: PruningPlan, blocks: list[Block], batches:
         return {"entries": entries, **cached}
     builds = {ORIGINAL: ctx.builder.build(ctx.original, precision=precision, key=ORIGINAL)}
     timed = sorted(set(kinds.values()), key=list(entries).index)   # one engine per kind of removal
+    members = {}
     with ctx.ui.progress("latency table: building", len(timed)) as bar:
         for i, name in enumerate(timed):
-            builds[name] = ctx.builder.build(models[name], precision=precision, key=f"table:{name}")
+            model, members[name] = kind_model(plan, [e for e in entries.values() if e["same_cost_as"] == name],
+                                              batches[0][:1])
+            builds[name] = ctx.builder.build(model, precision=precision, key=f"table:{name}")
             bar.update(i + 1)
     # the time of a table of every entry, on fewer engines: each block is shorter, so more of them
     cap = ctx.profile.benchmark.table_time_s * max(1.0, len(entries) / ENTRIES_PER_CAP)
@@ -166,7 +190,8 @@ def measure_table(ctx: Context, plan: PruningPlan, blocks: list[Block], batches:
     ctx.builder.forget("table:")
     ctx.ui.say(f"  latency table: {len(entries)} removals of {len(timed)} kinds timed with the original at {precision} "
                f"({timing.blocks} blocks, {timing.seconds:.0f} s, {timing.stopped})")
-    measured = {"ratios": {n: timing.ratios[e["same_cost_as"]].to_dict() for n, e in entries.items()},
+    measured = {"ratios": {n: per_member(timing.ratios[e["same_cost_as"]], members[e["same_cost_as"]])
+                           for n, e in entries.items()},
                 "timing": {k: v for k, v in timing.to_dict().items() if k != "ratios"}}
     if cache:
         cache.save(measured)
@@ -227,35 +252,45 @@ def model_digest(model: nn.Module) -> str:
     return h.hexdigest()[:24]
 
 
+def per_member(joint: Ratio, members: int) -> dict:
+    """One member's share of a kind timed with all `members` applied: 1 - (1 - ratio) / members,
+    its interval likewise, and the count (the measurable bar is the joint engine's)."""
+    share = lambda r: 1 - (1 - r) / members   # noqa: E731
+    return {"ratio": round(share(joint.median), 5), "low": round(share(joint.low), 5),
+            "high": round(share(joint.high), 5), "members": members}
+
+
 def removals(table: dict, *, reference_ms: float, blocks: list[Block]) -> list[Removal]:
     """The table as priced removals: savings in ms on the probe precision's scale; width steps
     marginal (each against the group's previous step); below the protocol's resolution: none."""
     inside = _inside(table["entries"], blocks)
     out, previous = [], {}
     for name, entry in table["entries"].items():
-        r = _ratio(table["ratios"][name])
+        r, k = _ratio(table["ratios"][name]), table["ratios"][name].get("members", 1)
         if entry["kind"] == "block":
-            saving = _resolved(1 - r.median, reference_ms) if _measurable(r, ORIGINAL_RATIO) else 0.0
+            saving = _resolved(1 - r.median, reference_ms, k) if _measurable(r, ORIGINAL_RATIO, k) else 0.0
             out.append(Removal(kind="block", name=entry["name"], deviation=entry["deviation"], saving_ms=saving))
             continue
         # a width step saves what it runs faster than the group's last measurably faster step (the
         # anchor): small steps that each save nothing resolvable add up to one that does
         anchor, prev_dev = previous.get(entry["name"], (ORIGINAL_RATIO, 0.0))
-        measurable = _measurable(r, anchor)
-        saving = _resolved(anchor.median - r.median, reference_ms) if measurable else 0.0
+        measurable = _measurable(r, anchor, k)
+        saving = _resolved(anchor.median - r.median, reference_ms, k) if measurable else 0.0
         out.append(Removal(kind="width", name=entry["name"], units=entry["units"], inside=inside.get(entry["name"]),
                            deviation=max(entry["deviation"] - prev_dev, 0.0), saving_ms=saving))
         previous[entry["name"]] = (r if measurable else anchor, entry["deviation"])
     return out
 
 
-def _measurable(r: Ratio, anchor: Ratio) -> bool:
-    """Faster than `anchor` for real (interval below its median) and by more than compile noise."""
-    return r.high < anchor.median and r.median <= anchor.median - MEASURABLE + 1e-9
+def _measurable(r: Ratio, anchor: Ratio, members: int = 1) -> bool:
+    """Faster than `anchor` for real (interval below its median) and by more than compile noise,
+    which one engine of `members` like removals divides among them."""
+    return r.high < anchor.median and r.median <= anchor.median - MEASURABLE / members + 1e-9
 
 
-def _resolved(fraction: float, reference_ms: float) -> float:
-    return round(fraction / RESOLUTION) * RESOLUTION * reference_ms
+def _resolved(fraction: float, reference_ms: float, members: int = 1) -> float:
+    """A member's saving in ms: its kind's (members x fraction) in steps of the protocol's resolution, shared."""
+    return round(fraction * members / RESOLUTION) * RESOLUTION * reference_ms / members
 
 
 def _ratio(d: dict) -> Ratio:

@@ -37,6 +37,8 @@ class UI:
         if self.quiet or not total:
             yield Bar(None, None)
             return
+        if not self.console.is_terminal:   # a log file gets one line, so long work is not silence
+            self.say(f"  {description} ({total}) ...")
         bar = Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
                        TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=self.console,
                        transient=not self.console.is_terminal, disable=not self.console.is_terminal)

@@ -157,13 +157,11 @@ def test_skipping_ahead_looks_past_the_step_that_broke_the_accuracy_but_not_into
     assert skip_candidates(order, Structure(), 3) == [2, 3, 4]
 
 
-def test_removals_that_take_the_same_work_away_share_one_timed_engine():
-    """Like blocks of one stage (and one width step of each) cost the same wherever they sit: one
-    signature, so the table times one engine for them; the stage's downsampling block, another
-    stage's blocks and another width differ."""
+def _resnet20_table():
+    """A ResNet-20, an input, its pruning plan and its latency table's entries (every channel multiple)."""
     import torch
 
-    from edgecompress.pipeline.costs import cost_signature, entry_model, input_shapes, table_entries
+    from edgecompress.pipeline.costs import table_entries
     from edgecompress.pruning import PruningPlan
     from edgecompress.pruning.depth import removable_blocks
     from edgecompress.zoo import create_model
@@ -172,7 +170,15 @@ def test_removals_that_take_the_same_work_away_share_one_timed_engine():
     x = torch.randn(2, 1, 28, 28)
     plan = PruningPlan.build(model, [x])
     blocks = [Block(name=n, stage=0, score=0.0) for n in removable_blocks(model)]
-    entries = table_entries(plan, blocks, multiple=1, min_channels=1)
+    return model, x, plan, table_entries(plan, blocks, multiple=1, min_channels=1)
+
+
+def test_removals_that_take_the_same_work_away_share_one_timed_engine():
+    """Like blocks of one stage (and one width step of each) cost the same wherever they sit: one
+    signature, so the table times one engine for them; the stage's downsampling block, another
+    stage's blocks and another width differ."""
+    from edgecompress.pipeline.costs import cost_signature, entry_model, input_shapes
+    model, x, plan, entries = _resnet20_table()
     shapes = input_shapes(model, x[:1])
     sig = {name: cost_signature(model, entry_model(plan, e), shapes) for name, e in entries.items()}
     stage1 = [n for n in sig if n.startswith("block:layer1.")]
@@ -203,19 +209,9 @@ def test_a_kind_timed_with_all_its_members_at_once_shares_the_saving_and_the_bar
 
 
 def test_the_engine_that_prices_a_kind_has_all_its_members_removed():
-    import torch
-
-    from edgecompress.pipeline.costs import kind_model, table_entries
-    from edgecompress.pruning import PruningPlan
-    from edgecompress.pruning.depth import removable_blocks
-    from edgecompress.zoo import create_model
+    from edgecompress.pipeline.costs import kind_model
     from edgecompress.training.evaluation import macs_and_params
-    torch.manual_seed(0)
-    model = create_model("resnet20").eval()
-    x = torch.randn(2, 1, 28, 28)
-    plan = PruningPlan.build(model, [x])
-    blocks = [Block(name=n, stage=0, score=0.0) for n in removable_blocks(model)]
-    entries = table_entries(plan, blocks, multiple=1, min_channels=1)
+    model, x, plan, entries = _resnet20_table()
     stage1 = [e for n, e in entries.items() if n.startswith("block:layer1.")]
     joint, k = kind_model(plan, stage1, x[:1])
     one, k1 = kind_model(plan, stage1[:1], x[:1])

@@ -209,12 +209,12 @@ def test_a_kind_timed_with_all_its_members_at_once_shares_the_saving_and_the_bar
 
 
 def test_the_engine_that_prices_a_kind_has_all_its_members_removed():
-    from edgecompress.pipeline.costs import kind_model
+    from edgecompress.pipeline.costs import entry_model, kind_model
     from edgecompress.training.evaluation import macs_and_params
     model, x, plan, entries = _resnet20_table()
     stage1 = [e for n, e in entries.items() if n.startswith("block:layer1.")]
-    joint, k = kind_model(plan, stage1, x[:1])
-    one, k1 = kind_model(plan, stage1[:1], x[:1])
+    joint, k = kind_model(plan, stage1, x[:1], alone=entry_model(plan, stage1[0]))
+    one, k1 = kind_model(plan, stage1[:1], x[:1], alone=entry_model(plan, stage1[0]))
     full = macs_and_params(model, (1, 28, 28))[0]
     assert (k, k1) == (len(stage1), 1) and k >= 2
     saved = full - macs_and_params(joint, (1, 28, 28))[0]

@@ -85,30 +85,37 @@ def spaced(counts: list[int], steps: int) -> list[int]:
 
 
 def entry_model(plan: PruningPlan, entry: dict) -> nn.Module:
-    return applied(plan, [entry])
+    return entries_applied(plan, [entry])
 
 
-def applied(plan: PruningPlan, entries: list[dict]) -> nn.Module:
-    """The original with every removal in `entries` at once (built as the probes are: stages/prune.py Prober.pruned)."""
-    counts = {e["name"]: e["units"] for e in entries if e["kind"] == "width"}
+def applied(plan: PruningPlan, counts: dict[str, int], blocks: list[str]) -> nn.Module:
+    """The original with groups narrowed to `counts` and `blocks` removed: how the table's engines
+    and the search's probes (stages/prune.py Prober.pruned) are built."""
     model = plan.prune_units(counts) if counts else plan.model
-    model = remove_blocks(model, [e["name"] for e in entries if e["kind"] == "block"], copy_model=not counts)
+    model = remove_blocks(model, blocks, copy_model=not counts)
     fold_removed_bottlenecks(model)   # a detector's removed C2f bottlenecks leave its concat (exact)
     return model
 
 
-def kind_model(plan: PruningPlan, members: list[dict], x: torch.Tensor) -> tuple[nn.Module, int]:
-    """The engine that prices one kind: all its `members` applied at once, and how many that is
-    (one, when together they break the forward: each was checked alone)."""
+def entries_applied(plan: PruningPlan, entries: list[dict]) -> nn.Module:
+    """The original with every table entry in `entries` applied at once."""
+    return applied(plan, {e["name"]: e["units"] for e in entries if e["kind"] == "width"},
+                   [e["name"] for e in entries if e["kind"] == "block"])
+
+
+def kind_model(plan: PruningPlan, members: list[dict], x: torch.Tensor, *, alone: nn.Module) -> tuple[nn.Module, int]:
+    """The engine that prices one kind: all its `members` applied at once, and how many that is;
+    `alone` (the first member's model) when the kind has one member or together they break the
+    forward (each was checked alone)."""
     if len(members) > 1:
         try:
-            model = applied(plan, members)
+            model = entries_applied(plan, members)
             with torch.no_grad():
                 model.eval()(x)
             return model, len(members)
         except Exception:   # noqa: BLE001 -- any failure of the joint forward: price the kind by one member
             pass
-    return applied(plan, members[:1]), 1
+    return alone, 1
 
 
 @torch.no_grad()
@@ -181,7 +188,7 @@ def measure_table(ctx: Context, plan: PruningPlan, blocks: list[Block], batches:
     with ctx.ui.progress("latency table: building", len(timed)) as bar:
         for i, name in enumerate(timed):
             model, members[name] = kind_model(plan, [e for e in entries.values() if e["same_cost_as"] == name],
-                                              batches[0][:1])
+                                              batches[0][:1], alone=models[name])
             builds[name] = ctx.builder.build(model, precision=precision, key=f"table:{name}")
             bar.update(i + 1)
     # the time of a table of every entry, on fewer engines: each block is shorter, so more of them

@@ -21,8 +21,8 @@ from edgecompress.pipeline.records import PruneRecord
 from edgecompress.pipeline.stage import StageOutput
 from edgecompress.pruning import PruningPlan
 from edgecompress.pruning.cost import Structure, describe, removal_order, skip_candidates, structure, with_step
-from edgecompress.pruning.depth import find_blocks as find, remove_blocks, safe_blocks
-from edgecompress.pruning.detection import fold_removed_bottlenecks, prunable_form
+from edgecompress.pruning.depth import find_blocks as find, safe_blocks
+from edgecompress.pruning.detection import prunable_form
 from edgecompress.pruning.reconstruct import reconstruct
 from edgecompress.pruning.search import Budget, ProbeResult, Searcher, SearchOutcome
 from edgecompress.tasks import points
@@ -74,10 +74,7 @@ class Prober:
         return structure(self.order, knob, reference_ms=self.reference_ms)
 
     def pruned(self, s: Structure) -> nn.Module:
-        model = self.plan.prune_units(s.counts) if s.counts else self.plan.model
-        model = remove_blocks(model, s.blocks, copy_model=not s.counts)
-        fold_removed_bottlenecks(model)   # a detector's removed C2f bottlenecks leave its concat (exact)
-        return model
+        return costs.applied(self.plan, s.counts, s.blocks)
 
     def model_for(self, s: Structure) -> nn.Module:
         """The probe's trained model; rebuilt identically (same seeds) when it is not in memory."""

@@ -226,3 +226,17 @@ def test_help_survives_a_broken_registry(monkeypatch, capsys):
     import edgecompress.pruning
     monkeypatch.setattr(edgecompress.pruning, "CRITERIA", None)
     assert "NAME: see README" in _help_entries(capsys)["--criterion"]
+
+
+def test_long_work_written_to_a_log_file_says_it_started():
+    """A run piped to a file has no progress bar; it gets one line, so minutes of work are not silence."""
+    import io
+
+    from rich.console import Console
+
+    from edgecompress.pipeline.ui import UI
+    ui, out = UI(), io.StringIO()
+    ui.console = Console(file=out, highlight=False, soft_wrap=True)
+    with ui.progress("latency table: building", 147) as bar:
+        bar.update(1)
+    assert out.getvalue().strip() == "latency table: building (147) ..."

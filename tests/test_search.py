@@ -143,3 +143,15 @@ def test_with_retiming_the_step_move_probes_nothing_new():
     Searcher(confirmed, budget=Budget(min_accuracy=BASE - 1), confirm_same=lambda a, b: True).run()
     bisection = [cr for cr in plain.calls if cr in confirmed.calls]
     assert confirmed.calls == bisection and len(confirmed.calls) < len(plain.calls)
+
+
+def test_with_a_known_latency_the_step_move_probes_only_where_it_lands():
+    """The table's prediction gives a probe's latency without training it: the move bisects on
+    that and probes one cr, the largest of the chosen latency, and lands where probing would."""
+    plain, predicted, bisection = Counting(), Counting(), Counting()
+    ref = Searcher(plain, budget=Budget(min_accuracy=BASE - 1)).run()
+    out = Searcher(predicted, budget=Budget(min_accuracy=BASE - 1), latency_of=lambda cr: fake(cr).latency_ms).run()
+    Searcher(bisection, budget=Budget(min_accuracy=BASE - 1), confirm_same=lambda a, b: False).run()
+    assert out.chosen.cr == ref.chosen.cr and out.moved_from == ref.moved_from
+    assert predicted.calls == bisection.calls + [out.chosen.cr], "one probe for the move: where it lands"
+    assert len(predicted.calls) < len(plain.calls)

@@ -78,13 +78,17 @@ class Searcher:
     Measured latency is noisy, so with `confirm_same` (measured latency) the move considers only
     the probes already made and is taken only when `confirm_same` agrees after timing both models
     again side by side: bisecting on noisy timings spent 4 extra probes (150 s) in one default
-    run only to have every move rejected by the re-timing.
+    run only to have every move rejected by the re-timing. With `latency_of(cr)` (a latency known
+    without a probe: the latency table's prediction) the move bisects on it and probes only where it
+    lands: the move's probes past the step all had another latency and trained a model each for
+    nothing (40 s of a default run).
     """
 
     def __init__(self, evaluate: Callable[[float], ProbeResult], *, budget: Budget,
                  min_interval: float = 0.01, same_latency_rel: float = 0.0,
                  state: dict | None = None, on_probe: Callable[[dict], None] | None = None,
-                 confirm_same: Callable[[ProbeResult, ProbeResult], bool] | None = None) -> None:
+                 confirm_same: Callable[[ProbeResult, ProbeResult], bool] | None = None,
+                 latency_of: Callable[[float], float] | None = None) -> None:
         if budget.min_accuracy is None and budget.max_latency_ms is None:
             raise ValueError("a search needs an accuracy budget, a latency budget or both")
         if not 0 < min_interval < 1:
@@ -95,6 +99,7 @@ class Searcher:
         self.same_latency_rel = same_latency_rel
         self.on_probe = on_probe
         self.confirm_same = confirm_same   # (candidate, chosen) -> same latency, re-timed side by side
+        self.latency_of = latency_of       # cr -> latency without a probe (None: probe it)
         self.probes: list[ProbeResult] = [ProbeResult.from_dict(p) for p in (state or {}).get("probes", [])]
         self.restored = len(self.probes)
         self.evaluated = 0  # probes evaluated by this process (not restored)
@@ -187,8 +192,17 @@ class Searcher:
                              moved_from=chosen.cr if moved is not chosen else None, notes=notes)
 
     # -- same-latency step move ------------------------------------------------------------------
+    def _same_bound(self, ref: ProbeResult) -> float:
+        return ref.latency_ms * (1 + self.same_latency_rel) + 1e-12
+
     def _same_latency(self, p: ProbeResult, ref: ProbeResult) -> bool:
-        return p.latency_ms <= ref.latency_ms * (1 + self.same_latency_rel) + 1e-12
+        return p.latency_ms <= self._same_bound(ref)
+
+    def _latency_at(self, cr: float) -> float:
+        known = next((p for p in self.probes if p.cr == cr), None)
+        if known is not None or self.latency_of is None:
+            return (known or self.probe(cr)).latency_ms
+        return self.latency_of(cr)
 
     def _step_move(self, chosen: ProbeResult) -> ProbeResult:
         """Largest cr above `chosen` with the same latency, bisecting between probes already known."""
@@ -204,10 +218,12 @@ class Searcher:
                 break
         while hi - lo >= self.min_interval and self.confirm_same is None:
             mid = (lo + hi) / 2
-            if self._same_latency(self.probe(mid), chosen):
+            if self._latency_at(mid) <= self._same_bound(chosen):
                 lo = mid
             else:
                 hi = mid
+        if self.latency_of is not None and lo > chosen.cr:
+            self.probe(lo)   # the largest cr of the same latency: the one probe the move needs
         same = [p for p in self.probes if chosen.cr < p.cr <= lo and self._same_latency(p, chosen)
                 and p.accepted == chosen.accepted and self.budget.accuracy_ok(p) >= self.budget.accuracy_ok(chosen)
                 and p.accuracy > chosen.accuracy]

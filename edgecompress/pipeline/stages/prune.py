@@ -5,6 +5,7 @@ measurably faster than the unpruned engine, timed side by side in the protocol, 
 model ships."""
 from __future__ import annotations
 
+import copy
 import zlib
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -59,7 +60,9 @@ def channel_multiple(profile, precision: str) -> int:
 class Prober:
     """`evaluate(knob)` for the searcher: the structure the knob keeps -> physical prune ->
     BatchNorm recalibration -> (reconstruct) -> (short KD) -> validation accuracy; its latency is
-    the table's prediction (finalists are timed for real). Equal structures are one probe."""
+    the table's prediction (finalists are timed for real). Equal structures are one probe, and
+    every probe's trained weights are kept (in memory, the size of the pruned model each): the
+    chosen structure is rarely the last one probed, and training it again cost a default run 40 s."""
 
     def __init__(self, ctx: Context, plan: PruningPlan, order: list, *, reference_ms: float,
                  probes: list[dict] = ()) -> None:
@@ -68,7 +71,7 @@ class Prober:
         self.bn_batches = ctx.data.train_batches(count=cfg.bn_batches, batch_size=cfg.batch_size, seed=cfg.seed + 1)
         self.recon_batches = self.bn_batches[:4]
         self.by_key = {p["key"]: p for p in probes if "key" in p}
-        self.models: dict[str, nn.Module] = {}
+        self.trained: dict[str, dict] = {}   # structure key -> the trained probe's state_dict
 
     def structure(self, knob: float) -> Structure:
         return structure(self.order, knob, reference_ms=self.reference_ms)
@@ -79,12 +82,13 @@ class Prober:
     def model_for(self, s: Structure) -> nn.Module:
         """The probe's trained model; rebuilt identically (same seeds) when it is not in memory."""
         key = s.key()
-        if key in self.models:
-            return self.models[key]
         if not s.counts and not s.blocks:
             return self.ctx.original
         cfg = self.ctx.config
         model = self.pruned(s)
+        if key in self.trained:
+            model.load_state_dict(self.trained[key])
+            return model.eval()
         recalibrate_bn(model, self.bn_batches, device=self.ctx.device)
         if cfg.reconstruct:   # after BN recalibration: measured better than before it (docs/benchmarks.md)
             reconstruct(model, self.ctx.original, self.recon_batches, seed=cfg.seed)
@@ -94,8 +98,8 @@ class Prober:
                                          batch_size=cfg.batch_size, augment=cfg.augment),
                     seed=probe_seed(cfg.seed, key), device=self.ctx.device, workers=self.ctx.data.workers,
                     task=self.ctx.task)
-        self.models = {key: model.eval()}   # only the latest: the chosen one is rebuilt if needed
-        return model
+        self.trained[key] = copy.deepcopy(model.state_dict())
+        return model.eval()
 
     def evaluate(self, knob: float) -> ProbeResult:
         return self.evaluate_structure(self.structure(knob), knob)
@@ -184,7 +188,8 @@ class PruneStage:
 
     def _search(self, ctx: Context, prober: Prober, budget: Budget, state: dict, order: list):
         searcher = Searcher(prober.evaluate, budget=budget, min_interval=ctx.config.min_search_interval,
-                            state={"probes": state.get("search", [])})
+                            state={"probes": state.get("search", [])},
+                            latency_of=lambda knob: prober.structure(knob).predicted_ms)
 
         def checkpoint(s: dict) -> None:
             state["search"], state["probes"] = s["probes"], list(prober.by_key.values())

@@ -319,3 +319,13 @@ def test_the_reported_interval_keeps_its_coverage_under_the_adaptive_stop():
     blocks, so it excludes the truth about 5 % of the time (binomial noise over 300 runs: sd 1.3
     points)."""
     assert _false_exclusions(300) <= 0.08
+
+
+def test_decided_waits_until_the_threshold_is_clear_by_a_margin():
+    """The decision comes from as many fresh blocks: an interval that only just excludes the
+    threshold would straddle it there about half the time, so the first phase goes on."""
+    just = {"x": Ratio(1.2, 1.02, 1.38)}      # excludes 1, median 1.1 half-widths away
+    clear = {"x": Ratio(1.2, 1.12, 1.28)}     # median 2.5 half-widths away
+    assert not decided(1.0)(just) and decided(1.0, margin=1.0)(just)
+    assert decided(1.0)(clear)
+    assert decided(1.0)({"x": Ratio(0.8, 0.72, 0.88)}) and not decided(1.0)({"x": Ratio(0.9, 0.85, 0.99)})

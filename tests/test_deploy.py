@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from _export_fixtures import export_pair, inputs
+from edgecompress.pipeline.stages.prune import DECIDE_MIN_BLOCKS
 from _faults import REPO, tiny_argv
 from edgecompress.errors import UserError
 from edgecompress.exporters import onnx_to_openvino
@@ -116,6 +117,9 @@ def test_shipped_and_plain_engines_share_one_fixed_shape_and_verify_times_what_l
     assert baseline["build"]["settings"] == deploy.settings   # what `compress check` loads
     assert report["speed_steps"][0]["engine"] == "yardstick"
     assert report["unpruned"]["settings"] == report["speed_steps"][0]["settings"]   # the plain engine at its defaults
+    # whether the pruned model ships is decided on enough blocks (20 straddled 1.0 on a noisy machine)
+    decided = json.loads((run / "manifest.json").read_text())["stages"]["prune"]["data"]["decision"]["timing"]
+    assert decided["blocks"] >= DECIDE_MIN_BLOCKS or decided["stopped"] == "time cap", decided
 
 
 def test_the_deployment_keeps_the_profiles_runtime_unless_another_is_measurably_faster():

@@ -50,6 +50,11 @@ PAYS_MEASURED = 1.03
 # fresh table put a width step before the third block, the bisection stopped at two blocks (1.14x
 # over plain INT8) while three blocks alone keep the accuracy (1.25x with another table).
 SKIP_TRIES = 2
+# The decision whether the pruned model ships looks first at this many blocks (the profile's
+# compare_time_s still caps it): at 20 blocks (2 s of a ResNet-20) two default runs saw their first
+# look clear 1.0 and the fresh blocks of the answer straddle it ([0.96, 1.50], [0.90, 1.48]),
+# and threw a pruned model away that other runs timed 1.15-1.35x faster; 100 blocks cost ~10 s.
+DECIDE_MIN_BLOCKS = 100
 
 
 def channel_multiple(profile, precision: str) -> int:
@@ -253,7 +258,7 @@ class PruneStage:
             needed = decided(prober.reference_ms * PAYS_MEASURED / budget.max_latency_ms)
             until = lambda ratios, pays=until: pays(ratios) and needed({UNPRUNED: ratios[UNPRUNED]})  # noqa: E731
         timing = relative_timing(ctx.target, builds, reference=MODE, max_time_s=ctx.profile.benchmark.compare_time_s,
-                                 until=until)
+                                 until=until, min_blocks=DECIDE_MIN_BLOCKS)
         gains = {name: timing.ratios[name] for name in builds if name != MODE}   # other / pruned: speed-up
         for name, r in gains.items():
             ctx.ui.say(f"  side by side at {precision}: pruned vs {name}: {r}  ({timing.stopped})")

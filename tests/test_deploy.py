@@ -162,3 +162,25 @@ def test_an_engine_ships_with_the_settings_chosen_for_its_own_precision():
     assert Context.settings_for(ctx, "fp16") == {"INFERENCE_NUM_THREADS": 1}   # not a candidate: the probes'
     ctx.target.runtime = "ort"
     assert Context.settings_for(ctx, "int8") == {"intra_op_num_threads": 1}
+
+
+def test_pruning_share_is_timed_against_the_unpruned_engine_at_the_shipped_engines_settings(tmp_path):
+    """The builder loads our engines with the baseline's settings for its precision; an FP32 engine
+    that ships at ONNX Runtime's defaults was set against its unpruned twin at INT8's one thread."""
+    from types import SimpleNamespace
+    from edgecompress.pipeline.stages.verify import ORIGINAL_FLOAT, UNPRUNED, YARDSTICK, engines_to_time
+    from edgecompress.targets.base import BuildResult
+    int8_settings, shipped = {"intra_op_num_threads": 1}, {}
+
+    def built(precision, settings):
+        return BuildResult(engine=tmp_path / "m.onnx", onnx=tmp_path / "m.onnx", precision=precision, runtime="ort",
+                           settings=settings)
+    builder = SimpleNamespace(build=lambda model, precision, key, shipped=False: built(precision, int8_settings),
+                              engine=lambda model, record: built("int8", None))
+    ctx = SimpleNamespace(builder=builder, original=None, target=get_target("x86-cpu", device="estimate"),
+                          results=SimpleNamespace(baseline=SimpleNamespace(precision="fp32", yardstick="plain",
+                                                                           engines={"plain": {}}),
+                                                  prune=SimpleNamespace(unpruned=False)))
+    builds = engines_to_time(ctx, built("fp32", shipped))
+    assert builds[UNPRUNED].settings == shipped and builds[UNPRUNED].precision == "fp32"
+    assert builds[ORIGINAL_FLOAT].settings == int8_settings and YARDSTICK in builds

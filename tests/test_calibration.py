@@ -285,3 +285,28 @@ def test_import_needs_no_heavy_backend():
             "print([m for m in ('onnx', 'onnxruntime', 'openvino', 'nncf') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("target, chosen, ships", [
+    ("jetson-orin", "fp16", "fp16"),   # TensorRT's own float precision, as its plain engine: never traded for FP32
+    ("jetson-orin", "int8", "fp16"),   # INT8 not 5 % faster than FP32 (estimated): the target's float precision
+    ("x86-cpu", "int8", "fp32"),
+])
+def test_a_precision_that_is_not_measurably_faster_falls_back_to_the_targets_own_float_precision(target, chosen, ships):
+    from types import SimpleNamespace
+    from edgecompress.calibration.accuracy_control import PrecisionRecord, Selection
+    from edgecompress.pipeline.stages.calibrate import _measurably_faster
+    from edgecompress.profiles import load_profile
+    same = {"ratio": {"ratio": 0.99, "low": 0.98, "high": 1.01}}   # 1 % faster than FP32, inside the noise
+    records = [PrecisionRecord("fp32", 54.08, None, (), True),
+               PrecisionRecord("fp16", 54.08, 0.637, (), True, details=same),
+               PrecisionRecord("int8", 54.0, 0.635, (), True, details=same)]
+    notes = []
+    ctx = SimpleNamespace(profile=load_profile(target), config=SimpleNamespace(precision="auto"),
+                          target=SimpleNamespace(latency_source="estimate" if target == "jetson-orin" else "local"),
+                          note=notes.append)
+    pick = next(r for r in records if r.precision == chosen)
+    if ships not in load_profile(target).precisions:
+        pytest.skip(f"{target} does not offer {ships}")
+    assert _measurably_faster(ctx, Selection(chosen=pick, records=records, budget_accuracy=53.08)).precision == ships
+    assert bool(notes) == (ships != chosen)

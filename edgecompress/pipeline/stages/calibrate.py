@@ -9,6 +9,7 @@ import numpy as np
 
 from edgecompress.calibration import (CALIBRATORS, DEFAULT_BACKEND, SYMMETRIC_ACTIVATIONS, artifact_evaluator,
                                       choose_precision, layer_sensitivity)
+from edgecompress.pipeline.builder import search_precision
 from edgecompress.pipeline.context import Context
 from edgecompress.pipeline.records import CalibrateRecord
 from edgecompress.pipeline.stage import StageOutput
@@ -92,19 +93,23 @@ def _method(ctx: Context, backend: str) -> str:
 
 
 def _measurably_faster(ctx: Context, selection):
-    """A precision other than FP32 ships only when the protocol says it is faster than FP32 (its
-    ratio's interval below 1); else FP32, when it keeps the budget, and the run says so."""
+    """INT8 ships only when the protocol says it is faster than FP32 (its ratio's interval below
+    1); else the target's own float precision (FP16 on TensorRT: what its plain engine is, and
+    what a user gets from trtexec --fp16; FP32 elsewhere), when it keeps the budget, and the run
+    says so. That float precision itself always may ship: a Jetson run that weighed FP16 against
+    FP32 shipped FP32, 0.99x of the user's plain FP16 engine by its own estimate."""
     chosen = selection.chosen
     ratio = chosen.details.get("ratio")
-    fp32 = [r for r in selection.records if r.precision == "fp32" and r.meets_budget]
+    own = search_precision(ctx.profile, ctx.config.precision)
+    fallback = [r for r in selection.records if r.precision == own and r.meets_budget]
     # timed here: the interval below 1; estimated or over ssh (one figure each, no interval): 5 % faster
     faster = ratio is not None and (ratio["high"] < 1 if ctx.target.latency_source == "local"
                                     else ratio["ratio"] <= 1 / PAYS_ESTIMATED)
-    if chosen.precision == "fp32" or ratio is None or faster or not fp32:
+    if chosen.precision in ("fp32", own) or ratio is None or faster or not fallback:
         return chosen
     ctx.note(f"{chosen.precision} is not measurably faster than fp32 here ({ratio['ratio']:.3f}x "
-             f"[{ratio['low']:.3f}, {ratio['high']:.3f}] of its latency, side by side): fp32 ships")
-    return fp32[0]
+             f"[{ratio['low']:.3f}, {ratio['high']:.3f}] of its latency, side by side): {own} ships")
+    return fallback[0]
 
 
 def budget_accuracy(ctx: Context) -> float:

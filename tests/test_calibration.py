@@ -306,7 +306,5 @@ def test_a_precision_that_is_not_measurably_faster_falls_back_to_the_targets_own
                           target=SimpleNamespace(latency_source="estimate" if target == "jetson-orin" else "local"),
                           note=notes.append)
     pick = next(r for r in records if r.precision == chosen)
-    if ships not in load_profile(target).precisions:
-        pytest.skip(f"{target} does not offer {ships}")
     assert _measurably_faster(ctx, Selection(chosen=pick, records=records, budget_accuracy=53.08)).precision == ships
     assert bool(notes) == (ships != chosen)

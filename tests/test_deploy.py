@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from _export_fixtures import export_pair, inputs
-from edgecompress.pipeline.stages.prune import DECIDE_MIN_BLOCKS
+from edgecompress.targets.timing import DECIDE_MIN_BLOCKS
 from _faults import REPO, tiny_argv
 from edgecompress.errors import UserError
 from edgecompress.exporters import onnx_to_openvino

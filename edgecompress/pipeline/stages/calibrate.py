@@ -13,9 +13,9 @@ from edgecompress.pipeline.builder import search_precision
 from edgecompress.pipeline.context import Context
 from edgecompress.pipeline.records import CalibrateRecord
 from edgecompress.pipeline.stage import StageOutput
-from edgecompress.pipeline.stages.prune import DECIDE_MIN_BLOCKS, PAYS_ESTIMATED
+from edgecompress.pipeline.stages.prune import PAYS_ESTIMATED
 from edgecompress.pruning.search import Budget
-from edgecompress.targets.timing import decided, relative_timing
+from edgecompress.targets.timing import DECIDE_MIN_BLOCKS, decided, relative_timing
 from edgecompress.tasks import points
 
 SENSITIVITY_IMAGES = 256
@@ -73,8 +73,7 @@ class Evaluator:
         builds = {b: details.pop("built") for b, (_, _, details) in tried.items()}
         if self.reference is None or precision == "fp32":   # the reference itself: ratio 1 by definition
             return tried[backends[0]]
-        # a yes/no question (is it faster than FP32?), asked as the prune stage asks it: 20 blocks
-        # stopped "precise" and the fresh ones said 0.843x [0.791, 1.000], so FP32 shipped
+        # a yes/no question (is it faster than FP32?), asked as the prune stage asks it
         timing = relative_timing(self.ctx.target, {"fp32": self.reference, **builds}, reference="fp32",
                                  max_time_s=self.ctx.profile.benchmark.compare_time_s,
                                  until=decided(1.0), min_blocks=DECIDE_MIN_BLOCKS)

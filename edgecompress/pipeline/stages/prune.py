@@ -28,7 +28,7 @@ from edgecompress.pruning.reconstruct import reconstruct
 from edgecompress.pruning.search import Budget, ProbeResult, Searcher, SearchOutcome
 from edgecompress.tasks import points
 from edgecompress.pruning.structure import widths_of
-from edgecompress.targets.timing import decided, relative_timing
+from edgecompress.targets.timing import DECIDE_MIN_BLOCKS, decided, relative_timing
 from edgecompress.training.distill import DistillConfig, distill
 from edgecompress.training.evaluation import macs_and_params, recalibrate_bn
 
@@ -50,11 +50,6 @@ PAYS_MEASURED = 1.03
 # fresh table put a width step before the third block, the bisection stopped at two blocks (1.14x
 # over plain INT8) while three blocks alone keep the accuracy (1.25x with another table).
 SKIP_TRIES = 2
-# The decision whether the pruned model ships looks first at this many blocks (the profile's
-# compare_time_s still caps it): at 20 blocks (2 s of a ResNet-20) two default runs saw their first
-# look clear 1.0 and the fresh blocks of the answer straddle it ([0.96, 1.50], [0.90, 1.48]),
-# and threw a pruned model away that other runs timed 1.15-1.35x faster; 100 blocks cost ~10 s.
-DECIDE_MIN_BLOCKS = 100
 
 
 def channel_multiple(profile, precision: str) -> int:

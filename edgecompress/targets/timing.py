@@ -47,6 +47,13 @@ DECIDED_MARGIN = 2.0     # `decided`: the median this many half-widths clear of 
 # [0.90, 1.48]) and threw a pruned model away that other runs timed 1.15-1.35x faster, and one
 # shipped FP32 on 0.843x [0.791, 1.000] when INT8 was faster; 100 blocks cost ~10 s.
 DECIDE_MIN_BLOCKS = 100
+# Which runtime ships is timed in this many fresh process layouts, each its own `compare`: an ONNX
+# Runtime engine (two-thread pool) against an OpenVINO one moved between 1.26x and 2.41x from one
+# fresh set of processes to the next, each interval +-1 % (benchmarks/protocol_vs_user.py), and a
+# run that timed one layout kept OpenVINO on 0.95x [0.90, 1.17] when the user's loading of the same
+# files found ONNX Runtime's engine 1.36x faster. One layout in six or seven is such a bad one; the
+# median over five is one with probability ~0.97.
+LAYOUTS = 5
 
 
 @dataclass(frozen=True)
@@ -121,6 +128,14 @@ class Timing:
                 "ms": {k: round(v, 4) for k, v in self.ms.items()}, "blocks": self.blocks,
                 "runs_per_block": self.runs_per_block, "seconds": round(self.seconds, 3),
                 "stopped": self.stopped}
+
+
+def over_layouts(ratios: list[Ratio]) -> Ratio:
+    """One ratio from the same comparison timed in several fresh process layouts: the median over
+    layouts of its median, of its low end and of its high end (each end stays on its side of the
+    median), so one layout's luck, good or bad, does not decide."""
+    ends = np.array([[r.median, r.low, r.high] for r in ratios])
+    return Ratio(*(float(v) for v in np.median(ends, axis=0)))
 
 
 def decided(threshold: float, *, resolution: float = 0.005, margin: float = DECIDED_MARGIN) -> Until:

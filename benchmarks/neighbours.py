@@ -25,12 +25,23 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load_tensors, write_result  # noqa: E402
-from user_view import PLAIN_IMAGES, grouped, interleave, user_engines  # noqa: E402
+from user_view import PLAIN_IMAGES, interleave, user_engines  # noqa: E402
 
 from edgecompress.targets.timing import median_interval  # noqa: E402
 from edgecompress.zoo import pretrained  # noqa: E402
 
 REFERENCE = "ort fp32, 1 thread, no spinning"
+
+
+def grouped(specs: dict, reference: str) -> tuple[list[dict], dict]:
+    """How the run grouped engines when this was measured: one process for all, but each further
+    ORT session with a thread pool in a process of its own with a copy of `reference` to pair with."""
+    pooled = [n for n, (rt, _, st) in specs.items() if rt == "ort" and int(st.get("intra_op_num_threads", 0)) != 1]
+    groups, pairs = [{n: s for n, s in specs.items() if n not in pooled[1:]}], {}
+    for name in pooled[1:]:
+        pairs[name] = f"{reference} (beside {name})"
+        groups.append({name: specs[name], pairs[name]: specs[reference]})
+    return groups, pairs
 
 
 def session(specs: dict, x: np.ndarray, *, grouped_: bool, settled: bool, seconds: float) -> dict:

@@ -8,12 +8,11 @@ with the runtime's documented recipe, at its defaults:
              nncf.quantize(ov.convert_model(path), nncf.Dataset(300 training images))
   ONNX Runtime: InferenceSession(path); quant_pre_process + quantize_static (defaults)
 
-all timed side by side in the one protocol (interleaved blocks of 20 calls, shuffled order,
-median of paired ratios, 95 % interval, each block after one untimed call and followed by a wait
-for a quiet CPU), the engines in fresh processes (not this one, which made them), grouped as the
-run groups them (an ONNX Runtime session with a thread pool beside another in a process of its
-own, paired with a copy of the shipped engine there; `--one-process`: all in this process), each
-one's latency over the shipped engine's set
+all timed in the one protocol (interleaved blocks of 20 calls, shuffled order, median of paired
+ratios, 95 % interval, each block after one untimed call and followed by a wait for a quiet CPU),
+as a user compares two engines: the shipped engine against each plain engine in turn, each in a
+fresh process of its own (not this one, which made them; `--one-process`: all in this process),
+each plain engine's latency over the shipped engine's
 beside the run's own figure (report.json `pruning_speedup`, against its yardstick).
 
     .venv/bin/python benchmarks/user_view.py --out runs/user-view --json benchmarks/results/user_view.json
@@ -44,7 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load_tensors, write_result  # noqa: E402
 
-from edgecompress.targets.isolated import process_groups, settle  # noqa: E402
+from edgecompress.targets.isolated import settle  # noqa: E402
 from edgecompress.targets.timing import MIN_BLOCKS, compare, median_interval  # noqa: E402
 from edgecompress.zoo import pretrained  # noqa: E402
 from edgecompress.zoo.detector import DETECTORS, pretrained_detector  # noqa: E402
@@ -135,12 +134,6 @@ def _worker(specs: dict[str, tuple], x: np.ndarray, settled: bool, conn) -> None
         conn.send(seconds)
 
 
-def grouped(specs: dict[str, tuple], reference: str) -> tuple[list[dict[str, tuple]], dict[str, str]]:
-    """`process_groups` (as the run groups engines into processes) for (runtime, file, settings) specs."""
-    groups, paired_with = process_groups({n: (path, rt, st, 1) for n, (rt, path, st) in specs.items()}, reference)
-    return [{n: (rt, path, st) for n, (path, rt, st, _) in g.items()} for g in groups], paired_with
-
-
 def interleave(groups: list[dict[str, tuple]], x: np.ndarray, *, max_time_s: float, settled: bool = True,
                runs: int = 20, seed: int = 0) -> list[tuple[dict, dict]]:
     """Each group's engines in a fresh process of its own; blocks of `runs` calls, every engine in
@@ -168,19 +161,21 @@ def interleave(groups: list[dict[str, tuple]], x: np.ndarray, *, max_time_s: flo
 
 
 def isolated(specs: dict[str, tuple], x: np.ndarray, *, reference: str, max_time_s: float) -> dict:
-    """The protocol with the engines in fresh processes (not this one, which made them), grouped
-    as the run groups them (`process_groups`: one process for all, but an ONNX Runtime session
-    with a thread pool beside another gets its own, with a copy of `reference` to pair with):
-    median of the per-block ratios with its 95 % interval."""
-    groups, paired_with = grouped(specs, reference)
-    rows = interleave(groups, x, max_time_s=max_time_s)
-    ratios = {}
-    for name in specs:
-        pair = paired_with.get(name, reference)
-        med, low, high = median_interval(np.array([ms[name] / ms[pair] for ms, _ in rows]))
+    """The protocol as a user compares two engines: `reference` against each other engine in a
+    comparison of its own, each engine in a fresh process of its own (not this one, which made
+    them), the pairs one after another, `max_time_s` shared among them: median of the per-block
+    ratios with its 95 % interval. Never more than two engines alive: an ONNX Runtime session with
+    a thread pool slows another even in another process (targets/isolated.py)."""
+    others = [n for n in specs if n != reference]
+    ratios, ms, blocks = {reference: {"ratio": 1.0, "low": 1.0, "high": 1.0}}, {reference: []}, []
+    for name in others:
+        rows = interleave([{reference: specs[reference]}, {name: specs[name]}], x, max_time_s=max_time_s / len(others))
+        med, low, high = median_interval(np.array([r[name] / r[reference] for r, _ in rows]))
         ratios[name] = {"ratio": round(med, 4), "low": round(low, 4), "high": round(high, 4)}
-    return {"ratios": ratios, "ms": {n: float(np.median([ms[n] for ms, _ in rows])) for n in specs},
-            "blocks": len(rows), "processes": len(groups)}
+        ms[name], blocks = [float(np.median([r[name] for r, _ in rows]))], [*blocks, len(rows)]
+        ms[reference].append(float(np.median([r[reference] for r, _ in rows])))
+    return {"ratios": ratios, "ms": {n: float(np.median(v)) for n, v in ms.items()}, "blocks": min(blocks),
+            "processes": 2 * len(others)}
 
 
 def original(report: dict) -> tuple[torch.nn.Module, np.ndarray]:
@@ -224,7 +219,7 @@ def measure(run_dir: Path, *, max_time_s: float, one_process: bool) -> dict:
         else:
             t = isolated(specs, x, reference="shipped", max_time_s=max_time_s)
             ratios, shipped_ms, blocks = t["ratios"], t["ms"]["shipped"], t["blocks"]
-            stopped = f"time cap, {t['processes']} fresh process(es)"
+            stopped = f"time cap, {t['processes']} fresh processes, a pair at a time"
     plain = {n: ratios[n] for n in specs if n != "shipped"}   # plain latency / shipped: its speed-up
     fastest = min(plain, key=lambda n: plain[n]["ratio"])
     run_says = report["pruning_speedup"]

@@ -229,10 +229,10 @@ def _in_process(name: str):
 def test_time_builds_runs_the_engines_in_a_fresh_process_of_their_own(tmp_path, conv_onnx, monkeypatch):
     """By default (benchmark.isolate) the engines are opened by the one loader with exactly the
     settings `Target.settings` gives each (what deploy.json ships), in worker processes of the
-    timing host, neither this process nor the host: one for the engines that can share it, one
-    more (with a copy of the reference) for each further ONNX Runtime session with a thread pool;
-    every block asks each engine for `runs_per_block` calls timed there; the copies are not in
-    the answer; an engine that cannot open is one UserError line."""
+    timing host, neither this process nor the host, one comparison's at a time: the engines in
+    parts that each hold the reference and at most one ONNX Runtime session with a thread pool
+    (`one_pool_each`); every block asks each engine for `runs_per_block` calls timed there; an
+    engine that cannot open is one UserError line."""
     if importlib.util.find_spec("openvino") is None:
         pytest.skip("openvino is not installed")
     from dataclasses import replace
@@ -258,31 +258,47 @@ def test_time_builds_runs_the_engines_in_a_fresh_process_of_their_own(tmp_path, 
     monkeypatch.setattr(isolated.IsolatedEngine, "timed", timed)
     timing = time_builds(target, builds, reference="a", warmup=1, runs_per_block=2, min_blocks=6, max_time_s=0.2)
     spec = {n: (b.engine, b.runtime, target.settings(b), 1) for n, b in builds.items()}
-    assert groups == [{n: spec[n] for n in ("a", "b", "ort", "ort 1 thread")},
-                      {"ort again": spec["ort again"], "a (beside ort again)": spec["a"]}]
+    assert groups == [{n: spec[n] for n in ("a", "b", "ort 1 thread", "ort")}, {n: spec[n] for n in ("a", "ort again")}]
     assert spec["b"][2] != spec["a"][2]
-    assert asked.count(1) == 6 and asked.count(2) == 6 * 2 * timing.blocks and timing.ratios["a"].median == 1.0
-    assert set(timing.ratios) == set(timing.ms) == set(timing.rows) == set(builds)
+    # warm-up: one call of each engine in each part; then each engine's blocks of two
+    assert asked.count(1) == 4 + 2 and asked.count(2) >= 2 * 2 * timing.blocks * 3 and timing.ratios["a"].median == 1.0
+    assert set(timing.ratios) == set(timing.ms) == set(builds)
     host = isolated.start_host().process.pid
     workers = Path(f"/proc/{host}/task/{host}/children").read_text().split()
-    assert len(workers) == 2 and str(os.getpid()) not in workers and str(host) != str(os.getpid())
+    assert len(workers) == 1 and str(os.getpid()) not in workers and str(host) != str(os.getpid())
     with pytest.raises(UserError, match="could not open an engine in its own process: .*missing.xml"):
         isolated.isolated_calls([{"x": (tmp_path / "missing.xml", "openvino", None, 1)}])
 
 
-def test_ort_sessions_with_thread_pools_get_a_process_each_paired_with_a_copy_of_the_reference():
-    """Two ONNX Runtime sessions with intra-op thread pools slow each other in one process; one
-    thread (no pool) or OpenVINO share it. When the reference itself has a pool, the others with
-    one are paired with it across processes (no copy to pair with that would not clash)."""
-    from edgecompress.targets.isolated import needs_own_process, process_groups
+def test_no_part_of_a_comparison_holds_two_ort_sessions_with_thread_pools():
+    """One ONNX Runtime session with an intra-op thread pool slows another, even in another
+    process: each gets a part of the comparison of its own, beside an anchor without a pool (the
+    reference; else another engine without one; else a one-thread copy of the reference)."""
+    from edgecompress.targets.isolated import needs_own_process, one_pool_each
     assert needs_own_process("ort", {}) and needs_own_process("ort", {"intra_op_num_threads": 2})
     assert not needs_own_process("ort", {"intra_op_num_threads": 1}) and not needs_own_process("openvino", {})
     ov, pool, one = ("m.xml", "openvino", {}, 1), ("m.onnx", "ort", {}, 1), ("m.onnx", "ort", {"intra_op_num_threads": 1}, 1)
-    groups, pairs = process_groups({"ref": ov, "x": pool, "y": pool, "z": one}, "ref")
-    assert groups == [{"ref": ov, "x": pool, "z": one}, {"y": pool, "ref (beside y)": ov}]
-    assert pairs == {"y": "ref (beside y)"}
-    groups, pairs = process_groups({"ref": pool, "x": pool, "z": one}, "ref")
-    assert groups == [{"ref": pool, "z": one}, {"x": pool}] and pairs == {}
+    assert one_pool_each({"ref": ov, "x": pool, "z": one}, "ref") == ([{"ref": ov, "x": pool, "z": one}], "ref")
+    assert one_pool_each({"ref": ov, "x": pool, "y": pool, "z": one}, "ref") == (
+        [{"ref": ov, "z": one, "x": pool}, {"ref": ov, "y": pool}], "ref")
+    assert one_pool_each({"ref": pool, "x": pool, "z": one}, "ref") == ([{"z": one, "ref": pool}, {"z": one, "x": pool}], "z")
+    parts, anchor = one_pool_each({"ref": pool, "x": pool}, "ref")
+    assert anchor == "ref (1 thread)" and parts == [{anchor: one, "ref": pool}, {anchor: one, "x": pool}]
+
+
+def test_a_comparison_in_parts_takes_each_ratio_to_the_reference_through_the_anchor():
+    from edgecompress.targets.timing import Ratio, Timing, through_anchor
+
+    def part(ratios: dict[str, Ratio], stopped: str = "precise") -> Timing:
+        return Timing(reference="anchor", ratios={"anchor": Ratio(1, 1, 1), **ratios},
+                      ms={"anchor": 1.0, **{n: r.median for n, r in ratios.items()}}, blocks=50, runs_per_block=20,
+                      seconds=3.0, stopped=stopped, rows=None)
+    timing = through_anchor([part({"ref": Ratio(2.0, 1.9, 2.1)}), part({"x": Ratio(1.0, 0.95, 1.05)}, "time cap")], "ref")
+    assert timing.ratios["ref"] == Ratio(1.0, 1.0, 1.0)
+    assert timing.ratios["x"] == Ratio(0.5, pytest.approx(0.95 / 2.1), pytest.approx(1.05 / 1.9))
+    assert timing.stopped == "time cap" and timing.seconds == 6.0 and timing.ms["x"] == 1.0
+    # not timed in the same blocks: one against another from their two intervals
+    assert timing.between("x", "anchor").low == pytest.approx((0.95 / 2.1) / (1 / 1.9))
 
 
 def test_compare_pairs_an_engine_with_the_call_it_is_told_to():

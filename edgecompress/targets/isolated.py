@@ -15,13 +15,14 @@ an engine's speed by several percent. Two copies of one engine, each in a proces
 measured 0.96-1.02x of each other; the pruned ResNet-20 over its unpruned engine measured 0.86-0.98
 in six fresh pairs of processes (intervals +-1-2 %, so the spread is the processes'), 0.92-0.94
 in six fresh single processes: engines sharing a process share its luck, and their ratio holds.
-Why some engines get a process of their own (`process_groups`): two ONNX Runtime sessions with
-intra-op thread pools slow each other (MobileNetV2 FP32 at ORT's defaults: 0.53 ms beside a
-one-thread engine, 1.01 ms right after a second such session). A user runs one of them, so each
-such session runs in a process of its own with a copy of the reference, its ratio paired with
-that copy (`compare(paired_with=...)`; when the reference is one of them itself, the pairing
-crosses processes). Measured since (benchmarks/neighbours.py): the slowdown after the other
-session stays across processes too, so this grouping alone does not remove it (open, issue 26).
+Why no comparison holds two ONNX Runtime sessions with intra-op thread pools (`one_pool_each`):
+one such session slows another even in another process, where it waits idle between its blocks
+after the wait for a quiet CPU below (so not its spinning threads; measured, the cause not found):
+our INT8 ResNet-20 on ONNX Runtime timed 0.57-0.59x of OpenVINO's INT8 in eight comparisons
+without a second such session, and 0.68-0.91x [0.64, 1.15] in five with the original's FP32
+session in a process beside it (its threads not spinning, or one thread: 0.57-0.58x). A user runs
+one of them, so each runs in a part of the comparison of its own, timed against an anchor engine
+without a pool that every part holds, and its ratio to the reference is taken through the anchor.
 Why each block is followed by a wait for a quiet CPU (`settle`): ONNX Runtime's threads spin ~40
 ms after a run at its defaults, on the core the next engine needs; the block after them measured
 3 % slower (a one-thread engine) to 60 % (another multi-thread one). The next block starts when
@@ -33,8 +34,8 @@ the host first crashed the interpreter after OpenVINO and DataLoader workers had
 the atexit call); the host needs no hook, it ends when its socket to this process closes, however
 this process ends.
 
-    groups, paired_with = process_groups({"a": (path, "openvino", settings, 1), "b": ...}, reference="a")
-    timing = compare(isolated_calls(groups), reference="a", paired_with=paired_with)
+    parts, anchor = one_pool_each({"a": (path, "openvino", settings, 1), "b": ...}, reference="a")
+    timings = [compare(isolated_calls([part]), reference=anchor) for part in parts]
 """
 from __future__ import annotations
 
@@ -124,24 +125,24 @@ def needs_own_process(runtime: str, settings: dict | None) -> bool:
     return runtime == "ort" and int((settings or {}).get("intra_op_num_threads", 0)) != 1
 
 
-def process_groups(specs: dict[str, tuple], reference: str) -> tuple[list[dict[str, tuple]], dict[str, str]]:
-    """(groups, paired_with) for `isolated_calls` and `compare`: one process for every engine
-    that can share one (the reference included), one more for each that cannot
-    (`needs_own_process`, specs' values (path, runtime, settings, batch)), holding a copy of the
-    reference to pair with, unless the reference cannot share either (then the pair crosses)."""
-    apart = [n for n, (_, runtime, settings, _) in specs.items()
-             if n != reference and needs_own_process(runtime, settings)]
-    ref_apart = needs_own_process(specs[reference][1], specs[reference][2])
-    if not ref_apart and apart:
-        apart = apart[1:]           # one such engine can stay with the others
-    groups = [{n: s for n, s in specs.items() if n not in apart}]
-    paired_with = {}
-    for name in apart:
-        groups.append({name: specs[name]})
-        if not ref_apart:
-            paired_with[name] = f"{reference} (beside {name})"
-            groups[-1][paired_with[name]] = specs[reference]
-    return groups, paired_with
+def one_pool_each(specs: dict[str, tuple], reference: str) -> tuple[list[dict[str, tuple]], str]:
+    """(parts, anchor): the engines of a comparison (specs' values (path, runtime, settings,
+    batch)) in parts timed one after another, each in one fresh process, no part holding two ONNX
+    Runtime sessions with thread pools (`needs_own_process`), each holding `anchor`, the engine
+    every part is timed against: the reference, or where it has a pool itself, the first engine
+    without one, or else a one-thread copy of the reference (`time_builds` then takes each ratio
+    to the reference through the anchor). One part when at most one engine has a pool."""
+    pooled = [n for n, (_, runtime, settings, _) in specs.items() if needs_own_process(runtime, settings)]
+    if len(pooled) <= 1:
+        return [dict(specs)], reference
+    shared = {n: s for n, s in specs.items() if n not in pooled}
+    if reference in shared or shared:
+        anchor = reference if reference in shared else next(iter(shared))
+    else:
+        path, runtime, settings, batch = specs[reference]
+        anchor = f"{reference} (1 thread)"
+        shared[anchor] = (path, runtime, {**(settings or {}), "intra_op_num_threads": 1}, batch)
+    return [{**shared, pooled[0]: specs[pooled[0]]}, *({anchor: shared[anchor], n: specs[n]} for n in pooled[1:])], anchor
 
 
 def settle() -> None:

@@ -40,6 +40,8 @@ BLOCK_BUDGET_S = 0.5     # one engine's block: short against the drift, so paire
 # threshold) by luck; spacing the looks in proportion to n keeps their number logarithmic in n,
 # while stopping at most ~10 % later than a look after every block would.
 CHECK_FRACTION = 10
+DEFAULT_MAX_TIME_S = 20.0  # `compare`'s time cap when none is given
+MIN_PART_TIME_S = 2.0    # `time_builds`: a comparison split in parts gives each at least this much
 DECIDED_MARGIN = 2.0     # `decided`: the median this many half-widths clear of the threshold
 # A yes/no question (`decided`: does the pruned model ship, is INT8 faster than FP32) looks first at
 # this many blocks (the time cap still applies): at 20 blocks (2 s of a ResNet-20) two default runs
@@ -111,10 +113,12 @@ class Timing:
 
     def between(self, name: str, other: str) -> Ratio:
         """latency(name) / latency(other) from the same blocks (paired), with its interval; for
-        one engine against another that was not the reference. Estimated or remote: the point."""
+        one engine against another that was not the reference. Not timed in the same blocks
+        (estimated, remote, `through_anchor`): from the two ratios, [low / other's high, high /
+        other's low] (an estimate's interval is its point)."""
         if self.rows is None:
-            value = self.ratios[name].median / self.ratios[other].median
-            return Ratio(value, value, value)
+            a, b = self.ratios[name], self.ratios[other]
+            return Ratio(a.median / b.median, a.low / b.high, a.high / b.low)
         return Ratio(*median_interval(np.asarray(self.rows[name]) / np.asarray(self.rows[other])))
 
     def only(self, names) -> Timing:
@@ -155,7 +159,7 @@ def decided(threshold: float, *, resolution: float = 0.005, margin: float = DECI
 
 
 def compare(calls: dict[str, Callable[[], object]], *, reference: str, runs_per_block: int = 20,
-            warmup: int = 10, half_width: float = 0.01, min_blocks: int = 20, max_time_s: float = 20.0,
+            warmup: int = 10, half_width: float = 0.01, min_blocks: int = 20, max_time_s: float = DEFAULT_MAX_TIME_S,
             until: Until | None = None, seed: int = 0, paired_with: dict[str, str] | None = None,
             clock: Callable[[], float] = time.perf_counter) -> Timing:
     """Time `calls` against `calls[reference]` in interleaved blocks (see the module docstring).
@@ -209,13 +213,32 @@ def time_builds(target: Target, builds: dict[str, BuildResult], *, reference: st
         raise UserError(f"{target.profile.name} latency is {target.latency_source}, not timed on this machine",
                         "interleaved timing needs engines that run here; use target.measure for the device")
     kw.setdefault("warmup", target.profile.benchmark.warmup)
-    if target.profile.benchmark.isolate:
-        from edgecompress.targets.isolated import isolated_calls, process_groups
-        groups, paired_with = process_groups({name: (b.engine, b.runtime, target.settings(b), target.profile.batch)
-                                              for name, b in builds.items()}, reference)
-        timing = compare(isolated_calls(groups), reference=reference, paired_with=paired_with, **kw)
-        return timing.only(builds)
-    return compare({name: target.caller(b) for name, b in builds.items()}, reference=reference, **kw)
+    if not target.profile.benchmark.isolate:
+        return compare({name: target.caller(b) for name, b in builds.items()}, reference=reference, **kw)
+    from edgecompress.targets.isolated import isolated_calls, one_pool_each
+    parts, anchor = one_pool_each({name: (b.engine, b.runtime, target.settings(b), target.profile.batch)
+                                   for name, b in builds.items()}, reference)
+    if len(parts) == 1:
+        return compare(isolated_calls(parts), reference=reference, **kw)
+    kw["max_time_s"] = max(kw.get("max_time_s", DEFAULT_MAX_TIME_S) / len(parts), MIN_PART_TIME_S)
+    return through_anchor([compare(isolated_calls([part]), reference=anchor, **kw) for part in parts],
+                          reference).only(builds)
+
+
+def through_anchor(parts: list[Timing], reference: str) -> Timing:
+    """One Timing from parts each timed against the same anchor engine (their reference): an
+    engine's ratio to `reference` is its ratio to the anchor over the reference's, the interval
+    [low / reference's high, high / reference's low] (two 95 % intervals: >= 90 %, wider than one
+    paired in the same blocks, which these are not). `ms` and `rows` are each part's own; `blocks`
+    the fewest of a part, `stopped` "time cap" when a part stopped on it."""
+    to_anchor = {name: (part.ratios[name], part) for part in parts for name in part.ratios}
+    ref = to_anchor[reference][0]
+    ratios = {name: Ratio(r.median / ref.median, r.low / ref.high, r.high / ref.low) for name, (r, _) in to_anchor.items()}
+    ratios[reference] = Ratio(1.0, 1.0, 1.0)
+    return Timing(reference=reference, ratios=ratios, ms={n: part.ms[n] for n, (_, part) in to_anchor.items()},
+                  blocks=min(p.blocks for p in parts), runs_per_block=min(p.runs_per_block for p in parts),
+                  seconds=sum(p.seconds for p in parts),
+                  stopped="time cap" if any(p.stopped == "time cap" for p in parts) else "precise")
 
 
 def relative_timing(target: Target, builds: dict[str, BuildResult], *, reference: str, **kw) -> Timing:

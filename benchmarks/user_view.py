@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load_tensors, write_result  # noqa: E402
 
 from edgecompress.targets.isolated import settle  # noqa: E402
-from edgecompress.targets.timing import MIN_BLOCKS, compare, median_interval  # noqa: E402
+from edgecompress.targets.timing import MIN_BLOCKS, Ratio, compare, median_interval, over_layouts  # noqa: E402
 from edgecompress.zoo import pretrained  # noqa: E402
 from edgecompress.zoo.detector import DETECTORS, pretrained_detector  # noqa: E402
 
@@ -160,22 +160,29 @@ def interleave(groups: list[dict[str, tuple]], x: np.ndarray, *, max_time_s: flo
     return rows
 
 
-def isolated(specs: dict[str, tuple], x: np.ndarray, *, reference: str, max_time_s: float) -> dict:
+def isolated(specs: dict[str, tuple], x: np.ndarray, *, reference: str, max_time_s: float, layouts: int = 1) -> dict:
     """The protocol as a user compares two engines: `reference` against each other engine in a
     comparison of its own, each engine in a fresh process of its own (not this one, which made
     them), the pairs one after another, `max_time_s` shared among them: median of the per-block
     ratios with its 95 % interval. Never more than two engines alive: an ONNX Runtime session with
-    a thread pool slows another even in another process (targets/isolated.py)."""
+    a thread pool slows another even in another process (targets/isolated.py). `layouts`: each pair
+    in that many fresh pairs of processes, the median over them of each end (`over_layouts`)."""
     others = [n for n in specs if n != reference]
     ratios, ms, blocks = {reference: {"ratio": 1.0, "low": 1.0, "high": 1.0}}, {reference: []}, []
     for name in others:
-        rows = interleave([{reference: specs[reference]}, {name: specs[name]}], x, max_time_s=max_time_s / len(others))
-        med, low, high = median_interval(np.array([r[name] / r[reference] for r, _ in rows]))
-        ratios[name] = {"ratio": round(med, 4), "low": round(low, 4), "high": round(high, 4)}
-        ms[name], blocks = [float(np.median([r[name] for r, _ in rows]))], [*blocks, len(rows)]
-        ms[reference].append(float(np.median([r[reference] for r, _ in rows])))
+        per_layout = []
+        for seed in range(layouts):
+            rows = interleave([{reference: specs[reference]}, {name: specs[name]}], x,
+                              max_time_s=max_time_s / len(others) / layouts, seed=seed)
+            per_layout.append(Ratio(*median_interval(np.array([r[name] / r[reference] for r, _ in rows]))))
+            ms.setdefault(name, []).append(float(np.median([r[name] for r, _ in rows])))
+            ms[reference].append(float(np.median([r[reference] for r, _ in rows])))
+            blocks.append(len(rows))
+        ratios[name] = over_layouts(per_layout).to_dict()
+        if layouts > 1:
+            ratios[name]["layouts"] = [r.to_dict() for r in per_layout]
     return {"ratios": ratios, "ms": {n: float(np.median(v)) for n, v in ms.items()}, "blocks": min(blocks),
-            "processes": 2 * len(others)}
+            "processes": 2 * len(others) * layouts}
 
 
 def original(report: dict) -> tuple[torch.nn.Module, np.ndarray]:
@@ -204,7 +211,7 @@ def original(report: dict) -> tuple[torch.nn.Module, np.ndarray]:
     return model, data.train_x[order].numpy().astype(np.float32)
 
 
-def measure(run_dir: Path, *, max_time_s: float, one_process: bool) -> dict:
+def measure(run_dir: Path, *, max_time_s: float, one_process: bool, layouts: int = 1) -> dict:
     report = json.loads((run_dir / "report.json").read_text())
     model, images = original(report)
     x = np.random.default_rng(0).standard_normal((1, *images.shape[1:])).astype(np.float32)
@@ -217,7 +224,7 @@ def measure(run_dir: Path, *, max_time_s: float, one_process: bool) -> dict:
             ratios, shipped_ms, blocks, stopped = ({n: r.to_dict() for n, r in timing.ratios.items()},
                                                    timing.ms["shipped"], timing.blocks, timing.stopped)
         else:
-            t = isolated(specs, x, reference="shipped", max_time_s=max_time_s)
+            t = isolated(specs, x, reference="shipped", max_time_s=max_time_s, layouts=layouts)
             ratios, shipped_ms, blocks = t["ratios"], t["ms"]["shipped"], t["blocks"]
             stopped = f"time cap, {t['processes']} fresh processes, a pair at a time"
     plain = {n: ratios[n] for n in specs if n != "shipped"}   # plain latency / shipped: its speed-up
@@ -274,13 +281,15 @@ def main() -> None:
     parser.add_argument("--max-time-s", type=float, default=60.0)
     parser.add_argument("--one-process", action="store_true",
                         help="every engine in this process, which made them, instead of a fresh one")
+    parser.add_argument("--layouts", type=int, default=1,
+                        help="time each pair in this many fresh pairs of processes; the median over them")
     args = parser.parse_args()
     walls = {}
     if not args.runs:
         for model in args.models:
             walls[args.out / model] = compress(model, args.out / model)
         args.runs = [args.out / m for m in args.models]
-    rows = [measure(r, max_time_s=args.max_time_s, one_process=args.one_process) for r in args.runs]
+    rows = [measure(r, max_time_s=args.max_time_s, one_process=args.one_process, layouts=args.layouts) for r in args.runs]
     for r in rows:
         o = r["over_fastest_plain"]
         print(f"{r['run']}: shipped {r['shipped_ms']} ms; over the fastest plain ({r['fastest_plain']}) "

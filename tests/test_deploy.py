@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -138,14 +139,24 @@ def test_the_deployment_keeps_the_profiles_runtime_unless_another_is_measurably_
         return Timing(reference="openvino int8", ratios=ratios, ms={n: 1.0 for n in rows}, blocks=40,
                       runs_per_block=20, seconds=1.0, stopped="precise", rows={n: tuple(r) for n, r in rows.items()})
     # both measurably faster than OpenVINO INT8, ONNX Runtime a hair ahead inside the noise: the profile's runtime stays
-    assert _fastest([timing(0.89, 0.88)], "openvino int8", "openvino") == "openvino fp32"
+    assert _fastest(timing(0.89, 0.88), "openvino int8", "openvino") == "openvino fp32"
     # ONNX Runtime measurably faster than the best OpenVINO candidate: it goes
-    assert _fastest([timing(0.93, 0.67)], "openvino int8", "openvino") == "ort int8"
+    assert _fastest(timing(0.93, 0.67), "openvino int8", "openvino") == "ort int8"
     # nothing measurably faster than the reference: the reference
-    assert _fastest([timing(1.0, 1.0)], "openvino int8", "openvino") == "openvino int8"
+    assert _fastest(timing(1.0, 1.0), "openvino int8", "openvino") == "openvino int8"
     # one process layout's luck decides nothing, either way: the median over layouts does
-    assert _fastest([timing(1.0, 1.02), timing(1.0, 0.6), timing(1.0, 0.62)], "openvino int8", "openvino") == "ort int8"
-    assert _fastest([timing(1.0, 0.6), timing(1.0, 1.02), timing(1.0, 1.0)], "openvino int8", "openvino") == "openvino int8"
+    assert _fastest(in_layouts([timing(1.0, 1.02), timing(1.0, 0.6), timing(1.0, 0.62)]), "openvino int8", "openvino") == "ort int8"
+    assert _fastest(in_layouts([timing(1.0, 0.6), timing(1.0, 1.02), timing(1.0, 1.0)]), "openvino int8", "openvino") == "openvino int8"
+
+
+def in_layouts(timings):
+    """`timed_in_layouts` over `timings`, as if each were one fresh process layout's."""
+    from edgecompress.targets import timing as protocol
+    given = iter(timings)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(protocol, "relative_timing", lambda *a, **kw: next(given))
+        return protocol.timed_in_layouts(SimpleNamespace(latency_source="local"), dict.fromkeys(timings[0].ratios),
+                                         reference=timings[0].reference, layouts=len(timings))
 
 
 def test_a_ratio_over_process_layouts_is_the_median_of_each_end():
@@ -158,7 +169,6 @@ def test_a_ratio_over_process_layouts_is_the_median_of_each_end():
 def test_an_engine_ships_with_the_settings_chosen_for_its_own_precision():
     """Probes may run INT8 while calibrate ships FP32 (or the reverse): each precision's engine is
     loaded with the settings the baseline chose for that runtime and precision, not the probes'."""
-    from types import SimpleNamespace
 
     from edgecompress.pipeline.context import Context
     choice = {"candidates": {"openvino int8": {"settings": {"INFERENCE_NUM_THREADS": 1}},

@@ -207,7 +207,8 @@ def _pilot(block: Callable[[], np.ndarray], names: list[str], pairs: dict[str, s
 def time_builds(target: Target, builds: dict[str, BuildResult], *, reference: str, **kw) -> Timing:
     """`compare` the engines of `builds` on this machine, each loaded with its own settings, in a
     fresh process of their own, not the run's (targets/isolated.py; in this process only where the
-    profile's benchmark says `isolate: false`). The warm-up defaults to the
+    profile's benchmark says `isolate: false`), in parts each holding at most one ONNX Runtime
+    session with a thread pool (`one_pool_each`, `through_anchor`). The warm-up defaults to the
     profile's (a runtime's first calls compile and allocate)."""
     if target.latency_source != "local":
         raise UserError(f"{target.profile.name} latency is {target.latency_source}, not timed on this machine",
@@ -220,6 +221,9 @@ def time_builds(target: Target, builds: dict[str, BuildResult], *, reference: st
                                    for name, b in builds.items()}, reference)
     if len(parts) == 1:
         return compare(isolated_calls(parts), reference=reference, **kw)
+    # a part's engines are timed against the anchor, not the reference: `until`'s question cannot be
+    # asked of them, so each part stops on the relative half-width (or its share of the time cap)
+    kw.pop("until", None)
     kw["max_time_s"] = max(kw.get("max_time_s", DEFAULT_MAX_TIME_S) / len(parts), MIN_PART_TIME_S)
     return through_anchor([compare(isolated_calls([part]), reference=anchor, **kw) for part in parts],
                           reference).only(builds)
@@ -258,6 +262,22 @@ def relative_timing(target: Target, builds: dict[str, BuildResult], *, reference
     return Timing(reference=reference, ratios=ratios, ms={n: x.median_ms for n, x in latency.items()}, blocks=1,
                   runs_per_block=0, seconds=seconds,
                   stopped="estimate" if target.latency_source == "estimate" else "remote")
+
+
+def timed_in_layouts(target: Target, builds: dict[str, BuildResult], *, reference: str, layouts: int = LAYOUTS,
+                     max_time_s: float = DEFAULT_MAX_TIME_S, **kw) -> Timing:
+    """`relative_timing` in `layouts` fresh process layouts one after another (`max_time_s`
+    shared), each ratio the median over them of each end (`over_layouts`), `ms` the median, `rows`
+    none (`between` takes two ratios' intervals). Estimated or remote: once (no layout to luck)."""
+    if target.latency_source != "local":
+        return relative_timing(target, builds, reference=reference, max_time_s=max_time_s, **kw)
+    timings = [relative_timing(target, builds, reference=reference, max_time_s=max_time_s / layouts, seed=seed, **kw)
+               for seed in range(layouts)]
+    return Timing(reference=reference, ratios={n: over_layouts([t.ratios[n] for t in timings]) for n in builds},
+                  ms={n: float(np.median([t.ms[n] for t in timings])) for n in builds},
+                  blocks=min(t.blocks for t in timings), runs_per_block=min(t.runs_per_block for t in timings),
+                  seconds=sum(t.seconds for t in timings),
+                  stopped="time cap" if any(t.stopped == "time cap" for t in timings) else "precise")
 
 
 def median_interval(values: np.ndarray) -> tuple[float, float, float]:

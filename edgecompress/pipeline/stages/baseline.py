@@ -17,7 +17,7 @@ from edgecompress.pipeline.stage import StageOutput
 from edgecompress.pruning.search import Budget
 from edgecompress.pruning.structure import widths_of
 from edgecompress.targets.settings import DEFAULTS, choose_settings
-from edgecompress.targets.timing import LAYOUTS, Ratio, Timing, over_layouts, relative_timing
+from edgecompress.targets.timing import LAYOUTS, relative_timing, timed_in_layouts
 from edgecompress.tasks import points
 from edgecompress.training.evaluation import macs_and_params
 
@@ -85,18 +85,16 @@ class BaselineStage:
                 tried[name] = {"runtime": runtime, "precision": precision, "settings": settings, **choice}
                 builds[name] = replace(build, settings=settings)
         first = f"{main} {preferred}"
-        timings = [relative_timing(ctx.target, builds, reference=first, max_time_s=cap / 2, seed=seed)
-                   for seed in range(LAYOUTS)]
-        best = _fastest(timings, first, main)
+        timing = timed_in_layouts(ctx.target, builds, reference=first, max_time_s=cap * LAYOUTS / 2)
+        best = _fastest(timing, first, main)
         for name, t in tried.items():
-            ratio = over_layouts([timing.ratios[name] for timing in timings])
-            t.update(ratio=ratio.to_dict(), layouts=[timing.ratios[name].to_dict() for timing in timings])
-            ctx.ui.say(f"  {name:<14} {ratio} of {first} (median of {LAYOUTS} process layouts), settings: {t['chosen']}"
-                       + ("  <- ours" if name == best else ""))
+            t["ratio"] = timing.ratios[name].to_dict()
+            ctx.ui.say(f"  {name:<14} {timing.ratios[name]} of {first} (median of {LAYOUTS} process layouts), "
+                       f"settings: {t['chosen']}" + ("  <- ours" if name == best else ""))
         chosen = tried[best]
         return chosen["runtime"], chosen["precision"], chosen["settings"], {
             "chosen": chosen["chosen"], "runtime": chosen["runtime"], "precision": chosen["precision"],
-            "candidates": tried, "stopped": [t.stopped for t in timings], "blocks": [t.blocks for t in timings]}
+            "candidates": tried, "stopped": timing.stopped, "blocks": timing.blocks}
 
     @staticmethod
     def _engines(ctx: Context, precision: str, probe: str) -> dict[str, dict]:
@@ -127,17 +125,14 @@ class BaselineStage:
         return min(keep, key=lambda n: engines[n]["ratio"]["ratio"])
 
 
-def _fastest(timings: list[Timing], first: str, main: str) -> str:
-    """The candidate measurably faster than `first` (interval below 1) with the lowest median, each
-    ratio the median over fresh process layouts (`over_layouts`); among those not measurably slower
-    than it (their paired interval reaches 1), one on the profile's own runtime `main` first: a
-    second ResNet-20 run switched to ONNX Runtime on a 2 % difference inside the noise (0.87x vs
-    0.89x of OpenVINO INT8) and shipped 1.03x over the plain engine."""
-    def ratio(name: str, other: str | None = None) -> Ratio:
-        return over_layouts([t.ratios[name] if other is None else t.between(name, other) for t in timings])
-    faster = [n for n in timings[0].ratios if ratio(n).high < 1.0]
+def _fastest(timing, first: str, main: str) -> str:
+    """The candidate measurably faster than `first` (interval below 1) with the lowest median; among
+    those not measurably slower than it (their interval against it reaches 1), one on the profile's
+    own runtime `main` first: a second ResNet-20 run switched to ONNX Runtime on a 2 % difference
+    inside the noise (0.87x vs 0.89x of OpenVINO INT8) and shipped 1.03x over the plain engine."""
+    faster = [n for n in timing.ratios if timing.ratios[n].high < 1.0]
     if not faster:
         return first
-    best = min(faster, key=lambda n: ratio(n).median)
-    tied = [n for n in faster if ratio(n, best).low <= 1.0]
-    return min(tied, key=lambda n: (not n.startswith(f"{main} "), ratio(n).median))
+    best = min(faster, key=lambda n: timing.ratios[n].median)
+    tied = [n for n in faster if timing.between(n, best).low <= 1.0]
+    return min(tied, key=lambda n: (not n.startswith(f"{main} "), timing.ratios[n].median))

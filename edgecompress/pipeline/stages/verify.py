@@ -20,13 +20,14 @@ from edgecompress.report import assemble_report, write_latency_baseline, write_r
 from edgecompress.targets import Latency
 from edgecompress.targets.base import host_cpu
 from edgecompress.targets.deploy import OPENERS, load
-from edgecompress.targets.timing import relative_timing
+from edgecompress.targets.timing import timed_in_layouts
 from edgecompress.training.evaluation import macs_and_params
 
 ENGINE, ORIGINAL_FLOAT, YARDSTICK, UNPRUNED = "engine", "original", "yardstick", "unpruned"
 TUNED = "yardstick-settings"   # the yardstick's own file loaded with our settings: what the settings alone buy
 REFERENCE_DIR = "reference"   # the original's float engine: what `compress check` times the engine against
-HALF_WIDTH = 0.01   # stop once every ratio is known to +-1 % (or at the profile's compare_time_s)
+HALF_WIDTH = 0.01   # stop once every ratio is known to +-1 % (or at the time cap)
+VERIFY_TIME_FACTOR = 2   # the headline's timing: twice the profile's compare_time_s, shared by the layouts
 VERIFY_FILES = {"report": "report.json", "report_html": "report.html", "latency_baseline": "latency_baseline.json",
                 "latency_samples": "latency_baseline.npz", "regression_test": "test_latency_regression.py"}
 
@@ -43,8 +44,10 @@ class VerifyStage:
             val_acc = run_accuracy(ctx, run, "val", on_batch=bar.update)
         test_acc = run_accuracy(ctx, run, "test")
         builds = engines_to_time(ctx, build)
-        timing = relative_timing(ctx.target, builds, reference=ENGINE, max_time_s=ctx.profile.benchmark.compare_time_s,
-                                 half_width=HALF_WIDTH)
+        # in fresh process layouts, the median over them: one layout moved our ONNX Runtime INT8
+        # against OpenVINO's INT8 from 0.47x to 0.84x, each interval +-1 %
+        timing = timed_in_layouts(ctx.target, builds, reference=ENGINE, half_width=HALF_WIDTH,
+                                  max_time_s=ctx.profile.benchmark.compare_time_s * VERIFY_TIME_FACTOR)
         speedups = {name: timing.ratios[name] for name in builds if name != ENGINE}   # other / engine
         for name, r in speedups.items():
             ctx.ui.say(f"  engine vs {name:<10} {r} faster ({timing.stopped}, {timing.blocks} blocks)")

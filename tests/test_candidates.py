@@ -31,13 +31,13 @@ def _ctx(source: str = "local"):
 
 
 def _fake_timing(monkeypatch, speedups: dict[str, tuple[float, float, float]]):
-    """relative_timing answering with the given (median, low, high) of other / pruned."""
+    """timed_in_layouts answering with the given (median, low, high) of other / pruned."""
     def fake(target, builds, *, reference, **kw):
         assert reference == MODE and set(builds) == {MODE, *speedups}
         ratios = {MODE: Ratio(1.0, 1.0, 1.0), **{n: Ratio(*v) for n, v in speedups.items()}}
         return Timing(reference=MODE, ratios=ratios, ms={n: 1.0 for n in ratios}, blocks=30, runs_per_block=20,
                       seconds=1.0, stopped="precise")
-    monkeypatch.setattr(prune_stage, "relative_timing", fake)
+    monkeypatch.setattr(prune_stage, "timed_in_layouts", fake)
 
 
 def _decide(ctx, chosen: Structure):
@@ -125,7 +125,7 @@ def test_past_the_step_that_broke_the_accuracy_a_later_step_that_keeps_it_is_tak
 
 
 def test_nothing_removed_ships_the_unpruned_model_without_timing(monkeypatch):
-    monkeypatch.setattr(prune_stage, "relative_timing", lambda *a, **k: pytest.fail("nothing to time"))
+    monkeypatch.setattr(prune_stage, "timed_in_layouts", lambda *a, **k: pytest.fail("nothing to time"))
     ctx = _ctx()
     outcome, decision = _decide(ctx, Structure(predicted_ms=0.3))
     assert decision["unpruned"] and outcome.chosen.mode == UNPRUNED

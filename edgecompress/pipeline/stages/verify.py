@@ -126,7 +126,7 @@ def speed_steps(ctx: Context, builds: dict, timing, latency_ms: float) -> list[d
              UNPRUNED: f"edgecompress {builds[ENGINE].precision}, unpruned",
              ENGINE: f"edgecompress {builds[ENGINE].precision}, shipped"}
     names = {YARDSTICK: "plain engine, defaults", TUNED: "runtime settings", UNPRUNED: "our precision and export",
-             ENGINE: "pruning"}
+             ENGINE: "pruning" if UNPRUNED in builds else "our precision and export (unpruned: pruning did not pay)"}
     steps = []
     for i, name in enumerate(chain):
         gain = timing.between(chain[i - 1], name) if i else timing.between(name, name)

@@ -287,7 +287,7 @@ def test_no_part_of_a_comparison_holds_two_ort_sessions_with_thread_pools():
 
 
 def test_a_comparison_in_parts_takes_each_ratio_to_the_reference_through_the_anchor():
-    from edgecompress.targets.timing import Ratio, Timing, through_anchor
+    from edgecompress.targets.timing import Ratio, Timing, quotient, through_anchor
 
     def part(ratios: dict[str, Ratio], stopped: str = "precise") -> Timing:
         return Timing(reference="anchor", ratios={"anchor": Ratio(1, 1, 1), **ratios},
@@ -295,10 +295,14 @@ def test_a_comparison_in_parts_takes_each_ratio_to_the_reference_through_the_anc
                       seconds=3.0, stopped=stopped, rows=None)
     timing = through_anchor([part({"ref": Ratio(2.0, 1.9, 2.1)}), part({"x": Ratio(1.0, 0.95, 1.05)}, "time cap")], "ref")
     assert timing.ratios["ref"] == Ratio(1.0, 1.0, 1.0)
-    assert timing.ratios["x"] == Ratio(0.5, pytest.approx(0.95 / 2.1), pytest.approx(1.05 / 1.9))
+    x = timing.ratios["x"]
+    assert x.median == 0.5 and 0.95 / 2.1 < x.low < 0.5 * 0.95 and 0.5 * 1.05 < x.high < 1.05 / 1.9
+    assert x.high / 0.5 == pytest.approx(math.exp(math.hypot(math.log(1.05), math.log(2 / 1.9))))
     assert timing.stopped == "time cap" and timing.seconds == 6.0 and timing.ms["x"] == 1.0
-    # not timed in the same blocks: one against another from their two intervals
-    assert timing.between("x", "anchor").low == pytest.approx((0.95 / 2.1) / (1 / 1.9))
+    # not timed in the same blocks: one against another from their two intervals; a point stays a point
+    back = timing.between("x", "anchor")   # x / anchor, measured as 1.0 [0.95, 1.05], comes back wider
+    assert back.median == pytest.approx(1.0) and back.low < 0.95 and back.high > 1.05
+    assert quotient(Ratio(2.0, 2.0, 2.0), Ratio(4.0, 4.0, 4.0)) == Ratio(0.5, 0.5, 0.5)
 
 
 def test_compare_pairs_an_engine_with_the_call_it_is_told_to():

@@ -56,6 +56,9 @@ DECIDE_MIN_BLOCKS = 100
 # files found ONNX Runtime's engine 1.36x faster. One layout in six or seven is such a bad one; the
 # median over five is one with probability ~0.97.
 LAYOUTS = 5
+# The ship decision and verify's headline, in a run that must stay under 10 min: three layouts
+# (five added ~70 s to a default run that had taken 386 s)
+CHECK_LAYOUTS = 3
 
 
 @dataclass(frozen=True)
@@ -114,11 +117,9 @@ class Timing:
     def between(self, name: str, other: str) -> Ratio:
         """latency(name) / latency(other) from the same blocks (paired), with its interval; for
         one engine against another that was not the reference. Not timed in the same blocks
-        (estimated, remote, `through_anchor`): from the two ratios, [low / other's high, high /
-        other's low] (an estimate's interval is its point)."""
+        (estimated, remote, `through_anchor`, `timed_in_layouts`): the `quotient` of the two."""
         if self.rows is None:
-            a, b = self.ratios[name], self.ratios[other]
-            return Ratio(a.median / b.median, a.low / b.high, a.high / b.low)
+            return quotient(self.ratios[name], self.ratios[other])
         return Ratio(*median_interval(np.asarray(self.rows[name]) / np.asarray(self.rows[other])))
 
     def only(self, names) -> Timing:
@@ -132,6 +133,19 @@ class Timing:
                 "ms": {k: round(v, 4) for k, v in self.ms.items()}, "blocks": self.blocks,
                 "runs_per_block": self.runs_per_block, "seconds": round(self.seconds, 3),
                 "stopped": self.stopped}
+
+
+def quotient(a: Ratio, b: Ratio) -> Ratio:
+    """a / b for two ratios measured apart (independent): the medians' quotient, each end's
+    distance from it in log space the root sum of squares of the two ends' distances (the normal
+    approximation; [a.low / b.high, a.high / b.low] would be the sum, twice as wide as needed when
+    the two are equally precise). An estimate's interval is its point, and stays one."""
+    def log_gap(x: float, y: float) -> float:
+        return math.log(x / y) ** 2
+    median = a.median / b.median
+    up = math.sqrt(log_gap(a.high, a.median) + log_gap(b.median, b.low))
+    down = math.sqrt(log_gap(a.median, a.low) + log_gap(b.high, b.median))
+    return Ratio(median, median / math.exp(down), median * math.exp(up))
 
 
 def over_layouts(ratios: list[Ratio]) -> Ratio:
@@ -231,13 +245,12 @@ def time_builds(target: Target, builds: dict[str, BuildResult], *, reference: st
 
 def through_anchor(parts: list[Timing], reference: str) -> Timing:
     """One Timing from parts each timed against the same anchor engine (their reference): an
-    engine's ratio to `reference` is its ratio to the anchor over the reference's, the interval
-    [low / reference's high, high / reference's low] (two 95 % intervals: >= 90 %, wider than one
-    paired in the same blocks, which these are not). `ms` and `rows` are each part's own; `blocks`
-    the fewest of a part, `stopped` "time cap" when a part stopped on it."""
+    engine's ratio to `reference` is its ratio to the anchor over the reference's (`quotient`: the
+    two are timed in different blocks, not paired). `ms` is each part's own; `blocks` the fewest
+    of a part, `stopped` "time cap" when a part stopped on it."""
     to_anchor = {name: (part.ratios[name], part) for part in parts for name in part.ratios}
     ref = to_anchor[reference][0]
-    ratios = {name: Ratio(r.median / ref.median, r.low / ref.high, r.high / ref.low) for name, (r, _) in to_anchor.items()}
+    ratios = {name: quotient(r, ref) for name, (r, _) in to_anchor.items()}
     ratios[reference] = Ratio(1.0, 1.0, 1.0)
     return Timing(reference=reference, ratios=ratios, ms={n: part.ms[n] for n, (_, part) in to_anchor.items()},
                   blocks=min(p.blocks for p in parts), runs_per_block=min(p.runs_per_block for p in parts),

@@ -258,32 +258,36 @@ def test_time_builds_runs_the_engines_in_a_fresh_process_of_their_own(tmp_path, 
     monkeypatch.setattr(isolated.IsolatedEngine, "timed", timed)
     timing = time_builds(target, builds, reference="a", warmup=1, runs_per_block=2, min_blocks=6, max_time_s=0.2)
     spec = {n: (b.engine, b.runtime, target.settings(b), 1) for n, b in builds.items()}
-    assert groups == [{n: spec[n] for n in ("a", "b", "ort 1 thread", "ort")}, {n: spec[n] for n in ("a", "ort again")}]
+    assert groups == [{n: spec[n] for n in ("a", "b", "ort 1 thread")}, {"ort": spec["ort"]},
+                      {"a": spec["a"]}, {"ort again": spec["ort again"]}]
     assert spec["b"][2] != spec["a"][2]
     # warm-up: one call of each engine in each part; then each engine's blocks of two
     assert asked.count(1) == 4 + 2 and asked.count(2) >= 2 * 2 * timing.blocks * 3 and timing.ratios["a"].median == 1.0
     assert set(timing.ratios) == set(timing.ms) == set(builds)
     host = isolated.start_host().process.pid
     workers = Path(f"/proc/{host}/task/{host}/children").read_text().split()
-    assert len(workers) == 1 and str(os.getpid()) not in workers and str(host) != str(os.getpid())
+    assert len(workers) == 2 and str(os.getpid()) not in workers and str(host) != str(os.getpid())
     with pytest.raises(UserError, match="could not open an engine in its own process: .*missing.xml"):
         isolated.isolated_calls([{"x": (tmp_path / "missing.xml", "openvino", None, 1)}])
 
 
 def test_no_part_of_a_comparison_holds_two_ort_sessions_with_thread_pools():
     """One ONNX Runtime session with an intra-op thread pool slows another, even in another
-    process: each gets a part of the comparison of its own, beside an anchor without a pool (the
-    reference; else another engine without one; else a one-thread copy of the reference)."""
+    process: each gets a part of the comparison of its own, alone in its process, beside an anchor
+    without a pool (the reference; else another engine without one; else a one-thread copy of the
+    reference)."""
     from edgecompress.targets.isolated import needs_own_process, one_pool_each
     assert needs_own_process("ort", {}) and needs_own_process("ort", {"intra_op_num_threads": 2})
     assert not needs_own_process("ort", {"intra_op_num_threads": 1}) and not needs_own_process("openvino", {})
     ov, pool, one = ("m.xml", "openvino", {}, 1), ("m.onnx", "ort", {}, 1), ("m.onnx", "ort", {"intra_op_num_threads": 1}, 1)
-    assert one_pool_each({"ref": ov, "x": pool, "z": one}, "ref") == ([{"ref": ov, "x": pool, "z": one}], "ref")
+    assert one_pool_each({"ref": ov, "x": pool, "z": one}, "ref") == ([[{"ref": ov, "z": one}, {"x": pool}]], "ref")
+    assert one_pool_each({"ref": ov, "z": one}, "ref") == ([[{"ref": ov, "z": one}]], "ref")
     assert one_pool_each({"ref": ov, "x": pool, "y": pool, "z": one}, "ref") == (
-        [{"ref": ov, "z": one, "x": pool}, {"ref": ov, "y": pool}], "ref")
-    assert one_pool_each({"ref": pool, "x": pool, "z": one}, "ref") == ([{"z": one, "ref": pool}, {"z": one, "x": pool}], "z")
+        [[{"ref": ov, "z": one}, {"x": pool}], [{"ref": ov}, {"y": pool}]], "ref")
+    assert one_pool_each({"ref": pool, "x": pool, "z": one}, "ref") == (
+        [[{"z": one}, {"ref": pool}], [{"z": one}, {"x": pool}]], "z")
     parts, anchor = one_pool_each({"ref": pool, "x": pool}, "ref")
-    assert anchor == "ref (1 thread)" and parts == [{anchor: one, "ref": pool}, {anchor: one, "x": pool}]
+    assert anchor == "ref (1 thread)" and parts == [[{anchor: one}, {"ref": pool}], [{anchor: one}, {"x": pool}]]
 
 
 def test_a_comparison_in_parts_takes_each_ratio_to_the_reference_through_the_anchor():

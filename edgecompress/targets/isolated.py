@@ -21,8 +21,11 @@ after the wait for a quiet CPU below (so not its spinning threads; measured, the
 our INT8 ResNet-20 on ONNX Runtime timed 0.57-0.59x of OpenVINO's INT8 in eight comparisons
 without a second such session, and 0.68-0.91x [0.64, 1.15] in five with the original's FP32
 session in a process beside it (its threads not spinning, or one thread: 0.57-0.58x). A user runs
-one of them, so each runs in a part of the comparison of its own, timed against an anchor engine
-without a pool that every part holds, and its ratio to the reference is taken through the anchor.
+one of them, so each runs alone in a process of its own in a part of the comparison of its own,
+timed against an anchor engine without a pool that every part holds, and its ratio to the
+reference is taken through the anchor. Alone, not beside OpenVINO engines in their process: there
+our ONNX Runtime FP32 ResNet-20 timed as fast as OpenVINO's INT8 (0.85-1.01x), alone in a process
+of its own 1.4x slower (what a user's application of either one gets).
 Why each block is followed by a wait for a quiet CPU (`settle`): ONNX Runtime's threads spin ~40
 ms after a run at its defaults, on the core the next engine needs; the block after them measured
 3 % slower (a one-thread engine) to 60 % (another multi-thread one). The next block starts when
@@ -35,7 +38,7 @@ the atexit call); the host needs no hook, it ends when its socket to this proces
 this process ends.
 
     parts, anchor = one_pool_each({"a": (path, "openvino", settings, 1), "b": ...}, reference="a")
-    timings = [compare(isolated_calls([part]), reference=anchor) for part in parts]
+    timings = [compare(isolated_calls(part), reference=anchor) for part in parts]
 """
 from __future__ import annotations
 
@@ -125,24 +128,25 @@ def needs_own_process(runtime: str, settings: dict | None) -> bool:
     return runtime == "ort" and int((settings or {}).get("intra_op_num_threads", 0)) != 1
 
 
-def one_pool_each(specs: dict[str, tuple], reference: str) -> tuple[list[dict[str, tuple]], str]:
+def one_pool_each(specs: dict[str, tuple], reference: str) -> tuple[list[list[dict[str, tuple]]], str]:
     """(parts, anchor): the engines of a comparison (specs' values (path, runtime, settings,
-    batch)) in parts timed one after another, each in one fresh process, no part holding two ONNX
-    Runtime sessions with thread pools (`needs_own_process`), each holding `anchor`, the engine
-    every part is timed against: the reference, or where it has a pool itself, the first engine
-    without one, or else a one-thread copy of the reference (`time_builds` then takes each ratio
-    to the reference through the anchor). One part when at most one engine has a pool."""
+    batch)) in parts timed one after another, each a list of process groups for `isolated_calls`:
+    no part holds two ONNX Runtime sessions with thread pools (`needs_own_process`), and such a
+    session runs alone in a process of its own, as in a user's application. Every part holds
+    `anchor`, the engine each is timed against: the reference, or where it has a pool itself, the
+    first engine without one, or else a one-thread copy of the reference (`time_builds` then takes
+    each ratio to the reference through the anchor). One part when at most one engine has a pool."""
     pooled = [n for n, (_, runtime, settings, _) in specs.items() if needs_own_process(runtime, settings)]
-    if len(pooled) <= 1:
-        return [dict(specs)], reference
     shared = {n: s for n, s in specs.items() if n not in pooled}
+    if len(pooled) <= 1:
+        return [[g for g in (shared, {n: specs[n] for n in pooled}) if g]], reference
     if reference in shared or shared:
         anchor = reference if reference in shared else next(iter(shared))
     else:
         path, runtime, settings, batch = specs[reference]
         anchor = f"{reference} (1 thread)"
         shared[anchor] = (path, runtime, {**(settings or {}), "intra_op_num_threads": 1}, batch)
-    return [{**shared, pooled[0]: specs[pooled[0]]}, *({anchor: shared[anchor], n: specs[n]} for n in pooled[1:])], anchor
+    return [[shared, {pooled[0]: specs[pooled[0]]}], *([{anchor: shared[anchor]}, {n: specs[n]}] for n in pooled[1:])], anchor
 
 
 def settle() -> None:

@@ -234,12 +234,12 @@ def time_builds(target: Target, builds: dict[str, BuildResult], *, reference: st
     parts, anchor = one_pool_each({name: (b.engine, b.runtime, target.settings(b), target.profile.batch)
                                    for name, b in builds.items()}, reference)
     if len(parts) == 1:
-        return compare(isolated_calls(parts), reference=reference, **kw)
+        return compare(isolated_calls(parts[0]), reference=reference, **kw)
     # a part's engines are timed against the anchor, not the reference: `until`'s question cannot be
     # asked of them, so each part stops on the relative half-width (or its share of the time cap)
     kw.pop("until", None)
     kw["max_time_s"] = max(kw.get("max_time_s", DEFAULT_MAX_TIME_S) / len(parts), MIN_PART_TIME_S)
-    return through_anchor([compare(isolated_calls([part]), reference=anchor, **kw) for part in parts],
+    return through_anchor([compare(isolated_calls(part), reference=anchor, **kw) for part in parts],
                           reference).only(builds)
 
 

@@ -42,6 +42,12 @@ class Benchmark(_Frozen):
     table_time_s: float = Field(60.0, gt=0)
     # time the engines of a comparison in a fresh process of their own, not the run's (targets/isolated.py)
     isolate: bool = True
+    # Which runtime ships is timed in this many fresh process layouts, the median over them
+    # (timing.timed_in_layouts): an ONNX Runtime engine against an OpenVINO one moved between 0.47x
+    # and 0.84x from one fresh set of processes to the next, each interval +-1 %. The ship decision
+    # and verify's headline in `check_layouts` (five added ~70 s to a default run of 386 s).
+    layouts: int = Field(5, ge=1)
+    check_layouts: int = Field(3, ge=1)
 
 
 class Device(_Frozen):

@@ -49,16 +49,6 @@ DECIDED_MARGIN = 2.0     # `decided`: the median this many half-widths clear of 
 # [0.90, 1.48]) and threw a pruned model away that other runs timed 1.15-1.35x faster, and one
 # shipped FP32 on 0.843x [0.791, 1.000] when INT8 was faster; 100 blocks cost ~10 s.
 DECIDE_MIN_BLOCKS = 100
-# Which runtime ships is timed in this many fresh process layouts, each its own `compare`: an ONNX
-# Runtime engine (two-thread pool) against an OpenVINO one moved between 1.26x and 2.41x from one
-# fresh set of processes to the next, each interval +-1 % (benchmarks/protocol_vs_user.py), and a
-# run that timed one layout kept OpenVINO on 0.95x [0.90, 1.17] when the user's loading of the same
-# files found ONNX Runtime's engine 1.36x faster. One layout in six or seven is such a bad one; the
-# median over five is one with probability ~0.97.
-LAYOUTS = 5
-# The ship decision and verify's headline, in a run that must stay under 10 min: three layouts
-# (five added ~70 s to a default run that had taken 386 s)
-CHECK_LAYOUTS = 3
 
 
 @dataclass(frozen=True)
@@ -277,7 +267,7 @@ def relative_timing(target: Target, builds: dict[str, BuildResult], *, reference
                   stopped="estimate" if target.latency_source == "estimate" else "remote")
 
 
-def timed_in_layouts(target: Target, builds: dict[str, BuildResult], *, reference: str, layouts: int = LAYOUTS,
+def timed_in_layouts(target: Target, builds: dict[str, BuildResult], *, reference: str, layouts: int,
                      max_time_s: float = DEFAULT_MAX_TIME_S, **kw) -> Timing:
     """`relative_timing` in `layouts` fresh process layouts one after another (`max_time_s`
     shared), each ratio the median over them of each end (`over_layouts`), `ms` the median, `rows`

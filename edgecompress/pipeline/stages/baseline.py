@@ -17,7 +17,7 @@ from edgecompress.pipeline.stage import StageOutput
 from edgecompress.pruning.search import Budget
 from edgecompress.pruning.structure import widths_of
 from edgecompress.targets.settings import DEFAULTS, choose_settings
-from edgecompress.targets.timing import LAYOUTS, relative_timing, timed_in_layouts
+from edgecompress.targets.timing import relative_timing, timed_in_layouts
 from edgecompress.tasks import points
 from edgecompress.training.evaluation import macs_and_params
 
@@ -67,7 +67,7 @@ class BaselineStage:
     def _deployment(ctx: Context, float_precision: str) -> tuple[str, str, dict | None, dict]:
         """(runtime, precision, settings) our engines are built, searched and shipped with: on every
         runtime the device offers, the original at each precision allowed, each with its fastest
-        settings (targets/settings.py); then those side by side, in LAYOUTS fresh process layouts
+        settings (targets/settings.py); then those side by side, in the profile's `layouts` fresh process layouts
         (one layout's luck moved ONNX Runtime against OpenVINO by up to 1.9x). The target's own runtime at the
         precision `--precision` prefers (INT8 when allowed) stays unless another is measurably faster.
         Where nothing is timed here (estimated, remote): that one at the runtime's defaults."""
@@ -85,11 +85,12 @@ class BaselineStage:
                 tried[name] = {"runtime": runtime, "precision": precision, "settings": settings, **choice}
                 builds[name] = replace(build, settings=settings)
         first = f"{main} {preferred}"
-        timing = timed_in_layouts(ctx.target, builds, reference=first, max_time_s=cap * LAYOUTS / 2)
+        layouts = ctx.profile.benchmark.layouts
+        timing = timed_in_layouts(ctx.target, builds, reference=first, layouts=layouts, max_time_s=cap * layouts / 2)
         best = _fastest(timing, first, main)
         for name, t in tried.items():
             t["ratio"] = timing.ratios[name].to_dict()
-            ctx.ui.say(f"  {name:<14} {timing.ratios[name]} of {first} (median of {LAYOUTS} process layouts), "
+            ctx.ui.say(f"  {name:<14} {timing.ratios[name]} of {first} (median of {layouts} process layouts), "
                        f"settings: {t['chosen']}" + ("  <- ours" if name == best else ""))
         chosen = tried[best]
         return chosen["runtime"], chosen["precision"], chosen["settings"], {

@@ -28,7 +28,7 @@ from edgecompress.pruning.reconstruct import reconstruct
 from edgecompress.pruning.search import Budget, ProbeResult, Searcher, SearchOutcome
 from edgecompress.tasks import points
 from edgecompress.pruning.structure import widths_of
-from edgecompress.targets.timing import CHECK_LAYOUTS, DECIDE_MIN_BLOCKS, decided, timed_in_layouts
+from edgecompress.targets.timing import DECIDE_MIN_BLOCKS, decided, timed_in_layouts
 from edgecompress.training.distill import DistillConfig, distill
 from edgecompress.training.evaluation import macs_and_params, recalibrate_bn
 
@@ -256,7 +256,8 @@ class PruneStage:
         # in fresh process layouts, the median over them: timed in one, a pruned ResNet-20 that other
         # runs timed 1.32-1.34x faster than the unpruned engine on ONNX Runtime read 1.06x [0.92, 1.39]
         timing = timed_in_layouts(ctx.target, builds, reference=MODE, until=until, min_blocks=DECIDE_MIN_BLOCKS,
-                                  layouts=CHECK_LAYOUTS, max_time_s=ctx.profile.benchmark.compare_time_s * DECIDE_TIME_FACTOR)
+                                  layouts=ctx.profile.benchmark.check_layouts,
+                                  max_time_s=ctx.profile.benchmark.compare_time_s * DECIDE_TIME_FACTOR)
         gains = {name: timing.ratios[name] for name in builds if name != MODE}   # other / pruned: speed-up
         for name, r in gains.items():
             ctx.ui.say(f"  side by side at {precision}: pruned vs {name}: {r}  ({timing.stopped})")

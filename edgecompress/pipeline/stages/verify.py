@@ -20,7 +20,7 @@ from edgecompress.report import assemble_report, write_latency_baseline, write_r
 from edgecompress.targets import Latency
 from edgecompress.targets.base import host_cpu
 from edgecompress.targets.deploy import OPENERS, load
-from edgecompress.targets.timing import CHECK_LAYOUTS, timed_in_layouts
+from edgecompress.targets.timing import timed_in_layouts
 from edgecompress.training.evaluation import macs_and_params
 
 ENGINE, ORIGINAL_FLOAT, YARDSTICK, UNPRUNED = "engine", "original", "yardstick", "unpruned"
@@ -46,7 +46,7 @@ class VerifyStage:
         builds = engines_to_time(ctx, build)
         # in fresh process layouts, the median over them: one layout moved our ONNX Runtime INT8
         # against OpenVINO's INT8 from 0.47x to 0.84x, each interval +-1 %
-        timing = timed_in_layouts(ctx.target, builds, reference=ENGINE, half_width=HALF_WIDTH, layouts=CHECK_LAYOUTS,
+        timing = timed_in_layouts(ctx.target, builds, reference=ENGINE, half_width=HALF_WIDTH, layouts=ctx.profile.benchmark.check_layouts,
                                   max_time_s=ctx.profile.benchmark.compare_time_s * VERIFY_TIME_FACTOR)
         speedups = {name: timing.ratios[name] for name in builds if name != ENGINE}   # other / engine
         for name, r in speedups.items():

@@ -21,7 +21,7 @@ def _ctx(source: str = "local"):
     builds = []
     return SimpleNamespace(
         note=notes.append, notes=notes, ui=SimpleNamespace(say=lambda *_: None), original=torch.nn.Linear(2, 3),
-        profile=SimpleNamespace(name="x86-cpu", benchmark=SimpleNamespace(compare_time_s=1.0)),
+        profile=SimpleNamespace(name="x86-cpu", benchmark=SimpleNamespace(compare_time_s=1.0, check_layouts=1)),
         target=SimpleNamespace(latency_source=source),
         builder=SimpleNamespace(build=lambda m, **kw: builds.append((m, kw)) or (m, kw.get("key")),
                                 engine=lambda m, entry: ("yardstick", entry["tool"])),

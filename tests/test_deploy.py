@@ -83,15 +83,16 @@ def test_choose_settings_keeps_the_defaults_unless_measurably_faster(tmp_path, p
     build = target.build(pair[1], tmp_path, precision="fp32")
 
     def fake(ratios):
-        def time_builds(target, builds, *, reference, **kw):
+        def timed_in_layouts(target, builds, *, reference, layouts, **kw):
+            assert layouts == target.profile.benchmark.check_layouts
             assert reference == DEFAULTS and set(builds) == set(setting_candidates("openvino", target.settings(build)))
             rs = {n: Ratio(*ratios.get(n, (1.0, 0.99, 1.01))) for n in builds}
             return Timing(reference=reference, ratios=rs, ms={n: 1.0 for n in rs}, blocks=20, runs_per_block=20,
                           seconds=1.0, stopped="precise")
-        return time_builds
-    monkeypatch.setattr(settings_module, "time_builds", fake({"f32": (0.9, 0.95, 1.02)}))   # faster, not measurably
+        return timed_in_layouts
+    monkeypatch.setattr(settings_module, "timed_in_layouts", fake({"f32": (0.9, 0.95, 1.02)}))   # faster, not measurably
     assert choose_settings(target, build, max_time_s=1)[1]["chosen"] == DEFAULTS
-    monkeypatch.setattr(settings_module, "time_builds", fake({"f32": (0.9, 0.88, 0.92), "unpinned": (0.8, 0.7, 0.99)}))
+    monkeypatch.setattr(settings_module, "timed_in_layouts", fake({"f32": (0.9, 0.88, 0.92), "unpinned": (0.8, 0.7, 0.99)}))
     settings, record = choose_settings(target, build, max_time_s=1)
     assert record["chosen"] == "unpinned" and settings["ENABLE_CPU_PINNING"] is False
 

@@ -140,7 +140,7 @@ def one_pool_each(specs: dict[str, tuple], reference: str) -> tuple[list[list[di
     shared = {n: s for n, s in specs.items() if n not in pooled}
     if len(pooled) <= 1:
         return [[g for g in (shared, {n: specs[n] for n in pooled}) if g]], reference
-    if reference in shared or shared:
+    if shared:
         anchor = reference if reference in shared else next(iter(shared))
     else:
         path, runtime, settings, batch = specs[reference]

@@ -130,11 +130,9 @@ def quotient(a: Ratio, b: Ratio) -> Ratio:
     distance from it in log space the root sum of squares of the two ends' distances (the normal
     approximation; [a.low / b.high, a.high / b.low] would be the sum, twice as wide as needed when
     the two are equally precise). An estimate's interval is its point, and stays one."""
-    def log_gap(x: float, y: float) -> float:
-        return math.log(x / y) ** 2
     median = a.median / b.median
-    up = math.sqrt(log_gap(a.high, a.median) + log_gap(b.median, b.low))
-    down = math.sqrt(log_gap(a.median, a.low) + log_gap(b.high, b.median))
+    up = math.hypot(math.log(a.high / a.median), math.log(b.median / b.low))
+    down = math.hypot(math.log(a.median / a.low), math.log(b.high / b.median))
     return Ratio(median, median / math.exp(down), median * math.exp(up))
 
 
@@ -242,10 +240,15 @@ def through_anchor(parts: list[Timing], reference: str) -> Timing:
     ref = to_anchor[reference][0]
     ratios = {name: quotient(r, ref) for name, (r, _) in to_anchor.items()}
     ratios[reference] = Ratio(1.0, 1.0, 1.0)
-    return Timing(reference=reference, ratios=ratios, ms={n: part.ms[n] for n, (_, part) in to_anchor.items()},
-                  blocks=min(p.blocks for p in parts), runs_per_block=min(p.runs_per_block for p in parts),
-                  seconds=sum(p.seconds for p in parts),
-                  stopped="time cap" if any(p.stopped == "time cap" for p in parts) else "precise")
+    return _combined(parts, reference, ratios, ms={n: part.ms[n] for n, (_, part) in to_anchor.items()})
+
+
+def _combined(timings: list[Timing], reference: str, ratios: dict[str, Ratio], ms: dict[str, float]) -> Timing:
+    """One Timing of `ratios` and `ms` from `timings` taken one after another (not paired, no rows):
+    `blocks` the fewest of one, `seconds` their sum, `stopped` "time cap" when one stopped on it."""
+    return Timing(reference=reference, ratios=ratios, ms=ms, blocks=min(t.blocks for t in timings),
+                  runs_per_block=min(t.runs_per_block for t in timings), seconds=sum(t.seconds for t in timings),
+                  stopped="time cap" if any(t.stopped == "time cap" for t in timings) else "precise")
 
 
 def relative_timing(target: Target, builds: dict[str, BuildResult], *, reference: str, **kw) -> Timing:
@@ -276,11 +279,8 @@ def timed_in_layouts(target: Target, builds: dict[str, BuildResult], *, referenc
         return relative_timing(target, builds, reference=reference, max_time_s=max_time_s, **kw)
     timings = [relative_timing(target, builds, reference=reference, max_time_s=max_time_s / layouts, seed=seed, **kw)
                for seed in range(layouts)]
-    return Timing(reference=reference, ratios={n: over_layouts([t.ratios[n] for t in timings]) for n in builds},
-                  ms={n: float(np.median([t.ms[n] for t in timings])) for n in builds},
-                  blocks=min(t.blocks for t in timings), runs_per_block=min(t.runs_per_block for t in timings),
-                  seconds=sum(t.seconds for t in timings),
-                  stopped="time cap" if any(t.stopped == "time cap" for t in timings) else "precise")
+    return _combined(timings, reference, {n: over_layouts([t.ratios[n] for t in timings]) for n in builds},
+                     ms={n: float(np.median([t.ms[n] for t in timings])) for n in builds})
 
 
 def median_interval(values: np.ndarray) -> tuple[float, float, float]:

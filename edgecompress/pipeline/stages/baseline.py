@@ -17,7 +17,7 @@ from edgecompress.pipeline.stage import StageOutput
 from edgecompress.pruning.search import Budget
 from edgecompress.pruning.structure import widths_of
 from edgecompress.targets.settings import DEFAULTS, choose_settings
-from edgecompress.targets.timing import relative_timing, timed_in_layouts
+from edgecompress.targets.timing import timed_in_layouts
 from edgecompress.tasks import points
 from edgecompress.training.evaluation import macs_and_params
 
@@ -38,8 +38,13 @@ class BaselineStage:
         ctx.use_runtime(runtime)
         ctx.builder.settings = settings
         engines = self._engines(ctx, precision, probe)
-        timing = relative_timing(ctx.target, {n: e["build"] for n, e in engines.items()}, reference=precision,
-                                 max_time_s=ctx.profile.benchmark.compare_time_s)
+        # which plain engine is the yardstick is decided like the runtime, over `layouts` fresh
+        # process layouts: in one, the plain ONNX Runtime FP32 timed 0.83x of our FP32 against NNCF
+        # INT8's 0.89x and was taken as the yardstick; alone beside the shipped engine it was 1.18x
+        # slower than NNCF INT8 (the run said 1.92x over the plain engine, the user gets 1.66x)
+        layouts = ctx.profile.benchmark.layouts
+        timing = timed_in_layouts(ctx.target, {n: e["build"] for n, e in engines.items()}, reference=precision,
+                                  layouts=layouts, max_time_s=ctx.profile.benchmark.compare_time_s * layouts / 2)
         base_ms = timing.ms[precision]
         for name, e in engines.items():
             e.update(latency_ms=base_ms * timing.ratios[name].median, ratio=timing.ratios[name].to_dict())
@@ -52,14 +57,14 @@ class BaselineStage:
             ctx.ui.say(f"  {name:<20} {e['tool']:<26} {e['latency_ms']:7.3f} ms  {timing.ratios[name]} of {precision}"
                        + (f"  val {points(ctx.task, e['accuracy'])}" if e.get("accuracy") is not None else "")
                        + ("  <- yardstick" if name == yardstick else ""))
-        ctx.ui.say(f"  original: val {points(ctx.task, acc)}, test {points(ctx.task, test_acc)}, {macs / 1e6:.1f} M MACs ({timing.stopped}, "
-                   f"{timing.blocks} blocks)")
+        ctx.ui.say(f"  original: val {points(ctx.task, acc)}, test {points(ctx.task, test_acc)}, {macs / 1e6:.1f} M MACs (median of {layouts} "
+                   f"process layouts, {timing.stopped}, {timing.blocks} blocks)")
         return StageOutput(data=BaselineRecord.from_dict({
             "accuracy": acc, "test_accuracy": test_acc, "flops": macs, "params": params,
             "latency_ms": base_ms, "latency_method": "estimated" if timing.stopped == "estimate" else "measured",
             "precision": precision, "widths": widths_of(model), "yardstick": yardstick,
             "engines": {n: {k: v for k, v in e.items() if k != "build"} for n, e in engines.items()},
-            "timing": {k: v for k, v in timing.to_dict().items() if k != "ratios"},
+            "timing": {**{k: v for k, v in timing.to_dict().items() if k != "ratios"}, "layouts": layouts},
             "budget": {"min_accuracy": budget.min_accuracy, "max_latency_ms": budget.max_latency_ms},
             "runtime": runtime, "probe_precision": probe, "settings": settings, "settings_choice": choice}))
 

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -308,3 +309,30 @@ def test_a_precision_that_is_not_measurably_faster_falls_back_to_the_targets_own
     pick = next(r for r in records if r.precision == chosen)
     assert _measurably_faster(ctx, Selection(chosen=pick, records=records, budget_accuracy=53.08)).precision == ships
     assert bool(notes) == (ships != chosen)
+
+
+def test_candidates_timed_in_comparisons_of_their_own_are_weighed_on_one_scale(monkeypatch):
+    """FP16 and INT8 are each timed against FP32 in a comparison of its own, while the machine's
+    speed drifts: FP16 at 1.02x of FP32 in a fast minute must not beat INT8 at 0.90x in a slow one
+    (a default run shipped FP32 after the selector took FP16 on its 0.266 ms against INT8's 0.311 ms)."""
+    from edgecompress.pipeline.stages import calibrate
+    from edgecompress.targets.timing import Ratio, Timing
+
+    # (FP32 ms in that comparison, the candidate's ratio to it)
+    drift = iter([(0.26, 1.02), (0.35, 0.90)])
+
+    def fake_timing(target, builds, *, reference, **kw):
+        ref_ms, ratio = next(drift)
+        name = next(n for n in builds if n != reference)
+        return Timing(reference=reference, ratios={reference: Ratio(1, 1, 1), name: Ratio(ratio, ratio - 0.01, ratio + 0.01)},
+                      ms={reference: ref_ms, name: ref_ms * ratio}, blocks=100, runs_per_block=20, seconds=1.0,
+                      stopped="precise")
+    monkeypatch.setattr(calibrate, "relative_timing", fake_timing)
+    evaluator = object.__new__(calibrate.Evaluator)
+    evaluator.ctx = SimpleNamespace(target=None, profile=SimpleNamespace(benchmark=SimpleNamespace(compare_time_s=1.0)))
+    evaluator.reference, evaluator.backends, evaluator.budget, evaluator.reference_ms = "fp32 engine", ["ort"], 89.0, None
+    evaluator.builds = {"ort": lambda precision, keep_float: (90.0, None, {"built": precision, "backend": "ort"})}
+    sel = choose_precision(evaluate=evaluator, budget_accuracy=89.0, precisions=["fp32", "fp16", "int8"])
+    assert sel.precision == "int8"
+    latency = {r.precision: r.latency_ms for r in sel.records}
+    assert latency["fp16"] == pytest.approx(0.26 * 1.02) and latency["int8"] == pytest.approx(0.26 * 0.90)

@@ -118,6 +118,13 @@ class Timing:
             return None if values is None else {k: v for k, v in values.items() if k in names}
         return replace(self, ratios=keep(self.ratios), ms=keep(self.ms), rows=keep(self.rows))
 
+    def renamed(self, names: dict[str, str]) -> Timing:
+        """This timing with engines renamed (`names`: old -> new; the others keep theirs)."""
+        def rename(values: dict | None) -> dict | None:
+            return None if values is None else {names.get(k, k): v for k, v in values.items()}
+        return replace(self, reference=names.get(self.reference, self.reference), ratios=rename(self.ratios),
+                       ms=rename(self.ms), rows=rename(self.rows))
+
     def to_dict(self) -> dict:
         return {"reference": self.reference, "ratios": {k: r.to_dict() for k, r in self.ratios.items()},
                 "ms": {k: round(v, 4) for k, v in self.ms.items()}, "blocks": self.blocks,

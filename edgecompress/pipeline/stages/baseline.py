@@ -126,9 +126,14 @@ class BaselineStage:
     @staticmethod
     def _yardstick(engines: dict[str, dict], budget: Budget) -> str:
         """The fastest plain engine whose accuracy keeps the promise (the fastest plain one when none does)."""
-        plain = [n for n, e in engines.items() if e["plain"]]
-        keep = [n for n in plain if budget.keeps(engines[n].get("accuracy"))] or plain
-        return min(keep, key=lambda n: engines[n]["ratio"]["ratio"])
+        return min(plain_candidates(engines, budget), key=lambda n: engines[n]["ratio"]["ratio"])
+
+
+def plain_candidates(engines: dict[str, dict], budget: Budget) -> list[str]:
+    """The plain engines that may be the yardstick: those whose accuracy keeps the promise (all
+    plain ones when none does)."""
+    plain = [n for n, e in engines.items() if e["plain"]]
+    return [n for n in plain if budget.keeps(engines[n].get("accuracy"))] or plain
 
 
 def _fastest(timing, first: str, main: str) -> str:

@@ -25,7 +25,7 @@ from edgecompress.targets.timing import timed_in_layouts
 from edgecompress.training.evaluation import macs_and_params
 
 ENGINE, ORIGINAL_FLOAT, YARDSTICK, UNPRUNED = "engine", "original", "yardstick", "unpruned"
-PLAIN = "plain "   # another plain engine of the original, by its baseline name (`rival_plain_engines`)
+PLAIN = "other "   # another plain engine of the original, by its baseline name (`rival_plain_engines`)
 RIVAL_FACTOR = 1.5   # a plain engine within this factor of the yardstick in the baseline is timed again in verify
 TUNED = "yardstick-settings"   # the yardstick's own file loaded with our settings: what the settings alone buy
 REFERENCE_DIR = "reference"   # the original's float engine: what `compress check` times the engine against
@@ -123,7 +123,7 @@ def engines_to_time(ctx: Context, build) -> dict:
 
 def rival_plain_engines(ctx: Context) -> dict:
     """The baseline's other plain engines that keep the promise and timed within RIVAL_FACTOR of
-    the yardstick there ("plain <name>"): timed again beside the engine, the headline is over
+    the yardstick there ("other <name>"): timed again beside the engine, the headline is over
     whichever plain engine is fastest in verify's own timing, not over the baseline's pick alone
     (one baseline, timed in a single process layout, took plain ONNX Runtime FP32 for a user's
     machine where NNCF INT8 was 1.18x faster; OpenVINO's FP32 at its defaults (bf16 on an AVX-512

@@ -321,15 +321,17 @@ def test_candidates_timed_in_comparisons_of_their_own_are_weighed_on_one_scale(m
     # (FP32 ms in that comparison, the candidate's ratio to it)
     drift = iter([(0.26, 1.02), (0.35, 0.90)])
 
-    def fake_timing(target, builds, *, reference, **kw):
+    def fake_timing(target, builds, *, reference, layouts, **kw):
+        assert layouts == 3   # the decision is timed in the profile's check_layouts, as prune's
         ref_ms, ratio = next(drift)
         name = next(n for n in builds if n != reference)
         return Timing(reference=reference, ratios={reference: Ratio(1, 1, 1), name: Ratio(ratio, ratio - 0.01, ratio + 0.01)},
                       ms={reference: ref_ms, name: ref_ms * ratio}, blocks=100, runs_per_block=20, seconds=1.0,
                       stopped="precise")
-    monkeypatch.setattr(calibrate, "relative_timing", fake_timing)
+    monkeypatch.setattr(calibrate, "timed_in_layouts", fake_timing)
     evaluator = object.__new__(calibrate.Evaluator)
-    evaluator.ctx = SimpleNamespace(target=None, profile=SimpleNamespace(benchmark=SimpleNamespace(compare_time_s=1.0)))
+    evaluator.ctx = SimpleNamespace(target=None, profile=SimpleNamespace(benchmark=SimpleNamespace(compare_time_s=1.0,
+                                                                                                   check_layouts=3)))
     evaluator.reference, evaluator.backends, evaluator.budget, evaluator.reference_ms = "fp32 engine", ["ort"], 89.0, None
     evaluator.builds = {"ort": lambda precision, keep_float: (90.0, None, {"built": precision, "backend": "ort"})}
     sel = choose_precision(evaluate=evaluator, budget_accuracy=89.0, precisions=["fp32", "fp16", "int8"])

@@ -42,6 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="few knobs, short timing: a smoke run")
     p.add_argument("--model", default="resnet20")
+    p.add_argument("--profile", default="x86-cpu", help="x86-cpu (OpenVINO) or x86-cpu-ort (ONNX Runtime)")
     p.add_argument("--knobs", type=float, nargs="*", help="knobs for part A (default 0.95 0.8)")
     p.add_argument("--sweep", type=int, default=10, help="probes in part B's cr sweep")
     p.add_argument("--threads", type=int, default=None, help="INFERENCE_NUM_THREADS (default: OpenVINO's)")
@@ -54,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def x86_target(args):
-    profile = load_profile("x86-cpu")
+    profile = load_profile(args.profile)
     bench = {"threads": args.threads} if args.threads else {}
     if args.quick:
         bench.update(warmup=5, iterations=30, min_time_s=0.2)
@@ -83,7 +84,7 @@ def build(model, name: str, work: Path, target, precision: str) -> tuple[dict, o
     if precision == "int8":   # INT8 kernels (VNNI) block channels differently from FP32: measure, don't assume
         from edgecompress.calibration import SYMMETRIC_ACTIVATIONS, quantize_int8
         source = quantize_int8(onnx_path, work / f"{name}_int8.onnx", [b.numpy() for b in calibration(2)],
-                               symmetric_activations=SYMMETRIC_ACTIVATIONS.get("openvino", False))
+                               symmetric_activations=SYMMETRIC_ACTIVATIONS.get(target.profile.runtime, False))
     built = target.build(source, work / name, precision=precision)
     est = get_target(target.profile, device="estimate").measure(built)
     channels = sum(int(m.weight.shape[0]) for m in model.modules() if isinstance(m, torch.nn.Conv2d))
@@ -160,7 +161,7 @@ def main(argv=None) -> int:
     target = x86_target(args)
     knobs = args.knobs or ([0.9] if args.quick else [0.95, 0.8])
     with tempfile.TemporaryDirectory() as tmp:
-        print(f"Part A: alignment ({host_cpu()}, OpenVINO {args.precision})", flush=True)
+        print(f"Part A: alignment ({host_cpu()}, {target.profile.runtime} {args.precision})", flush=True)
         seconds = args.seconds or (5.0 if args.quick else 60.0)
         rows_a = part_a(plan, target, Path(tmp), knobs, args.precision, seconds)
         print("Part B: estimator vs measured", flush=True)

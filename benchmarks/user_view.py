@@ -30,6 +30,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -136,8 +137,8 @@ def _worker(specs: dict[str, tuple], x: np.ndarray, settled: bool, conn) -> None
 
 def interleave(groups: list[dict[str, tuple]], x: np.ndarray, *, max_time_s: float, settled: bool = True,
                runs: int = 20, seed: int = 0) -> list[tuple[dict, dict]]:
-    """Each group's engines in a fresh process of its own; blocks of `runs` calls, every engine in
-    a fresh order per block, until `max_time_s` (a fixed rule, not a look at an interval). Rows of
+    """Each group's engines in a fresh process of its own, the others stopped while one times its
+    block; blocks of `runs` calls, every engine in a fresh order per block, until `max_time_s` (a fixed rule, not a look at an interval). Rows of
     ({engine: ms per call}, {engine: the engine timed just before it})."""
     ctx, route, procs = mp.get_context("spawn"), {}, []
     for group in groups:
@@ -151,8 +152,13 @@ def interleave(groups: list[dict[str, tuple]], x: np.ndarray, *, max_time_s: flo
     while len(rows) < MIN_BLOCKS or time.perf_counter() - start < max_time_s:
         ms, before = {}, {}
         for i in rng.permutation(len(names)):
+            others = [proc.pid for proc, conn in procs if conn is not route[names[i]]]
+            for pid in others:   # as in the product (targets/isolated.py): one process runs at a time
+                os.kill(pid, signal.SIGSTOP)
             route[names[i]].send((names[i], runs))
             ms[names[i]], before[names[i]], previous = route[names[i]].recv() * 1e3 / runs, previous, names[i]
+            for pid in others:
+                os.kill(pid, signal.SIGCONT)
         rows.append((ms, before))
     for proc, conn in procs:
         conn.send(None)

@@ -259,53 +259,59 @@ def test_time_builds_runs_the_engines_in_a_fresh_process_of_their_own(tmp_path, 
     timing = time_builds(target, builds, reference="a", warmup=1, runs_per_block=2, min_blocks=6, max_time_s=0.2)
     spec = {n: (b.engine, b.runtime, target.settings(b), 1) for n, b in builds.items()}
     assert groups == [{n: spec[n] for n in ("a", "b", "ort 1 thread")}, {"ort": spec["ort"]},
-                      {"a": spec["a"]}, {"ort again": spec["ort again"]}]
+                      {"ort again": spec["ort again"]}]
     assert spec["b"][2] != spec["a"][2]
-    # warm-up: one call of each engine in each part; then each engine's blocks of two
-    assert asked.count(1) == 4 + 2 and asked.count(2) >= 2 * 2 * timing.blocks * 3 and timing.ratios["a"].median == 1.0
+    # warm-up: one call of each engine; then each engine's blocks of two (the pilot's, the answer's)
+    assert asked.count(1) == 5 and asked.count(2) >= 2 * timing.blocks * 5 and timing.ratios["a"].median == 1.0
     assert set(timing.ratios) == set(timing.ms) == set(builds)
     host = isolated.start_host().process.pid
     workers = Path(f"/proc/{host}/task/{host}/children").read_text().split()
-    assert len(workers) == 2 and str(os.getpid()) not in workers and str(host) != str(os.getpid())
+    assert len(workers) == 3 and str(os.getpid()) not in workers and str(host) != str(os.getpid())
     with pytest.raises(UserError, match="could not open an engine in its own process: .*missing.xml"):
         isolated.isolated_calls([{"x": (tmp_path / "missing.xml", "openvino", None, 1)}])
 
 
-def test_no_part_of_a_comparison_holds_two_ort_sessions_with_thread_pools():
+def test_each_ort_session_with_a_thread_pool_gets_a_process_of_its_own():
     """One ONNX Runtime session with an intra-op thread pool slows another, even in another
-    process: each gets a part of the comparison of its own, alone in its process, beside an anchor
-    without a pool (the reference; else another engine without one; else a one-thread copy of the
-    reference)."""
-    from edgecompress.targets.isolated import needs_own_process, one_pool_each
+    process: each runs alone in a process of its own; the engines without a pool share one."""
+    from edgecompress.targets.isolated import needs_own_process, process_groups
     assert needs_own_process("ort", {}) and needs_own_process("ort", {"intra_op_num_threads": 2})
     assert not needs_own_process("ort", {"intra_op_num_threads": 1}) and not needs_own_process("openvino", {})
     ov, pool, one = ("m.xml", "openvino", {}, 1), ("m.onnx", "ort", {}, 1), ("m.onnx", "ort", {"intra_op_num_threads": 1}, 1)
-    assert one_pool_each({"ref": ov, "x": pool, "z": one}, "ref") == ([[{"ref": ov, "z": one}, {"x": pool}]], "ref")
-    assert one_pool_each({"ref": ov, "z": one}, "ref") == ([[{"ref": ov, "z": one}]], "ref")
-    assert one_pool_each({"ref": ov, "x": pool, "y": pool, "z": one}, "ref") == (
-        [[{"ref": ov, "z": one}, {"x": pool}], [{"ref": ov}, {"y": pool}]], "ref")
-    assert one_pool_each({"ref": pool, "x": pool, "z": one}, "ref") == (
-        [[{"z": one}, {"ref": pool}], [{"z": one}, {"x": pool}]], "z")
-    parts, anchor = one_pool_each({"ref": pool, "x": pool}, "ref")
-    assert anchor == "ref (1 thread)" and parts == [[{anchor: one}, {"ref": pool}], [{anchor: one}, {"x": pool}]]
+    assert process_groups({"ref": ov, "x": pool, "z": one}) == [{"ref": ov, "z": one}, {"x": pool}]
+    assert process_groups({"ref": ov, "z": one}) == [{"ref": ov, "z": one}]
+    assert process_groups({"ref": pool, "x": pool}) == [{"ref": pool}, {"x": pool}]
 
 
-def test_a_comparison_in_parts_takes_each_ratio_to_the_reference_through_the_anchor():
-    from edgecompress.targets.timing import Ratio, Timing, quotient, through_anchor
+def test_the_other_processes_of_a_comparison_are_stopped_while_one_times_its_block(tmp_path, conv_onnx):
+    """While one process runs an engine's block, every other process of the comparison is stopped
+    (an idle ONNX Runtime pool beside it slowed it by up to 2x), and runs again afterwards."""
+    import threading
+    from pathlib import Path
 
-    def part(ratios: dict[str, Ratio], stopped: str = "precise") -> Timing:
-        return Timing(reference="anchor", ratios={"anchor": Ratio(1, 1, 1), **ratios},
-                      ms={"anchor": 1.0, **{n: r.median for n, r in ratios.items()}}, blocks=50, runs_per_block=20,
-                      seconds=3.0, stopped=stopped, rows=None)
-    timing = through_anchor([part({"ref": Ratio(2.0, 1.9, 2.1)}), part({"x": Ratio(1.0, 0.95, 1.05)}, "time cap")], "ref")
-    assert timing.ratios["ref"] == Ratio(1.0, 1.0, 1.0)
-    x = timing.ratios["x"]
+    from edgecompress.targets import isolated
+    pool = (conv_onnx, "ort", {}, 1)
+    calls = isolated.isolated_calls([{"a": pool}, {"b": pool}])
+    host = isolated.start_host().process.pid
+    workers = Path(f"/proc/{host}/task/{host}/children").read_text().split()
+
+    def states() -> list[str]:
+        return [Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] for pid in workers]
+    seen, block = [], threading.Thread(target=calls["a"].timed, args=(20000,))
+    block.start()
+    while block.is_alive():
+        seen.append(states())
+    block.join()
+    assert len(workers) == 2 and sorted(seen, key=lambda s: s.count("T"))[-1].count("T") == 1
+    assert "T" not in states()
+    assert calls["b"].timed(3) > 0
+
+
+def test_quotient_of_two_ratios_timed_apart():
+    from edgecompress.targets.timing import Ratio, quotient
+    x = quotient(Ratio(1.0, 0.95, 1.05), Ratio(2.0, 1.9, 2.1))
     assert x.median == 0.5 and 0.95 / 2.1 < x.low < 0.5 * 0.95 and 0.5 * 1.05 < x.high < 1.05 / 1.9
     assert x.high / 0.5 == pytest.approx(math.exp(math.hypot(math.log(1.05), math.log(2 / 1.9))))
-    assert timing.stopped == "time cap" and timing.seconds == 6.0 and timing.ms["x"] == 1.0
-    # not timed in the same blocks: one against another from their two intervals; a point stays a point
-    back = timing.between("x", "anchor")   # x / anchor, measured as 1.0 [0.95, 1.05], comes back wider
-    assert back.median == pytest.approx(1.0) and back.low < 0.95 and back.high > 1.05
     assert quotient(Ratio(2.0, 2.0, 2.0), Ratio(4.0, 4.0, 4.0)) == Ratio(0.5, 0.5, 0.5)
 
 

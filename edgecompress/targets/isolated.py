@@ -15,17 +15,18 @@ an engine's speed by several percent. Two copies of one engine, each in a proces
 measured 0.96-1.02x of each other; the pruned ResNet-20 over its unpruned engine measured 0.86-0.98
 in six fresh pairs of processes (intervals +-1-2 %, so the spread is the processes'), 0.92-0.94
 in six fresh single processes: engines sharing a process share its luck, and their ratio holds.
-Why no comparison holds two ONNX Runtime sessions with intra-op thread pools (`one_pool_each`):
-one such session slows another even in another process, where it waits idle between its blocks
-after the wait for a quiet CPU below (so not its spinning threads; measured, the cause not found):
-our INT8 ResNet-20 on ONNX Runtime timed 0.57-0.59x of OpenVINO's INT8 in eight comparisons
-without a second such session, and 0.68-0.91x [0.64, 1.15] in five with the original's FP32
-session in a process beside it (its threads not spinning, or one thread: 0.57-0.58x). A user runs
-one of them, so each runs alone in a process of its own in a part of the comparison of its own,
-timed against an anchor engine without a pool that every part holds, and its ratio to the
-reference is taken through the anchor. Alone, not beside OpenVINO engines in their process: there
-our ONNX Runtime FP32 ResNet-20 timed as fast as OpenVINO's INT8 (0.85-1.01x), alone in a process
-of its own 1.4x slower (what a user's application of either one gets).
+Why the other processes of a comparison are stopped (SIGSTOP) while one runs its block, and each
+ONNX Runtime session with an intra-op thread pool has a process of its own (`process_groups`): one
+such session slows another even in another process, where it waits idle between its blocks after
+the wait for a quiet CPU below (the cause not found: not its spinning after a run). Our INT8
+ResNet-20 on ONNX Runtime over OpenVINO's INT8 timed 0.57-0.59x in eight comparisons without a
+second such session, 0.68-1.13x [0.64, 1.57] with the original's FP32 session in a process beside
+it, and 0.568 [0.564, 0.573] and 0.586 [0.576, 0.593] with it beside and frozen during the others'
+blocks (`benchmarks/ort_pool_beside.py`). A user's application runs one engine: frozen, the others
+take no CPU at all, so every engine of a comparison is timed in the same blocks, its ratio paired.
+Alone, not beside OpenVINO engines in their process: there our ONNX Runtime FP32 ResNet-20 timed as
+fast as OpenVINO's INT8 (0.85-1.01x), alone in a process of its own 1.4x slower (what a user's
+application of either one gets).
 Why each block is followed by a wait for a quiet CPU (`settle`): ONNX Runtime's threads spin ~40
 ms after a run at its defaults, on the core the next engine needs; the block after them measured
 3 % slower (a one-thread engine) to 60 % (another multi-thread one). The next block starts when
@@ -37,13 +38,14 @@ the host first crashed the interpreter after OpenVINO and DataLoader workers had
 the atexit call); the host needs no hook, it ends when its socket to this process closes, however
 this process ends.
 
-    parts, anchor = one_pool_each({"a": (path, "openvino", settings, 1), "b": ...}, reference="a")
-    timings = [compare(isolated_calls(part), reference=anchor) for part in parts]
+    calls = isolated_calls(process_groups({"a": (path, "openvino", settings, 1), "b": ...}))
+    timing = compare(calls, reference="a")
 """
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -128,25 +130,13 @@ def needs_own_process(runtime: str, settings: dict | None) -> bool:
     return runtime == "ort" and int((settings or {}).get("intra_op_num_threads", 0)) != 1
 
 
-def one_pool_each(specs: dict[str, tuple], reference: str) -> tuple[list[list[dict[str, tuple]]], str]:
-    """(parts, anchor): the engines of a comparison (specs' values (path, runtime, settings,
-    batch)) in parts timed one after another, each a list of process groups for `isolated_calls`:
-    no part holds two ONNX Runtime sessions with thread pools (`needs_own_process`), and such a
-    session runs alone in a process of its own, as in a user's application. Every part holds
-    `anchor`, the engine each is timed against: the reference, or where it has a pool itself, the
-    first engine without one, or else a one-thread copy of the reference (`time_builds` then takes
-    each ratio to the reference through the anchor). One part when at most one engine has a pool."""
-    pooled = [n for n, (_, runtime, settings, _) in specs.items() if needs_own_process(runtime, settings)]
-    shared = {n: s for n, s in specs.items() if n not in pooled}
-    if len(pooled) <= 1:
-        return [[g for g in (shared, {n: specs[n] for n in pooled}) if g]], reference
-    if shared:
-        anchor = reference if reference in shared else next(iter(shared))
-    else:
-        path, runtime, settings, batch = specs[reference]
-        anchor = f"{reference} (1 thread)"
-        shared[anchor] = (path, runtime, {**(settings or {}), "intra_op_num_threads": 1}, batch)
-    return [[shared, {pooled[0]: specs[pooled[0]]}], *([{anchor: shared[anchor]}, {n: specs[n]}] for n in pooled[1:])], anchor
+def process_groups(specs: dict[str, tuple]) -> list[dict[str, tuple]]:
+    """The engines of a comparison (specs' values (path, runtime, settings, batch)) in process
+    groups for `isolated_calls`: those without an ONNX Runtime thread pool share one process (they
+    share its layout luck, and their ratios hold); each session with a pool (`needs_own_process`)
+    runs alone in a process of its own, as in a user's application."""
+    shared = {n: s for n, s in specs.items() if not needs_own_process(s[1], s[2])}
+    return [g for g in (shared, *({n: s} for n, s in specs.items() if n not in shared)) if g]
 
 
 def settle() -> None:
@@ -188,14 +178,25 @@ def serve_host(fd: int) -> None:
                     route.update(dict.fromkeys(group, worker[1]))
                 conn.send(reply)
             else:
-                worker = route[message[1]]
-                worker.send(message[1:])
-                conn.send(worker.recv())
+                conn.send(_alone(route[message[1]], message[1:], workers))
     except (EOFError, OSError):
         return
     finally:
         for worker in workers:
             _close(*worker)
+
+
+def _alone(worker: Connection, request: tuple, workers: list) -> object:
+    """`request` answered by `worker` while the comparison's other processes are stopped."""
+    others = [process.pid for process, conn in workers if conn is not worker]
+    for pid in others:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        worker.send(request)
+        return worker.recv()
+    finally:
+        for pid in others:
+            os.kill(pid, signal.SIGCONT)
 
 
 def _open(fork, specs: dict[str, tuple]) -> tuple[tuple | None, str]:

@@ -41,7 +41,6 @@ BLOCK_BUDGET_S = 0.5     # one engine's block: short against the drift, so paire
 # while stopping at most ~10 % later than a look after every block would.
 CHECK_FRACTION = 10
 DEFAULT_MAX_TIME_S = 20.0  # `compare`'s time cap when none is given
-MIN_PART_TIME_S = 2.0    # `time_builds`: a comparison split in parts gives each at least this much
 DECIDED_MARGIN = 2.0     # `decided`: the median this many half-widths clear of the threshold
 # A yes/no question (`decided`: does the pruned model ship, is INT8 faster than FP32) looks first at
 # this many blocks (the time cap still applies): at 20 blocks (2 s of a ResNet-20) two default runs
@@ -107,7 +106,7 @@ class Timing:
     def between(self, name: str, other: str) -> Ratio:
         """latency(name) / latency(other) from the same blocks (paired), with its interval; for
         one engine against another that was not the reference. Not timed in the same blocks
-        (estimated, remote, `through_anchor`, `timed_in_layouts`): the `quotient` of the two."""
+        (estimated, remote, `timed_in_layouts`): the `quotient` of the two."""
         if self.rows is None:
             return quotient(self.ratios[name], self.ratios[other])
         return Ratio(*median_interval(np.asarray(self.rows[name]) / np.asarray(self.rows[other])))
@@ -214,40 +213,21 @@ def _pilot(block: Callable[[], np.ndarray], names: list[str], pairs: dict[str, s
 
 
 def time_builds(target: Target, builds: dict[str, BuildResult], *, reference: str, **kw) -> Timing:
-    """`compare` the engines of `builds` on this machine, each loaded with its own settings, in a
-    fresh process of their own, not the run's (targets/isolated.py; in this process only where the
-    profile's benchmark says `isolate: false`), in parts each holding at most one ONNX Runtime
-    session with a thread pool (`one_pool_each`, `through_anchor`). The warm-up defaults to the
-    profile's (a runtime's first calls compile and allocate)."""
+    """`compare` the engines of `builds` on this machine, each loaded with its own settings, in
+    fresh processes, not the run's (targets/isolated.py; in this process only where the profile's
+    benchmark says `isolate: false`): each ONNX Runtime session with a thread pool in a process of
+    its own, the other processes stopped while one runs its block (`process_groups`). The warm-up
+    defaults to the profile's (a runtime's first calls compile and allocate)."""
     if target.latency_source != "local":
         raise UserError(f"{target.profile.name} latency is {target.latency_source}, not timed on this machine",
                         "interleaved timing needs engines that run here; use target.measure for the device")
     kw.setdefault("warmup", target.profile.benchmark.warmup)
     if not target.profile.benchmark.isolate:
         return compare({name: target.caller(b) for name, b in builds.items()}, reference=reference, **kw)
-    from edgecompress.targets.isolated import isolated_calls, one_pool_each
-    parts, anchor = one_pool_each({name: (b.engine, b.runtime, target.settings(b), target.profile.batch)
-                                   for name, b in builds.items()}, reference)
-    if len(parts) == 1:
-        return compare(isolated_calls(parts[0]), reference=reference, **kw)
-    # a part's engines are timed against the anchor, not the reference: `until`'s question cannot be
-    # asked of them, so each part stops on the relative half-width (or its share of the time cap)
-    kw.pop("until", None)
-    kw["max_time_s"] = max(kw.get("max_time_s", DEFAULT_MAX_TIME_S) / len(parts), MIN_PART_TIME_S)
-    return through_anchor([compare(isolated_calls(part), reference=anchor, **kw) for part in parts],
-                          reference).only(builds)
-
-
-def through_anchor(parts: list[Timing], reference: str) -> Timing:
-    """One Timing from parts each timed against the same anchor engine (their reference): an
-    engine's ratio to `reference` is its ratio to the anchor over the reference's (`quotient`: the
-    two are timed in different blocks, not paired). `ms` is each part's own; `blocks` the fewest
-    of a part, `stopped` "time cap" when a part stopped on it."""
-    to_anchor = {name: (part.ratios[name], part) for part in parts for name in part.ratios}
-    ref = to_anchor[reference][0]
-    ratios = {name: quotient(r, ref) for name, (r, _) in to_anchor.items()}
-    ratios[reference] = Ratio(1.0, 1.0, 1.0)
-    return _combined(parts, reference, ratios, ms={n: part.ms[n] for n, (_, part) in to_anchor.items()})
+    from edgecompress.targets.isolated import isolated_calls, process_groups
+    groups = process_groups({name: (b.engine, b.runtime, target.settings(b), target.profile.batch)
+                             for name, b in builds.items()})
+    return compare(isolated_calls(groups), reference=reference, **kw)
 
 
 def _combined(timings: list[Timing], reference: str, ratios: dict[str, Ratio], ms: dict[str, float]) -> Timing:

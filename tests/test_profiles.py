@@ -54,6 +54,20 @@ def test_user_profile_dir_adds_a_target(tmp_path):
     assert load_profile("my-box", extra_dirs=[tmp_path]).channel_multiple == 16
 
 
+def test_channel_multiple_per_runtime_and_precision(tmp_path):
+    """ONNX Runtime's INT8 kernels on x86 want 16 channels, OpenVINO's run as well at 4: the
+    multiple the search prunes to follows the runtime and precision our engines are built for."""
+    x86 = load_profile("x86-cpu")
+    assert x86.multiple_for("int8") == 4 and x86.multiple_for("int8", "ort") == 16
+    assert x86.multiple_for("fp32", "ort") == 8 and x86.multiple_for("fp32", "openvino") == 4
+    _write(tmp_path, "box", channel_multiple=8, channel_multiples={"int8": 32, "ort fp32": 2})
+    box = load_profile("box", extra_dirs=[tmp_path])
+    assert (box.multiple_for("int8"), box.multiple_for("int8", "ort"), box.multiple_for("fp32", "ort")) == (32, 32, 2)
+    _write(tmp_path, "bad4", channel_multiples={"tflite int8": 16})
+    with pytest.raises(UserError, match="channel_multiples key 'tflite int8'"):
+        load_profile("bad4", extra_dirs=[tmp_path])
+
+
 def test_unknown_key_and_wrong_type_are_all_reported(tmp_path):
     _write(tmp_path, "bad", channel_multipel=8, **{"benchmark.warmup": "lots", "device.memory_bandwidth_gbs": "fast"})
     with pytest.raises(UserError) as err:

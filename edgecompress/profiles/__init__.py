@@ -74,8 +74,9 @@ class Profile(_Frozen):
     engine_format: Literal["openvino-ir", "tensorrt-plan", "onnx", "ort"]
     precisions: list[Precision] = Field(min_length=1)
     channel_multiple: int = Field(8, ge=1)
-    # per precision, where its kernels block channels differently (INT8 VNNI kernels: by 16)
-    channel_multiples: dict[Precision, int] = Field(default_factory=dict)
+    # where a precision's kernels block channels differently, per "<precision>" or, where one of the
+    # device's runtimes does, per "<runtime> <precision>" (ONNX Runtime's INT8 kernels: by 16)
+    channel_multiples: dict[str, int] = Field(default_factory=dict)
     min_channels: int = Field(8, ge=1)
     input_shape: Optional[list[int]] = None  # [C, H, W]; None: taken from the data
     batch: int = Field(1, ge=1)
@@ -104,6 +105,25 @@ class Profile(_Frozen):
         if v is not None and (len(v) != 3 or min(v) < 1):
             raise ValueError("expected [C, H, W] with positive sizes")
         return v
+
+    @field_validator("channel_multiples")
+    @classmethod
+    def _multiples(cls, v: dict[str, int]) -> dict[str, int]:
+        runtimes, precisions = ("openvino", "tensorrt", "ort"), ("fp32", "fp16", "int8")
+        for key, multiple in v.items():
+            *runtime, precision = key.split(" ")
+            if precision not in precisions or len(runtime) > 1 or (runtime and runtime[0] not in runtimes):
+                raise ValueError(f"channel_multiples key {key!r}: expected a precision ({', '.join(precisions)}), "
+                                 f"optionally after a runtime ({', '.join(runtimes)}), e.g. 'ort int8'")
+            if multiple < 1:
+                raise ValueError(f"channel_multiples[{key!r}] must be >= 1, got {multiple}")
+        return v
+
+    def multiple_for(self, precision: str, runtime: str | None = None) -> int:
+        """The channel multiple for engines of `precision` on `runtime` (default: the profile's)."""
+        runtime = runtime or self.runtime
+        return self.channel_multiples.get(f"{runtime} {precision}",
+                                          self.channel_multiples.get(precision, self.channel_multiple))
 
     @model_validator(mode="after")
     def _consistent(self) -> "Profile":

@@ -53,11 +53,6 @@ DECIDE_TIME_FACTOR = 1.5   # the ship decision's timing: 1.5x the profile's comp
 SKIP_TRIES = 2
 
 
-def channel_multiple(profile, precision: str) -> int:
-    """The profile's channel multiple for the precision (INT8 kernels block channels differently)."""
-    return profile.channel_multiples.get(precision, profile.channel_multiple)
-
-
 class Prober:
     """`evaluate(knob)` for the searcher: the structure the knob keeps -> physical prune ->
     BatchNorm recalibration -> (reconstruct) -> (short KD) -> validation accuracy; its latency is
@@ -137,7 +132,7 @@ class PruneStage:
         reference_ms = base.engines[precision]["latency_ms"]
         if "table" not in state:
             state["table"] = costs.measure_table(ctx, plan, blocks, deviation_batches(ctx), precision=precision,
-                                                 multiple=channel_multiple(ctx.profile, precision))
+                                                 multiple=ctx.profile.multiple_for(precision, base.runtime or None))
             ctx.rundir.save_checkpoint(CHECKPOINT, state)
         priced = costs.removals(state["table"], reference_ms=reference_ms, blocks=blocks)
         order = removal_order(priced)
@@ -183,7 +178,7 @@ class PruneStage:
             "mode": UNPRUNED if decision["unpruned"] else MODE, "unpruned": decision["unpruned"],
             "blocks": [asdict(b) for b in blocks], "blocks_removed": [] if decision["unpruned"] else chosen_s.blocks,
             "unprunable": list(plan.unprunable), "decision": decision, "probe_precision": precision,
-            "channel_multiple": channel_multiple(ctx.profile, precision),
+            "channel_multiple": ctx.profile.multiple_for(precision, base.runtime or None),
             "latency_table": costs.table_record(state["table"], priced), "table_timing": state["table"]["timing"],
             "removal_order": describe(order)}))
 

@@ -118,6 +118,17 @@ def probe_seed(seed: int, key: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(key.encode())) % (2 ** 31)
 
 
+def _why_unpruned(prober: Prober, budget: Budget) -> str:
+    """Why the search kept every channel and block."""
+    if budget.max_latency_ms is not None and prober.reference_ms <= budget.max_latency_ms:
+        return "it meets the budget"
+    if prober.order:
+        return "no pruned model kept the accuracy" if budget.min_accuracy is not None else "it meets the budget"
+    if prober.plan.groups:
+        return "no removal saves measurable time on this target (latency table)"
+    return "nothing in this model can be pruned"
+
+
 class PruneStage:
     name, what = "prune", "importance and the latency table once, then the search on the pruning knob"
 
@@ -233,7 +244,7 @@ class PruneStage:
         unpruned ResNet-20 when the pruned one was 1.12x [1.04, 1.18] faster than it and 1.33x
         [0.90, 1.44] the yardstick (a 2-thread engine at defaults: the noisiest of the three)."""
         if not chosen.counts and not chosen.blocks:
-            why = "nothing in this model can be pruned" if not prober.order else                 "no pruned model kept the accuracy" if budget.min_accuracy is not None else "it meets the budget"
+            why = _why_unpruned(prober, budget)
             return _unpruned_outcome(ctx, budget, why, prober.reference_ms), {"unpruned": True, "why": why}
         builds = {UNPRUNED: ctx.builder.build(ctx.original, precision=precision, key=ORIGINAL),
                   MODE: ctx.builder.build(prober.pruned(chosen), precision=precision, key=chosen.key())}

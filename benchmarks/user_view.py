@@ -30,7 +30,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -44,7 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load_tensors, write_result  # noqa: E402
 
-from edgecompress.targets.isolated import settle  # noqa: E402
+from edgecompress.targets.isolated import settle, stopped  # noqa: E402
 from edgecompress.targets.timing import MIN_BLOCKS, Ratio, compare, median_interval, over_layouts  # noqa: E402
 from edgecompress.zoo import pretrained  # noqa: E402
 from edgecompress.zoo.detector import DETECTORS, pretrained_detector  # noqa: E402
@@ -138,7 +137,8 @@ def _worker(specs: dict[str, tuple], x: np.ndarray, settled: bool, conn) -> None
 def interleave(groups: list[dict[str, tuple]], x: np.ndarray, *, max_time_s: float, settled: bool = True,
                runs: int = 20, seed: int = 0) -> list[tuple[dict, dict]]:
     """Each group's engines in a fresh process of its own, the others stopped while one times its
-    block; blocks of `runs` calls, every engine in a fresh order per block, until `max_time_s` (a fixed rule, not a look at an interval). Rows of
+    block; blocks of `runs` calls, every engine in a fresh order per block, until `max_time_s` (a
+    fixed rule, not a look at an interval). Rows of
     ({engine: ms per call}, {engine: the engine timed just before it})."""
     ctx, route, procs = mp.get_context("spawn"), {}, []
     for group in groups:
@@ -152,13 +152,10 @@ def interleave(groups: list[dict[str, tuple]], x: np.ndarray, *, max_time_s: flo
     while len(rows) < MIN_BLOCKS or time.perf_counter() - start < max_time_s:
         ms, before = {}, {}
         for i in rng.permutation(len(names)):
-            others = [proc.pid for proc, conn in procs if conn is not route[names[i]]]
-            for pid in others:   # as in the product (targets/isolated.py): one process runs at a time
-                os.kill(pid, signal.SIGSTOP)
-            route[names[i]].send((names[i], runs))
-            ms[names[i]], before[names[i]], previous = route[names[i]].recv() * 1e3 / runs, previous, names[i]
-            for pid in others:
-                os.kill(pid, signal.SIGCONT)
+            # as in the product (targets/isolated.py): one process runs at a time
+            with stopped([proc.pid for proc, conn in procs if conn is not route[names[i]]]):
+                route[names[i]].send((names[i], runs))
+                ms[names[i]], before[names[i]], previous = route[names[i]].recv() * 1e3 / runs, previous, names[i]
         rows.append((ms, before))
     for proc, conn in procs:
         conn.send(None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Iterable, Literal, Optional
+from typing import Iterable, Literal, Optional, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -17,6 +17,7 @@ from edgecompress.errors import UserError
 
 BUILTIN_DIR = Path(__file__).parent
 Precision = Literal["fp32", "fp16", "int8"]
+Runtime = Literal["openvino", "tensorrt", "ort"]
 # user and host never start with "-": `ssh -oProxyCommand=...@host` would be an option, not a user
 SSH_URL = re.compile(r"^ssh://(?P<user>[^-@/:\s][^@/:\s]*)@(?P<host>[^-@/:\s][^@/:\s]*)(?::(?P<port>\d{1,5}))?/?$")
 SSH_OPTION_LIKE = re.compile(r"^ssh://(-|[^@]*@-)")
@@ -70,7 +71,7 @@ class Device(_Frozen):
 class Profile(_Frozen):
     name: str
     description: str
-    runtime: Literal["openvino", "tensorrt", "ort"]
+    runtime: Runtime
     engine_format: Literal["openvino-ir", "tensorrt-plan", "onnx", "ort"]
     precisions: list[Precision] = Field(min_length=1)
     channel_multiple: int = Field(8, ge=1)
@@ -109,7 +110,7 @@ class Profile(_Frozen):
     @field_validator("channel_multiples")
     @classmethod
     def _multiples(cls, v: dict[str, int]) -> dict[str, int]:
-        runtimes, precisions = ("openvino", "tensorrt", "ort"), ("fp32", "fp16", "int8")
+        runtimes, precisions = get_args(Runtime), get_args(Precision)
         for key, multiple in v.items():
             *runtime, precision = key.split(" ")
             if precision not in precisions or len(runtime) > 1 or (runtime and runtime[0] not in runtimes):

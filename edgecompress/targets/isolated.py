@@ -51,6 +51,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -186,17 +187,23 @@ def serve_host(fd: int) -> None:
             _close(*worker)
 
 
-def _alone(worker: Connection, request: tuple, workers: list) -> object:
-    """`request` answered by `worker` while the comparison's other processes are stopped."""
-    others = [process.pid for process, conn in workers if conn is not worker]
-    for pid in others:
+@contextmanager
+def stopped(pids: list[int]):
+    """The processes `pids` stopped (SIGSTOP) for the block, and running again after it."""
+    for pid in pids:
         os.kill(pid, signal.SIGSTOP)
     try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+def _alone(worker: Connection, request: tuple, workers: list) -> object:
+    """`request` answered by `worker` while the comparison's other processes are stopped."""
+    with stopped([process.pid for process, conn in workers if conn is not worker]):
         worker.send(request)
         return worker.recv()
-    finally:
-        for pid in others:
-            os.kill(pid, signal.SIGCONT)
 
 
 def _open(fork, specs: dict[str, tuple]) -> tuple[tuple | None, str]:

@@ -141,9 +141,10 @@ class PruneStage:
             ctx.note(f"left at full width: {', '.join(item['layers'])} -- {item['reason']}")
         state = ctx.rundir.load_checkpoint(CHECKPOINT) or {}
         reference_ms = base.engines[precision]["latency_ms"]
+        multiple = ctx.profile.multiple_for(precision, base.runtime)   # of the runtime our engines are built for
         if "table" not in state:
             state["table"] = costs.measure_table(ctx, plan, blocks, deviation_batches(ctx), precision=precision,
-                                                 multiple=ctx.profile.multiple_for(precision, base.runtime or None))
+                                                 multiple=multiple)
             ctx.rundir.save_checkpoint(CHECKPOINT, state)
         priced = costs.removals(state["table"], reference_ms=reference_ms, blocks=blocks)
         order = removal_order(priced)
@@ -189,7 +190,7 @@ class PruneStage:
             "mode": UNPRUNED if decision["unpruned"] else MODE, "unpruned": decision["unpruned"],
             "blocks": [asdict(b) for b in blocks], "blocks_removed": [] if decision["unpruned"] else chosen_s.blocks,
             "unprunable": list(plan.unprunable), "decision": decision, "probe_precision": precision,
-            "channel_multiple": ctx.profile.multiple_for(precision, base.runtime or None),
+            "channel_multiple": multiple,
             "latency_table": costs.table_record(state["table"], priced), "table_timing": state["table"]["timing"],
             "removal_order": describe(order)}))
 

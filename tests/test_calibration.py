@@ -338,3 +338,14 @@ def test_candidates_timed_in_comparisons_of_their_own_are_weighed_on_one_scale(m
     assert sel.precision == "int8"
     latency = {r.precision: r.latency_ms for r in sel.records}
     assert latency["fp16"] == pytest.approx(0.26 * 1.02) and latency["int8"] == pytest.approx(0.26 * 0.90)
+
+
+def test_nncf_draws_no_progress_bars_into_the_run_output(tiny, tmp_path, capsys):
+    """A user's plain NNCF INT8 is made inside the run: NNCF's rich progress bars ("Statistics
+    collection ...") must not land in the run's output."""
+    pytest.importorskip("nncf")
+    from edgecompress.calibration.plain import plain_int8
+    path, batches = tiny
+    assert plain_int8("openvino", path, tmp_path, batches).exists()
+    out = capsys.readouterr().out
+    assert "Statistics collection" not in out and "━" not in out, out

@@ -6,9 +6,10 @@ x86 OpenVINO engine itself, not a QDQ ONNX, and the report names this backend.
 """
 from __future__ import annotations
 
+import io
 import logging
 import re
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Sequence
 
@@ -73,11 +74,14 @@ def quantize_nncf(src_onnx: str | Path, dst_xml: str | Path, batches: Sequence[n
 
 @contextmanager
 def quiet_nncf_info():
-    """NNCF logs every ignored node and quantizer decision at INFO to stdout; keep its warnings."""
+    """NNCF logs every ignored node and quantizer decision at INFO to stdout; keep its warnings.
+    Its progress bars ("Statistics collection", rich, drawn on whatever sys.stdout is) would land
+    in the run's output: they go nowhere (its logger's handler keeps the real stdout)."""
     log = logging.getLogger("nncf")
     level = log.level
     log.setLevel(max(level, logging.WARNING))
     try:
-        yield
+        with redirect_stdout(io.StringIO()):
+            yield
     finally:
         log.setLevel(level)

@@ -12,7 +12,7 @@ import pytest
 
 from _faults import SLOW_ENV, SLOW_MARK, Started, doc_row_check, run_cli, tiny_argv, user_error_lines
 from edgecompress.errors import UserError
-from edgecompress.pipeline.rundir import LOCK, RunLock, _proc_start
+from edgecompress.pipeline.rundir import LOCK, RunLock, process_start
 
 
 @pytest.mark.slow
@@ -89,7 +89,7 @@ def test_reused_pid_is_not_taken_for_the_owner(tmp_path, live_pid):
 
 
 def test_live_owner_refuses_with_its_pid(tmp_path, live_pid):
-    _write_lock(tmp_path / LOCK, pid=live_pid, host=socket.gethostname(), start=_proc_start(live_pid))
+    _write_lock(tmp_path / LOCK, pid=live_pid, host=socket.gethostname(), start=process_start(live_pid))
     with pytest.raises(UserError, match=f"another compress run \\(pid {live_pid} on "):
         RunLock(tmp_path / LOCK).acquire()
     assert json.loads((tmp_path / LOCK).read_text())["pid"] == live_pid  # not stolen

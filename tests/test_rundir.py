@@ -115,3 +115,21 @@ def test_stale_lock_of_a_killed_run_does_not_block_resume(tmp_path):
     (tmp_path / LOCK).write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename, "start": "1"}))
     with RunDir.open(tmp_path, resume=True, inputs=INPUTS) as rd:
         assert json.loads((tmp_path / LOCK).read_text())["pid"] == os.getpid() and rd.lock.held
+
+
+def test_build_scratch_of_a_killed_run_is_removed_by_the_next_run(tmp_path, monkeypatch):
+    """Engines are built in /tmp, outside the run directory; a SIGKILLed run never removes its
+    folder, so the next run removes the folders of processes that are gone (and no other)."""
+    from edgecompress.pipeline.builder import SCRATCH_PREFIX, scratch_dir
+    from edgecompress.pipeline.rundir import process_start
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead = tmp_path / f"{SCRATCH_PREFIX}{gone.pid}-{process_start(gone.pid) or 0}-abc"
+    gone.wait()
+    live = tmp_path / f"{SCRATCH_PREFIX}{os.getpid()}-{process_start(os.getpid())}-def"
+    other = tmp_path / f"{SCRATCH_PREFIX}notours"
+    for folder in (dead, live, other):
+        (folder / "0000-fp32").mkdir(parents=True)
+    new = scratch_dir()
+    assert not dead.exists() and live.exists() and other.exists()
+    assert new.parent == tmp_path and new.name.startswith(f"{SCRATCH_PREFIX}{os.getpid()}-")

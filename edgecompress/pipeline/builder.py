@@ -23,6 +23,7 @@ from edgecompress.calibration.plain import PLAIN_IMAGES, plain_int8
 from edgecompress.errors import InternalError, UserError
 from edgecompress.exporters import to_onnx
 from edgecompress.inputs.splits import DataSplits
+from edgecompress.pipeline.rundir import process_alive, process_start
 from edgecompress.profiles import Profile
 from edgecompress.targets import BuildResult, Target
 
@@ -69,7 +70,7 @@ class Builder:
     def __init__(self, *, target: Target, data: DataSplits, seed: int, method: str, work: Path | None = None) -> None:
         # Scratch, outside the run directory by default: the run directory holds artifacts only
         # (a latency table is dozens of engines; a small disk for the run must not fill with them).
-        self.work = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="edgecompress-builds-"))
+        self.work = Path(work) if work is not None else scratch_dir()
         self.target, self.data, self.seed, self.method = target, data, seed, method
         # engines are exported at the batch that ships; a dynamic batch only when the profile asks
         self.batch = None if target.profile.dynamic_batch else target.profile.batch
@@ -165,6 +166,22 @@ class Builder:
     def close(self) -> None:
         """Remove the build folders (scratch: nothing in the run directory points into them)."""
         shutil.rmtree(self.work, ignore_errors=True)
+
+
+SCRATCH_PREFIX = "edgecompress-builds-"
+
+
+def scratch_dir() -> Path:
+    """A new build folder in the system's temp dir, named after this process (pid and start time);
+    first the folders of runs whose process is gone (SIGKILL, power loss: `close` never ran) are
+    removed, so killed runs do not pile up engines in /tmp."""
+    tmp = Path(tempfile.gettempdir())
+    for old in tmp.glob(f"{SCRATCH_PREFIX}*-*-*"):
+        pid, start = old.name[len(SCRATCH_PREFIX):].split("-")[:2]
+        if pid.isdigit() and not process_alive(int(pid), start):
+            shutil.rmtree(old, ignore_errors=True)
+    me = os.getpid()
+    return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{me}-{process_start(me)}-", dir=tmp))
 
 
 def export_onnx(model: nn.Module, dst: Path, *, input_shape: tuple[int, ...], batch: int | None,

@@ -42,7 +42,7 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _proc_start(pid: int) -> str | None:
+def process_start(pid: int) -> str | None:
     """Start time of a process (clock ticks since boot), so a reused pid is not taken for the owner."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -51,14 +51,14 @@ def _proc_start(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-def _alive(pid: int, start: str | None) -> bool:
+def process_alive(pid: int, start: str | None) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return start is None or _proc_start(pid) in (None, start)
+    return start is None or process_start(pid) in (None, start)
 
 
 class RunLock:
@@ -69,7 +69,7 @@ class RunLock:
         self.held = False
 
     def acquire(self) -> None:
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "start": _proc_start(os.getpid())}
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "start": process_start(os.getpid())}
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -89,7 +89,7 @@ class RunLock:
             owner = {}  # a lock torn by a kill while it was being written
         pid = owner.get("pid")
         same_host = owner.get("host", socket.gethostname()) == socket.gethostname()
-        if isinstance(pid, int) and pid != os.getpid() and (not same_host or _alive(pid, owner.get("start"))):
+        if isinstance(pid, int) and pid != os.getpid() and (not same_host or process_alive(pid, owner.get("start"))):
             raise UserError(f"another compress run (pid {pid} on {owner.get('host', '?')}) is using "
                             f"{self.path.parent}", "wait for it to finish, or choose another --out")
         self.path.unlink(missing_ok=True)  # stale: its process was killed

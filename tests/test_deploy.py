@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from _export_fixtures import export_pair, inputs
 from edgecompress.targets.timing import DECIDE_MIN_BLOCKS
@@ -238,3 +239,31 @@ def test_verify_headline_is_over_the_fastest_plain_engine_timed_beside_the_engin
     assert name == "plain-fp32" and swapped[YARDSTICK] == "openvino fp32" and TUNED not in swapped
     assert renamed.ratios[YARDSTICK].median == 1.4 and renamed.ratios[PLAIN + "plain-int8"].median == 1.7
     assert "plain-fp32" in said[0]
+
+
+def test_batchnorm_statistics_that_do_not_come_back_from_training_images_are_measured():
+    """The baseline recomputes the original's BatchNorm statistics on training images (what every
+    probe does after pruning) and scores it: statistics gathered under augmentation that the plain
+    images do not reproduce show as a lower score (the run then keeps them frozen)."""
+    from edgecompress.pipeline.stages.baseline import BaselineStage
+    from edgecompress.tasks import select_task
+    torch.manual_seed(0)
+    # label: is the image's mean above 0; the stored statistics (mean -1) are part of the rule
+    bn = torch.nn.BatchNorm2d(1).eval()
+    bn.running_mean.fill_(-1.0)
+    head = torch.nn.Linear(1, 2)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[0.0], [1.0]]))
+        head.bias.copy_(torch.tensor([0.0, -1.0]))
+    model = torch.nn.Sequential(bn, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), head).eval()
+    x = torch.randn(512, 1, 4, 4) * 0.3 + torch.randn(512, 1, 1, 1) * 0.3
+    y = (x.mean(dim=(1, 2, 3)) > 0).long()
+    batches = [(x[i:i + 128], y[i:i + 128]) for i in range(0, 512, 128)]
+    ctx = SimpleNamespace(original=model, config=SimpleNamespace(bn_batches=4, batch_size=128, seed=0),
+                          data=SimpleNamespace(train_batches=lambda count, batch_size, seed: [b[0] for b in batches],
+                                               has=lambda split: True, batches=lambda split: batches),
+                          device=torch.device("cpu"), task=select_task("classify", num_classes=2))
+    recalibrated = BaselineStage._recalibrated_accuracy(ctx)
+    assert ctx.task.evaluate_model(model, batches) > 95.0      # the original is untouched
+    assert recalibrated < 70.0
+    assert BaselineStage._recalibrated_accuracy(SimpleNamespace(**ctx.__dict__ | {"original": head})) is None

@@ -129,3 +129,21 @@ def test_compress_under_torchrun_with_two_processes(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["finetune"]["world_size"] == 2 and report["finetune"]["steps"] == 6  # 768 images / (64 x 2)
     assert proc.stderr.count("▶ prune") == 1, "only rank 0 runs the pipeline"
+
+
+def test_frozen_batchnorm_keeps_its_statistics_while_the_weights_train():
+    """`freeze_bn`: BatchNorm in eval mode during distillation (running statistics untouched, the
+    weights still train); without it the statistics follow the training batches."""
+    from dataclasses import replace
+    train, _, _ = tiny_specs.data()
+    teacher = tiny_specs.model()
+    for freeze in (True, False):
+        student = tiny_specs.model()
+        bns = [m for m in student.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert bns
+        stats = [m.running_mean.clone() for m in bns]
+        weights = [p.detach().clone() for p in student.parameters()]
+        distill(student, teacher, train, steps=5, config=replace(SETTINGS, freeze_bn=freeze), seed=0)
+        same_stats = all(torch.equal(s, m.running_mean) for s, m in zip(stats, bns))
+        assert same_stats == freeze
+        assert any(not torch.equal(w, p) for w, p in zip(weights, student.parameters()))

@@ -45,6 +45,10 @@ class BaselineRecord(Record):
     probe_precision: str = ""       # the precision our engines are searched at (the faster of float and INT8)
     settings: dict | None = None    # the runtime settings our engines ship with (None: the runtime's defaults)
     settings_choice: dict = field(default_factory=dict)   # how they were chosen: candidates' ratios to the defaults
+    # the original's score after its BatchNorm statistics are recomputed on training images; far
+    # below `accuracy` (a model trained under heavy augmentation): statistics stay frozen throughout
+    bn_recalibrated_accuracy: float | None = None
+    bn_frozen: bool = False
 
 
 @dataclass

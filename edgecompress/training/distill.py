@@ -35,6 +35,7 @@ class DistillConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     augment: bool = False        # random crop (pad by 1/14 of the side) + horizontal flip
+    freeze_bn: bool = False      # BatchNorm keeps its running statistics (eval mode) while the weights train
 
 
 def world() -> tuple[int, int]:
@@ -125,6 +126,10 @@ def _train(student, teacher, dataset, *, steps, config, seed, distributed, on_st
     gen = torch.Generator().manual_seed(seed + 7)
     teacher.eval()
     model = student.train()
+    if config.freeze_bn:
+        for m in student.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
     if world_size > 1:
         model = nn.parallel.DistributedDataParallel(
             student, device_ids=[device.index] if device.type == "cuda" else None,

@@ -66,11 +66,11 @@ class Coordinator:
         self._sent = True
         self.dist.broadcast_object_list([message], src=0)
 
-    def start_finetune(self, student: torch.nn.Module) -> None:
-        """Rank 0: give the student (whole module, pickled) to the other ranks."""
+    def start_finetune(self, student: torch.nn.Module, *, freeze_bn: bool = False) -> None:
+        """Rank 0: give the student (whole module, pickled) and how it trains to the other ranks."""
         buf = io.BytesIO()
         torch.save(student, buf)
-        self._send({"cmd": "finetune", "student": buf.getvalue()})
+        self._send({"cmd": "finetune", "student": buf.getvalue(), "freeze_bn": freeze_bn})
 
     def finish(self) -> None:
         """Rank 0, at the end (also after an error): release ranks still waiting."""

@@ -23,7 +23,7 @@ from edgecompress.training.distill import DistillConfig, distill, steps_for
 from edgecompress.training.distributed import Coordinator
 
 
-def finetune_plan(config, train: Dataset, world_size: int) -> tuple[Dataset, int, DistillConfig]:
+def finetune_plan(config, train: Dataset, world_size: int, *, freeze_bn: bool) -> tuple[Dataset, int, DistillConfig]:
     """(dataset, steps per rank, distillation settings): the same on every rank, from the config."""
     dataset = train
     if config.finetune_samples and config.finetune_samples < len(train):
@@ -31,7 +31,7 @@ def finetune_plan(config, train: Dataset, world_size: int) -> tuple[Dataset, int
         idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed + 2))
         dataset = Subset(train, idx[:config.finetune_samples].tolist())
     settings = DistillConfig(temperature=config.temperature, alpha=config.alpha, lr=config.lr,
-                             batch_size=config.batch_size, augment=config.augment)
+                             batch_size=config.batch_size, augment=config.augment, freeze_bn=freeze_bn)
     steps = steps_for(config.finetune_epochs, dataset_len=len(dataset), batch_size=settings.batch_size,
                       world_size=world_size)
     return dataset, steps, settings
@@ -51,11 +51,13 @@ class FinetuneStage:
         student = ctx.rundir.load_model("prune", "searched_model")
         before = accuracy(ctx, student)
         world_size = ctx.dist.world_size if ctx.dist else 1
-        dataset, steps, settings = finetune_plan(cfg, ctx.data.train, world_size)
+        frozen = ctx.results.baseline.bn_frozen
+        dataset, steps, settings = finetune_plan(cfg, ctx.data.train, world_size, freeze_bn=frozen)
         ctx.ui.say(f"  {steps} steps x {settings.batch_size} images x {world_size} process(es), "
-                   f"T={settings.temperature}, alpha={settings.alpha}, lr={settings.lr} (cosine)")
+                   f"T={settings.temperature}, alpha={settings.alpha}, lr={settings.lr} (cosine)"
+                   + (", BatchNorm statistics frozen" if frozen else ""))
         if ctx.dist:
-            ctx.dist.start_finetune(student)
+            ctx.dist.start_finetune(student, freeze_bn=frozen)
         with ctx.ui.progress("distilling", steps) as bar:
             losses = distill(student, ctx.original, dataset, steps=steps, config=settings, seed=cfg.seed,
                              distributed=ctx.dist is not None, device=ctx.device, workers=ctx.data.workers,
@@ -86,7 +88,8 @@ def worker(config, coordinator: Coordinator) -> int:
     message = coordinator.wait()
     if message["cmd"] == "finetune":
         student = torch.load(io.BytesIO(message["student"]), map_location="cpu", weights_only=False)
-        dataset, steps, settings = finetune_plan(config, data.train, coordinator.world_size)
+        dataset, steps, settings = finetune_plan(config, data.train, coordinator.world_size,
+                                                 freeze_bn=message.get("freeze_bn", False))
         distill(student, teacher, dataset, steps=steps, config=settings, seed=config.seed, distributed=True,
                 device=device, workers=data.workers, task=task)
     coordinator.dist.destroy_process_group()

@@ -85,13 +85,15 @@ class Prober:
         if key in self.trained:
             model.load_state_dict(self.trained[key])
             return model.eval()
-        recalibrate_bn(model, self.bn_batches, device=self.ctx.device)
+        frozen = self.ctx.results.baseline.bn_frozen
+        if not frozen:
+            recalibrate_bn(model, self.bn_batches, device=self.ctx.device)
         if cfg.reconstruct:   # after BN recalibration: measured better than before it (docs/benchmarks.md)
             reconstruct(model, self.ctx.original, self.recon_batches, seed=cfg.seed)
         if cfg.probe_finetune_steps:
             distill(model, self.ctx.original, self.ctx.data.train, steps=cfg.probe_finetune_steps,
                     config=DistillConfig(temperature=cfg.temperature, alpha=cfg.alpha, lr=cfg.lr,
-                                         batch_size=cfg.batch_size, augment=cfg.augment),
+                                         batch_size=cfg.batch_size, augment=cfg.augment, freeze_bn=frozen),
                     seed=probe_seed(cfg.seed, key), device=self.ctx.device, workers=self.ctx.data.workers,
                     task=self.ctx.task)
         self.trained[key] = copy.deepcopy(model.state_dict())

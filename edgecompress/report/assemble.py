@@ -50,7 +50,8 @@ def assemble_report(*, config, results, run: dict, result: dict, extra: dict, un
     stage's seconds (`timings_s`, verify's included). `results`: the stages' typed records
     (pipeline/records.py)."""
     cfg, r = config, results
-    base = {k: getattr(r.baseline, k) for k in ("accuracy", "test_accuracy", "latency_ms", "latency_method", "flops", "params")}
+    base = {k: getattr(r.baseline, k) for k in ("accuracy", "test_accuracy", "latency_ms", "latency_method", "flops", "params",
+                                                "bn_recalibrated_accuracy", "bn_frozen")}
     timings = dict(run["timings_s"])
     timings["total"] = round(sum(timings.values()), 3)
     return {

@@ -242,7 +242,8 @@ def test_a_probed_structure_is_trained_once_and_comes_back_as_trained(monkeypatc
     config = SimpleNamespace(bn_batches=1, batch_size=2, seed=0, reconstruct=False, probe_finetune_steps=1,
                              temperature=4.0, alpha=0.9, lr=0.01, augment=False)
     data = SimpleNamespace(train_batches=lambda **k: [x], train=None, workers=0)
-    ctx = SimpleNamespace(config=config, data=data, original=model, device="cpu", task=None)
+    ctx = SimpleNamespace(config=config, data=data, original=model, device="cpu", task=None,
+                          results=SimpleNamespace(baseline=SimpleNamespace(bn_frozen=False)))
     prober = prune.Prober(ctx, plan, [], reference_ms=1.0)
     chosen, other = Structure(blocks=["layer1.1"]), Structure(blocks=["layer2.1"])
     first = {k: v.clone() for k, v in prober.model_for(chosen).state_dict().items()}

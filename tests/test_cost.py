@@ -240,7 +240,7 @@ def test_a_probed_structure_is_trained_once_and_comes_back_as_trained(monkeypatc
     monkeypatch.setattr(prune, "distill", fake_distill)
     monkeypatch.setattr(prune, "recalibrate_bn", lambda *a, **k: None)
     config = SimpleNamespace(bn_batches=1, batch_size=2, seed=0, reconstruct=False, probe_finetune_steps=1,
-                             temperature=4.0, alpha=0.9, lr=0.01, augment=False)
+                             temperature=4.0, alpha=0.9, finetune_lr=lambda task: 0.01, augment=False)
     data = SimpleNamespace(train_batches=lambda **k: [x], train=None, workers=0)
     ctx = SimpleNamespace(config=config, data=data, original=model, device="cpu", task=None,
                           results=SimpleNamespace(baseline=SimpleNamespace(bn_frozen=False)))

@@ -96,7 +96,8 @@ class RunConfig:
     parity_images: int = 256                   # not a flag: images the exported artifact is compared on
     temperature: float = option(4.0, "distillation temperature")
     alpha: float = option(0.9, "weight of the distillation (soft) loss")
-    lr: float = option(0.01, "fine-tuning learning rate (cosine schedule)")
+    lr: float | None = option(None, "fine-tuning learning rate (cosine schedule); default: the task's, "
+                                    "0.01 for a classifier, 0.001 for a detector")
     threads: int | None = option(None, "PyTorch threads (default: the CPU cores this process may use)")
     # the model's preprocessing (inputs/preprocess.py): a preset, and fields that override it
     preprocess: str | None = option(
@@ -179,6 +180,10 @@ class RunConfig:
     def accuracy_floor(self, baseline_accuracy: float) -> float | None:
         """The validation accuracy what ships must keep (`--max-acc-drop` below the original), or None."""
         return None if self.max_acc_drop is None else baseline_accuracy - self.max_acc_drop
+
+    def finetune_lr(self, task) -> float:
+        """`--lr`, else the task's own fine-tuning learning rate."""
+        return self.lr if self.lr is not None else task.finetune_lr
 
     def out_dir(self) -> Path:
         if self.out:

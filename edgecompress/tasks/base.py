@@ -22,6 +22,7 @@ class Task(Protocol):
     metric: str     # what the score is, as the report names it: "top-1", "mAP50-95", a function's name
     unit: str       # "%" for top-1, "" for points of another metric
     collate: Callable | None   # items -> batch (None: torch's default)
+    finetune_lr: float         # the fine-tuning (and probe) learning rate when --lr is not given
 
     def evaluate(self, run: Run, batches: Iterable, *, on_batch: Callable[[int], None] | None = None) -> float:
         """The score in points (0..100, higher is better) of `run` over (images, targets) batches."""

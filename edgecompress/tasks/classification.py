@@ -20,6 +20,7 @@ class ClassificationTask:
     metric: str = field(default="top-1", init=False)
     unit: str = field(default="%", init=False)
     collate: Callable | None = field(default=None, init=False, repr=False)
+    finetune_lr: float = field(default=0.01, init=False)
 
     def evaluate(self, run: Run, batches: Iterable, *, on_batch: Callable[[int], None] | None = None) -> float:
         return engine_accuracy(run, batches, on_batch=on_batch)

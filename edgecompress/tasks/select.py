@@ -57,6 +57,10 @@ class MetricTask:
     def collate(self) -> Callable | None:
         return self.base.collate
 
+    @property
+    def finetune_lr(self) -> float:
+        return self.base.finetune_lr
+
     def evaluate(self, run: Run, batches: Iterable, *, on_batch: Callable[[int], None] | None = None) -> float:
         try:
             value = self.function(run, batches)

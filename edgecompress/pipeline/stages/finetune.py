@@ -23,14 +23,14 @@ from edgecompress.training.distill import DistillConfig, distill, steps_for
 from edgecompress.training.distributed import Coordinator
 
 
-def finetune_plan(config, train: Dataset, world_size: int, *, freeze_bn: bool) -> tuple[Dataset, int, DistillConfig]:
-    """(dataset, steps per rank, distillation settings): the same on every rank, from the config."""
+def finetune_plan(config, train: Dataset, world_size: int, *, task, freeze_bn: bool) -> tuple[Dataset, int, DistillConfig]:
+    """(dataset, steps per rank, distillation settings): the same on every rank, from the config and task."""
     dataset = train
     if config.finetune_samples and config.finetune_samples < len(train):
         # A seeded subset per run: an epoch of all 55,000 images takes minutes on a small CPU.
         idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed + 2))
         dataset = Subset(train, idx[:config.finetune_samples].tolist())
-    settings = DistillConfig(temperature=config.temperature, alpha=config.alpha, lr=config.lr,
+    settings = DistillConfig(temperature=config.temperature, alpha=config.alpha, lr=config.finetune_lr(task),
                              batch_size=config.batch_size, augment=config.augment, freeze_bn=freeze_bn)
     steps = steps_for(config.finetune_epochs, dataset_len=len(dataset), batch_size=settings.batch_size,
                       world_size=world_size)
@@ -52,7 +52,7 @@ class FinetuneStage:
         before = accuracy(ctx, student)
         world_size = ctx.dist.world_size if ctx.dist else 1
         frozen = ctx.results.baseline.bn_frozen
-        dataset, steps, settings = finetune_plan(cfg, ctx.data.train, world_size, freeze_bn=frozen)
+        dataset, steps, settings = finetune_plan(cfg, ctx.data.train, world_size, task=ctx.task, freeze_bn=frozen)
         ctx.ui.say(f"  {steps} steps x {settings.batch_size} images x {world_size} process(es), "
                    f"T={settings.temperature}, alpha={settings.alpha}, lr={settings.lr} (cosine)"
                    + (", BatchNorm statistics frozen" if frozen else ""))
@@ -88,7 +88,7 @@ def worker(config, coordinator: Coordinator) -> int:
     message = coordinator.wait()
     if message["cmd"] == "finetune":
         student = torch.load(io.BytesIO(message["student"]), map_location="cpu", weights_only=False)
-        dataset, steps, settings = finetune_plan(config, data.train, coordinator.world_size,
+        dataset, steps, settings = finetune_plan(config, data.train, coordinator.world_size, task=task,
                                                  freeze_bn=message.get("freeze_bn", False))
         distill(student, teacher, dataset, steps=steps, config=settings, seed=config.seed, distributed=True,
                 device=device, workers=data.workers, task=task)

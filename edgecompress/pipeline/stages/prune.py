@@ -92,7 +92,7 @@ class Prober:
             reconstruct(model, self.ctx.original, self.recon_batches, seed=cfg.seed)
         if cfg.probe_finetune_steps:
             distill(model, self.ctx.original, self.ctx.data.train, steps=cfg.probe_finetune_steps,
-                    config=DistillConfig(temperature=cfg.temperature, alpha=cfg.alpha, lr=cfg.lr,
+                    config=DistillConfig(temperature=cfg.temperature, alpha=cfg.alpha, lr=cfg.finetune_lr(self.ctx.task),
                                          batch_size=cfg.batch_size, augment=cfg.augment, freeze_bn=frozen),
                     seed=probe_seed(cfg.seed, key), device=self.ctx.device, workers=self.ctx.data.workers,
                     task=self.ctx.task)

@@ -251,3 +251,37 @@ def test_a_probed_structure_is_trained_once_and_comes_back_as_trained(monkeypatc
     again = prober.model_for(chosen)
     assert len(trained) == 2, "asked for again, the chosen structure was trained again"
     assert all(torch.equal(first[k], v) for k, v in again.state_dict().items())
+
+
+def test_removals_that_looked_measurable_are_priced_by_a_second_timing_of_them_alone(monkeypatch):
+    """The winner's curse: the kinds picked out of the table for a low ratio are timed again with
+    the original only, and that timing (which did not pick them) prices them; the others are not
+    timed again, and an estimate (no noise) is taken as it is."""
+    from edgecompress.pipeline import costs
+    from edgecompress.pipeline.builder import ORIGINAL
+    from edgecompress.targets.timing import Ratio
+    ratios = {ORIGINAL: Ratio(1.0, 1.0, 1.0), "lucky": Ratio(0.88, 0.80, 0.95), "real": Ratio(0.90, 0.88, 0.92),
+              "slow": Ratio(0.99, 0.95, 1.03), "pair": Ratio(0.92, 0.90, 0.94)}
+    members = {ORIGINAL: 1, "lucky": 1, "real": 1, "slow": 1, "pair": 2}
+    timed = []
+
+    def second(target, builds, *, reference, **kw):
+        timed.append(sorted(builds))
+        again = {ORIGINAL: Ratio(1.0, 1.0, 1.0), "lucky": Ratio(1.0, 0.97, 1.03), "real": Ratio(0.91, 0.90, 0.92),
+                 "pair": Ratio(0.93, 0.92, 0.94)}
+        return SimpleNamespace(ratios={n: again[n] for n in builds}, blocks=12, seconds=3.0, stopped="precise")
+
+    monkeypatch.setattr(costs, "relative_timing", second)
+    ctx = SimpleNamespace(target=SimpleNamespace(latency_source="local"), ui=SimpleNamespace(say=lambda s: None))
+    builds = {n: f"engine {n}" for n in ratios}
+    out, record = costs.confirm(ctx, builds, ratios, members, per_engine_s=1.0)
+    assert timed == [sorted([ORIGINAL, "lucky", "real", "pair"])]          # "slow" never looked measurable
+    assert out["lucky"] == Ratio(1.0, 0.97, 1.03) and out["real"] == Ratio(0.91, 0.90, 0.92)
+    assert out["slow"] == ratios["slow"]
+    assert record["picked"] == ["lucky", "real", "pair"] and record["kept"] == ["real", "pair"]
+    table = {"entries": {f"block:{n}": {"kind": "block", "name": n, "units": 0, "deviation": 0.1} for n in ("lucky", "real")},
+             "ratios": {f"block:{n}": costs.per_member(out[n], 1) for n in ("lucky", "real")}}
+    saving = {r.name: r.saving_ms for r in removals(table, reference_ms=1.0, blocks=[])}
+    assert saving == {"lucky": 0.0, "real": pytest.approx(0.09)}
+    ctx.target.latency_source = "estimate"
+    assert costs.confirm(ctx, builds, ratios, members, per_engine_s=1.0) == (ratios, None) and len(timed) == 1

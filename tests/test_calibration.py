@@ -349,3 +349,26 @@ def test_nncf_draws_no_progress_bars_into_the_run_output(tiny, tmp_path, capsys)
     assert plain_int8("openvino", path, tmp_path, batches).exists()
     out = capsys.readouterr().out
     assert "Statistics collection" not in out and "━" not in out, out
+
+
+def test_a_float_fallback_ships_on_the_runtime_measurably_fastest_at_that_precision():
+    """The runtime was chosen for INT8; INT8 missed the budget: FP32 ships on the runtime whose
+    original FP32 the baseline timed measurably faster (intervals apart), else the runtime stays."""
+    from types import SimpleNamespace
+
+    from edgecompress.pipeline.stages.calibrate import runtime_for
+
+    def cand(runtime, precision, ratio, low, high):
+        return {"runtime": runtime, "precision": precision, "ratio": {"ratio": ratio, "low": low, "high": high}}
+
+    candidates = {"openvino int8": cand("openvino", "int8", 1.0, 1.0, 1.0), "openvino fp32": cand("openvino", "fp32", 0.71, 0.71, 0.75),
+                  "ort int8": cand("ort", "int8", 0.70, 0.67, 0.71), "ort fp32": cand("ort", "fp32", 0.99, 0.96, 1.03)}
+    ctx = SimpleNamespace(target=SimpleNamespace(runtime="ort"),
+                          results=SimpleNamespace(baseline=SimpleNamespace(settings_choice={"candidates": candidates})))
+    assert runtime_for(ctx, "fp32") == "openvino"
+    assert runtime_for(ctx, "int8") == "ort"                   # the precision it was chosen for
+    assert runtime_for(ctx, "fp16") == "ort"                   # not timed in the baseline: stays
+    candidates["ort fp32"] = cand("ort", "fp32", 0.74, 0.72, 0.78)
+    assert runtime_for(ctx, "fp32") == "ort"                   # overlapping intervals: stays
+    ctx.results.baseline.settings_choice = {}                  # estimated / remote: nothing timed
+    assert runtime_for(ctx, "fp32") == "ort"

@@ -285,3 +285,16 @@ def test_removals_that_looked_measurable_are_priced_by_a_second_timing_of_them_a
     assert saving == {"lucky": 0.0, "real": pytest.approx(0.09)}
     ctx.target.latency_source = "estimate"
     assert costs.confirm(ctx, builds, ratios, members, per_engine_s=1.0) == (ratios, None) and len(timed) == 1
+
+
+def test_an_estimated_table_counts_savings_under_the_compile_noise_bar():
+    """A 2 % saving is under what two compiles differ by when timed, so it counts for nothing; an
+    estimate has no compile noise, so there it counts (rounded to the 1 % resolution)."""
+    table = {"entries": {"block:b": {"kind": "block", "name": "b", "units": 0, "deviation": 0.1},
+                         "width:g:8": {"kind": "width", "name": "g", "units": 8, "deviation": 0.1}},
+             "ratios": {"block:b": {"ratio": 0.98, "low": 0.98, "high": 0.98},
+                        "width:g:8": {"ratio": 0.996, "low": 0.996, "high": 0.996}}}
+    for stopped, expected in [("time cap", 0.0), ("remote", 0.0), ("estimate", pytest.approx(0.02))]:
+        saving = {r.name: r.saving_ms for r in removals({**table, "timing": {"stopped": stopped}},
+                                                         reference_ms=1.0, blocks=[])}
+        assert saving == {"b": expected, "g": 0.0}

@@ -109,6 +109,7 @@ class CalibrateRecord(Record):
     budget_accuracy: float
     keep_float: list[str]
     backend: str
+    runtime: str = ""               # the runtime it ships on (calibrate.runtime_for; "": the baseline's)
 
 
 @dataclass

@@ -79,3 +79,27 @@ def test_c2f_bottlenecks_are_removable_depth_and_fold_exactly():
     assert shallow.stage2[1].cv2.conv.in_channels == width - shallow.stage2[1].c
     assert len(shallow.stage2[1].m) == 0 and len(shallow.stage1[1].m) == 1
     assert find_groups(shallow, x[:1], ignored=head_output_layers(shallow))   # still traceable
+
+
+def test_engines_are_exported_with_each_c2f_one_conv_again_whatever_pruning_left(tmp_path):
+    """The unsplit form adds a 1x1 conv per C2f (7-12 % of the jetson-orin estimate of the zoo
+    detector): the export joins the halves again, unequal widths included, with the same outputs."""
+    import onnx
+
+    from edgecompress.pipeline.builder import export_onnx
+    from edgecompress.pruning.detection import C2fJoined, joined
+    model, x = trained_like(), torch.rand(2, 3, 64, 64)
+    unsplit_c2f(model)
+    groups = {g.key: g for g in find_groups(model, x[:1], ignored=head_output_layers(model))}
+    key = next(k for k in groups if "stage1.1.cv1a" in k)
+    pruned = prune_copy(model, x[:1], {key: list(range(0, groups[key].width, 2))})
+    one = joined(pruned)
+    block = one.stage1[1]
+    assert isinstance(block, C2fJoined) and block.sizes[0] < block.sizes[1]
+    assert isinstance(pruned.stage1[1], C2fUnsplit)                          # a copy: the model is as it was
+    with torch.no_grad():
+        assert torch.allclose(one(x), pruned(x), atol=1e-5)
+    convs = {name: sum(n.op_type == "Conv" for n in onnx.load(str(path)).graph.node) for name, path in
+             [("exported", export_onnx(pruned, tmp_path / "a.onnx", input_shape=(3, 64, 64), batch=1)),
+              ("original", export_onnx(trained_like(), tmp_path / "b.onnx", input_shape=(3, 64, 64), batch=1))]}
+    assert convs["exported"] == convs["original"]

@@ -25,6 +25,7 @@ from edgecompress.exporters import to_onnx
 from edgecompress.inputs.splits import DataSplits
 from edgecompress.pipeline.rundir import process_alive, process_start
 from edgecompress.profiles import Profile
+from edgecompress.pruning.detection import joined
 from edgecompress.targets import BuildResult, Target
 
 PROBE_CALIBRATION = 64      # training images that calibrate an INT8 probe (its latency, not its accuracy)
@@ -186,7 +187,9 @@ def scratch_dir() -> Path:
 
 def export_onnx(model: nn.Module, dst: Path, *, input_shape: tuple[int, ...], batch: int | None,
                 simplify: bool = True) -> Path:
-    """to_onnx with the export failure turned into the user's message naming the operation."""
+    """to_onnx with the export failure turned into the user's message naming the operation; a
+    detector pruned in unsplit form is exported with its C2f blocks joined again (pruning/detection)."""
+    model = joined(model)
     try:
         with quiet_stdout():
             return to_onnx(model, dst, input_shape=input_shape, batch=batch, simplify=simplify)

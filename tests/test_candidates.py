@@ -79,6 +79,7 @@ def test_estimated_targets_spend_no_accuracy_below_1_05x(monkeypatch, gain, pays
     _fake_timing(monkeypatch, {UNPRUNED: (gain, gain, gain), "yardstick": (gain, gain, gain)})
     _, decision = _decide(_ctx("estimate"), PRUNED)
     assert decision["unpruned"] is not pays
+    assert pays or f"estimated {gain:.4f}x of the {UNPRUNED} engine's speed, under the 1.05x" in decision["why"]
 
 
 def test_a_latency_budget_the_table_met_but_the_timing_missed_tightens_the_next_search(monkeypatch):

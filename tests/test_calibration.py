@@ -367,6 +367,9 @@ def test_a_float_fallback_ships_on_the_runtime_measurably_fastest_at_that_precis
                           results=SimpleNamespace(baseline=SimpleNamespace(settings_choice={"candidates": candidates})))
     assert runtime_for(ctx, "fp32") == "openvino"
     assert runtime_for(ctx, "int8") == "ort"                   # the precision it was chosen for
+    ctx.target.runtime = "openvino"
+    assert runtime_for(ctx, "int8") == "openvino"              # INT8 stays where its accuracy was checked
+    ctx.target.runtime = "ort"
     assert runtime_for(ctx, "fp16") == "ort"                   # not timed in the baseline: stays
     candidates["ort fp32"] = cand("ort", "fp32", 0.74, 0.72, 0.78)
     assert runtime_for(ctx, "fp32") == "ort"                   # overlapping intervals: stays

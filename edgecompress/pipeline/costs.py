@@ -218,13 +218,18 @@ def confirm(ctx: Context, builds: dict, ratios: dict[str, Ratio], members: dict[
     of them timed 1.02x [0.99, 1.04] side by side. The second timing's cap gives each engine the
     table's time per engine (the default run: 10 of 15 kinds again, 9 kept, ~40 s). Estimated
     targets have no noise: as they are."""
-    picked = [n for n in ratios if n != ORIGINAL
-              and _measurable(_ratio(per_member(ratios[n], members[n])), ORIGINAL_RATIO, members[n])]
-    if not picked or ctx.target.latency_source == "estimate":
+    if ctx.target.latency_source == "estimate":
+        return ratios, None
+
+    def saves(kinds: dict[str, Ratio], name: str) -> bool:   # a member's share beats the original
+        return _measurable(_ratio(per_member(kinds[name], members[name])), ORIGINAL_RATIO, members[name])
+
+    picked = [n for n in ratios if n != ORIGINAL and saves(ratios, n)]
+    if not picked:
         return ratios, None
     again = relative_timing(ctx.target, {ORIGINAL: builds[ORIGINAL], **{n: builds[n] for n in picked}},
                             reference=ORIGINAL, max_time_s=per_engine_s * (len(picked) + 1), half_width=TABLE_HALF_WIDTH)
-    kept = [n for n in picked if _measurable(_ratio(per_member(again.ratios[n], members[n])), ORIGINAL_RATIO, members[n])]
+    kept = [n for n in picked if saves(again.ratios, n)]
     ctx.ui.say(f"  latency table: the {len(picked)} kinds that looked measurable timed again with the original: "
                f"{len(kept)} still are ({again.blocks} blocks, {again.seconds:.0f} s, {again.stopped})")
     record = {"picked": picked, "kept": kept, "blocks": again.blocks, "seconds": round(again.seconds, 3),

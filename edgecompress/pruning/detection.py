@@ -61,9 +61,7 @@ def joined(model: nn.Module) -> nn.Module:
         return model
     out = copy.deepcopy(model)
     for name in [n for n, m in out.named_modules() if isinstance(m, C2fUnsplit)]:
-        parent_name, _, attr = name.rpartition(".")
-        parent = out.get_submodule(parent_name) if parent_name else out
-        setattr(parent, attr, C2fJoined(getattr(parent, attr)))
+        out.set_submodule(name, C2fJoined(out.get_submodule(name)))
     return out
 
 
@@ -110,9 +108,7 @@ def unsplit_c2f(model: nn.Module) -> list[str]:
     """Replace every C2f-shaped block of `model` in place; returns the names replaced."""
     names = [name for name, m in model.named_modules() if name and is_c2f(m)]
     for name in names:
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, C2fUnsplit(getattr(parent, attr)))
+        model.set_submodule(name, C2fUnsplit(model.get_submodule(name)))
     return names
 
 

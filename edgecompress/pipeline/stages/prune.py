@@ -278,10 +278,12 @@ class PruneStage:
                     "timing": {k: v for k, v in timing.to_dict().items() if k != "ratios"}}
         if pays:
             return outcome, decision
-        why = (f"the pruned model is not measurably faster than the {UNPRUNED} engine: {gains[UNPRUNED]} "
-               f"(side by side, 95 % interval)") if threshold == 1.0 else (
-               f"the pruned model is estimated {r.median:.4f}x of the {UNPRUNED} engine's speed, under the "
-               f"{PAYS_ESTIMATED}x an estimate must show (a smaller gain is inside the estimator's error)")
+        if threshold == 1.0:
+            why = (f"the pruned model is not measurably faster than the {UNPRUNED} engine: {r} "
+                   f"(side by side, 95 % interval)")
+        else:
+            why = (f"the pruned model is estimated {r.median:.4f}x of the {UNPRUNED} engine's speed, under the "
+                   f"{PAYS_ESTIMATED}x an estimate must show (a smaller gain is inside the estimator's error)")
         decision["why"] = why
         return _unpruned_outcome(ctx, budget, why, prober.reference_ms), decision
 

@@ -212,15 +212,18 @@ def test_pruning_share_is_timed_against_the_unpruned_engine_at_the_shipped_engin
 
 def test_verify_headline_is_over_the_fastest_plain_engine_timed_beside_the_engine():
     """The baseline's yardstick was picked in its own timing; verify times again every plain engine
-    that keeps the promise and was close to it there, and the headline is over the fastest of them
-    in verify's timing (a baseline took plain ORT FP32 where NNCF INT8 was 1.18x faster)."""
+    that keeps the promise and was not measurably slower there, and the headline is over the
+    fastest of them in verify's timing (a baseline took plain ORT FP32 where NNCF INT8 was 1.18x
+    faster); one the baseline timed clearly slower is left out (its blocks would be the headline's)."""
     from edgecompress.pipeline.stages.verify import ENGINE, PLAIN, TUNED, YARDSTICK, fastest_plain, rival_plain_engines
     from edgecompress.targets.timing import Ratio, Timing
     engines = {"int8": {"plain": False, "ratio": {"ratio": 0.6}},
-               "plain-int8": {"plain": True, "ratio": {"ratio": 0.90}, "accuracy": 94.8},       # the yardstick
-               "plain-fp32": {"plain": True, "ratio": {"ratio": 1.00}, "accuracy": 95.0},       # close: timed again
+               "plain-int8": {"plain": True, "ratio": {"ratio": 0.90, "low": 0.88, "high": 0.92}, "accuracy": 94.8},
+               # intervals 3 % apart at most: timed again
+               "plain-fp32": {"plain": True, "ratio": {"ratio": 0.97, "low": 0.94, "high": 1.00}, "accuracy": 95.0},
                "ort-plain-fp32": {"plain": True, "ratio": {"ratio": 0.95}, "accuracy": 93.0},   # breaks the promise
-               "ort-plain-int8": {"plain": True, "ratio": {"ratio": 2.20}, "accuracy": 95.0}}   # far slower
+               # measurably slower (0.96 > 0.92 x 1.03)
+               "ort-plain-int8": {"plain": True, "ratio": {"ratio": 0.99, "low": 0.96, "high": 1.02}, "accuracy": 95.0}}
     said = []
     ctx = SimpleNamespace(builder=SimpleNamespace(engine=lambda model, record: record), original=None,
                           budget=Budget(min_accuracy=94.0), ui=SimpleNamespace(say=said.append),

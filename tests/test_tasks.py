@@ -145,3 +145,16 @@ def test_fine_tuning_learning_rate_is_the_tasks_unless_given():
     config = RunConfig(target="x86-cpu", max_acc_drop=1)
     assert [config.finetune_lr(t) for t in (classify, detect, metric)] == [0.01, 0.001, 0.001]
     assert RunConfig(target="x86-cpu", max_acc_drop=1, lr=0.05).finetune_lr(detect) == 0.05
+
+
+def test_the_fine_tune_after_the_search_never_trains_less_than_a_probe():
+    """An epoch of a small set (the detection demo's 2,000 images: 16 steps of 128) is fewer steps
+    than each search probe trained (100): the fine-tune meant to recover most trained least."""
+    from torch.utils.data import TensorDataset
+    from edgecompress.pipeline.stages.finetune import finetune_plan
+    detect, small = select_task("detect", num_classes=10), TensorDataset(torch.zeros(2000, 1))
+
+    def steps(world_size: int = 1, **kw) -> int:
+        return finetune_plan(_config(**kw), small, world_size, task=detect, freeze_bn=False)[1]
+    assert steps() == 100 and steps(world_size=2) == 50 and steps(probe_finetune_steps=10) == 16
+    assert steps(finetune_epochs=20) == 313 and steps(finetune_epochs=0) == 0

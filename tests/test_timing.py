@@ -78,7 +78,15 @@ def test_impossible_precision_stops_at_the_time_cap_and_says_so():
 
 def test_time_cap_never_cuts_below_the_fewest_blocks_with_an_interval():
     timing, _ = fake_compare({"a": 100.0, "b": 100.0}, half_width=1e-9, min_blocks=6, max_time_s=0.01)
-    assert timing.stopped == "time cap" and timing.blocks == MIN_BLOCKS
+    # the first phase's MIN_BLOCKS, ended by the clock, and as many fresh ones
+    assert timing.stopped == "time cap" and timing.blocks == 2 * MIN_BLOCKS
+
+
+def test_a_width_rule_that_ran_out_of_time_reports_both_phases_blocks_a_decision_only_the_fresh_ones():
+    by_width, _ = fake_compare({"a": 1.0, "b": 1.1}, half_width=1e-9, min_blocks=6, max_time_s=1.0)
+    by_decision, _ = fake_compare({"a": 1.0, "b": 1.1}, until=lambda ratios: False, min_blocks=6, max_time_s=1.0)
+    assert by_width.stopped == by_decision.stopped == "time cap"
+    assert by_width.blocks == pytest.approx(2 * by_decision.blocks, rel=0.2)
 
 
 def test_until_stops_early_as_precise():
@@ -135,7 +143,7 @@ def test_slow_calls_get_fewer_runs_per_block():
     slow, _ = fake_compare({"a": 100.0, "b": 100.0}, min_blocks=6, max_time_s=5.0)
     assert 1 <= slow.runs_per_block <= 5        # 20 x ~100 ms would be a 2 s block
     very_slow, _ = fake_compare({"a": 2000.0, "b": 2000.0}, min_blocks=6, max_time_s=5.0)
-    assert very_slow.runs_per_block == 1 and very_slow.blocks == MIN_BLOCKS
+    assert very_slow.runs_per_block == 1 and very_slow.blocks == 2 * MIN_BLOCKS   # both phases: time cap
 
 
 def test_median_interval_is_the_binomial_order_statistics():
@@ -215,7 +223,8 @@ def test_local_targets_give_callers_that_compare_can_interleave(tmp_path, conv_o
     monkeypatch.setattr(type(target), "caller", counted)
     timing = time_builds(target, {"a": build, "b": build}, reference="a", warmup=1, runs_per_block=2,
                          min_blocks=6, max_time_s=0.2)
-    expected = 1 + 2 * timing.blocks * timing.runs_per_block
+    phases = 1 if timing.stopped == "time cap" else 2   # time cap: both phases' blocks are reported
+    expected = 1 + phases * timing.blocks * timing.runs_per_block
     assert counts == {"a": expected, "b": expected}
 
 
@@ -261,8 +270,9 @@ def test_time_builds_runs_the_engines_in_a_fresh_process_of_their_own(tmp_path, 
     assert groups == [{n: spec[n] for n in ("a", "b", "ort 1 thread")}, {"ort": spec["ort"]},
                       {"ort again": spec["ort again"]}]
     assert spec["b"][2] != spec["a"][2]
-    # warm-up: one call of each engine; then each engine's blocks of two (the pilot's, the answer's)
-    assert asked.count(1) == 5 and asked.count(2) >= 2 * timing.blocks * 5 and timing.ratios["a"].median == 1.0
+    # warm-up: one call of each engine; then each engine's blocks of two (time cap: all are reported)
+    phases = 1 if timing.stopped == "time cap" else 2
+    assert asked.count(1) == 5 and asked.count(2) == phases * timing.blocks * 5 and timing.ratios["a"].median == 1.0
     assert set(timing.ratios) == set(timing.ms) == set(builds)
     host = isolated.start_host().process.pid
     workers = Path(f"/proc/{host}/task/{host}/children").read_text().split()
@@ -349,6 +359,20 @@ def test_the_reported_interval_keeps_its_coverage_under_the_adaptive_stop():
     blocks, so it excludes the truth about 5 % of the time (binomial noise over 300 runs: sd 1.3
     points)."""
     assert _false_exclusions(300) <= 0.08
+
+
+def test_a_time_capped_interval_with_the_first_phases_blocks_keeps_its_coverage():
+    """The width rule never met (half_width 1e-9), the clock ends the first phase and its blocks
+    are reported with the fresh ones: two copies of one engine, the interval excludes their true
+    ratio 1 about 5 % of the time (binomial noise over 300 runs: sd 1.3 points)."""
+    wrong = 0
+    for i in range(300):
+        machine = FakeMachine(i, noise=0.1, period_s=1e9)
+        timing = compare({"a": machine.engine(1.0), "b": machine.engine(1.0)}, reference="a", runs_per_block=1,
+                         warmup=0, min_blocks=MIN_BLOCKS, max_time_s=0.3, half_width=1e-9, seed=i, clock=machine.clock)
+        assert timing.stopped == "time cap"
+        wrong += timing.ratios["b"].excludes(1.0)
+    assert wrong / 300 <= 0.08
 
 
 def test_decided_waits_until_the_threshold_is_clear_by_a_margin():

@@ -85,7 +85,8 @@ class RunConfig:
                                     "(default: the pruning engine's)", choices=_allocations)
     reconstruct: bool = option(False, "least-squares reconstruction of the next layer after pruning")
     min_search_interval: float = option(0.01, "stop the search below this cr interval")
-    finetune_epochs: float = option(1.0, "distillation epochs after the search")
+    finetune_epochs: float = option(1.0, "distillation epochs after the search (at least a probe's "
+                                          "steps; 0: none)")
     # None: the whole train split (the flag's 0)
     finetune_samples: int | None = option(20000, "training images per fine-tuning epoch (0: all)",
                                           from_flag=lambda n: n or None)

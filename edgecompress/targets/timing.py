@@ -13,8 +13,9 @@ order, so all engines of a block see the same machine speed and none is always f
 engine/reference of one block cancels the drift; the median of those per-block ratios, with its
 95 % interval, is the answer. A first phase finds how many blocks the decision at hand needs
 (`until`, or a relative half-width; or the time cap, and says which); then as many fresh blocks
-are timed and only they give the answer, so looking at the interval while deciding when to stop
-does not shrink its coverage below 95 %.
+are timed and give the answer, so looking at the interval while deciding when to stop does not
+shrink its coverage below 95 % (the first phase's blocks count too when the clock, not a look,
+ended it and the rule was a width).
 
 numpy only: runtimes hand in zero-argument calls (`Target.caller`), tests hand in fake ones.
 """
@@ -180,7 +181,8 @@ def compare(calls: dict[str, Callable[[], object]], *, reference: str, runs_per_
     stopping, and an interval chosen that way covers less than 95 % (many looks, many chances to
     be wrong). The second phase times as many FRESH blocks as the first took, a count fixed before
     they start, and every figure returned (ratios, intervals, ms, `blocks`) comes from those
-    alone, so their 95 % coverage is exact. `seconds` is both phases. Deterministic given `seed`
+    alone, so their 95 % coverage is exact; when the first phase ran out of time on a width rule
+    (no `until`), from its blocks and those. `seconds` is both phases. Deterministic given `seed`
     and the calls' timings. `paired_with`: engine -> the call its per-block ratio divides by
     instead of the reference's (a copy of the reference in the engine's own process)."""
     _check_args(calls, reference, runs_per_block, warmup, half_width, min_blocks, max_time_s, paired_with or {})
@@ -193,13 +195,18 @@ def compare(calls: dict[str, Callable[[], object]], *, reference: str, runs_per_
         return _time_block([calls[n] for n in names], rng.permutation(len(names)), runs, clock)
     pilot, stopped = _pilot(block, names, pairs, min_blocks, max_time_s / 2, until, half_width,
                             elapsed=lambda: clock() - start)
-    fresh = [block() for _ in range(pilot)]
-    return _timing(fresh, names, reference, pairs, runs, clock() - start, stopped)
+    fresh = [block() for _ in range(len(pilot))]
+    # A width rule that ran out of time: the clock ended the first phase, not a look at the figures,
+    # and a width that never came within `half_width` says nothing of where the median lies, so
+    # its blocks count too (twice the blocks in the same time). Not after `until`: it looks at
+    # where the interval lies, and its blocks are those that had not yet cleared the threshold.
+    rows = pilot + fresh if stopped == "time cap" and until is None else fresh
+    return _timing(rows, names, reference, pairs, runs, clock() - start, stopped)
 
 
 def _pilot(block: Callable[[], np.ndarray], names: list[str], pairs: dict[str, str], min_blocks: int, cap_s: float,
-           until: Until | None, half_width: float, *, elapsed: Callable[[], float]) -> tuple[int, str]:
-    """(blocks needed, why it stopped): the adaptive first phase of `compare`, its blocks discarded."""
+           until: Until | None, half_width: float, *, elapsed: Callable[[], float]) -> tuple[list[np.ndarray], str]:
+    """(its blocks, why it stopped): the adaptive first phase of `compare`."""
     rows: list[np.ndarray] = []
     next_check = min_blocks
     while True:
@@ -207,9 +214,9 @@ def _pilot(block: Callable[[], np.ndarray], names: list[str], pairs: dict[str, s
         if len(rows) >= next_check:
             next_check = len(rows) + max(1, len(rows) // CHECK_FRACTION)
             if _precise(_ratios(rows, names, pairs), until, half_width):
-                return len(rows), "precise"
+                return rows, "precise"
         if len(rows) >= MIN_BLOCKS and elapsed() >= cap_s:
-            return len(rows), "time cap"
+            return rows, "time cap"
 
 
 def time_builds(target: Target, builds: dict[str, BuildResult], *, reference: str, **kw) -> Timing:

@@ -103,11 +103,21 @@ def test_choose_settings_keeps_the_defaults_unless_measurably_faster(tmp_path, p
 def test_shipped_and_plain_engines_share_one_fixed_shape_and_verify_times_what_load_applies(
         tmp_path, monkeypatch, fault_weights):
     from edgecompress.cli import main
+    from edgecompress.targets import isolated
     monkeypatch.chdir(REPO)
+    comparisons, real_calls = [], isolated.isolated_calls
+
+    def calls(groups, fresh=False):
+        comparisons.append(({name for group in groups for name in group}, fresh))
+        return real_calls(groups, fresh=fresh)
+    monkeypatch.setattr(isolated, "isolated_calls", calls)
     argv = tiny_argv(tmp_path / "run", fault_weights)
     argv[argv.index("tiny-estimate")] = "tiny-measured"
     assert main(argv) == 0
     run = tmp_path / "run"
+    # verify's engines each in a fresh interpreter, as the user's application starts; the rest forked
+    headline = [fresh for names, fresh in comparisons if {"engine", "yardstick"} <= names]
+    assert headline and all(headline) and not any(fresh for names, fresh in comparisons if "engine" not in names)
     report, deploy = json.loads((run / "report.json").read_text()), read_deployment(run)
     shape = list(deploy.input_shape)
     assert shape[0] == 1 and -1 not in shape   # the profile's batch, fixed

@@ -173,7 +173,8 @@ class RunEngine:
         from edgecompress.targets.timing import time_builds
         with runtime_reads(self._reference().engine, self.target.runtime):
             timing = time_builds(self.target, {"engine": self.build, "reference": self._reference()},
-                                 reference="reference", max_time_s=self.target.profile.benchmark.compare_time_s)
+                                 reference="reference", max_time_s=self.target.profile.benchmark.compare_time_s,
+                                 fresh=True)   # as verify timed the ratio it holds the engine to
         r = timing.ratios["engine"]
         result.comparisons.append(self._against(result, "ratio to the reference engine", "x", self._reference_ratio(),
                                                 r.median, low=r.low, high=r.high,

@@ -219,11 +219,13 @@ def _pilot(block: Callable[[], np.ndarray], names: list[str], pairs: dict[str, s
             return rows, "time cap"
 
 
-def time_builds(target: Target, builds: dict[str, BuildResult], *, reference: str, **kw) -> Timing:
+def time_builds(target: Target, builds: dict[str, BuildResult], *, reference: str, fresh: bool = False,
+                **kw) -> Timing:
     """`compare` the engines of `builds` on this machine, each loaded with its own settings, in
     fresh processes, not the run's (targets/isolated.py; in this process only where the profile's
     benchmark says `isolate: false`): each ONNX Runtime session with a thread pool in a process of
-    its own, the other processes stopped while one runs its block (`process_groups`). The warm-up
+    its own, the other processes stopped while one runs its block (`process_groups`); `fresh`:
+    each process a fresh interpreter, as a user's application (`isolated_calls`). The warm-up
     defaults to the profile's (a runtime's first calls compile and allocate)."""
     if target.latency_source != "local":
         raise UserError(f"{target.profile.name} latency is {target.latency_source}, not timed on this machine",
@@ -234,7 +236,7 @@ def time_builds(target: Target, builds: dict[str, BuildResult], *, reference: st
     from edgecompress.targets.isolated import isolated_calls, process_groups
     groups = process_groups({name: (b.engine, b.runtime, target.settings(b), target.profile.batch)
                              for name, b in builds.items()})
-    return compare(isolated_calls(groups), reference=reference, **kw)
+    return compare(isolated_calls(groups, fresh=fresh), reference=reference, **kw)
 
 
 def _combined(timings: list[Timing], reference: str, ratios: dict[str, Ratio], ms: dict[str, float]) -> Timing:

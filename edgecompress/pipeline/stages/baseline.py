@@ -28,11 +28,10 @@ OURS_INT8 = "int8"
 # BatchNorm statistics stay frozen when recomputing the original's on training images costs it more
 # than this share of the accuracy budget (the probes recompute them after every pruning)
 BN_TOLERANCE = 0.25
-
-
 # the baseline's comparisons are width rules: a time-capped one reports both phases' blocks
 # (timing.compare), so a third of compare_time_s a layout gives more blocks than half did before
 WIDTH_SHARE = 1 / 3
+
 
 class BaselineStage:
     name, what = "baseline", "the original model, our runtime settings, and the plain engines a user gets, side by side"

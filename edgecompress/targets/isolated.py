@@ -166,7 +166,8 @@ def _package_root() -> str:
 
 
 def serve_host(fd: int) -> None:
-    """The host: forks the comparison's workers (one per group), relays block requests to the
+    """The host: forks the comparison's workers (one per group; spawns them, fresh interpreters,
+    when the "open" asks for `fresh`), relays block requests to the
     one holding the engine; ends when the parent's end closes (the workers are daemons and go
     with it)."""
     conn = Connection(fd)

@@ -177,3 +177,16 @@ def write_result(path: Path, result: dict) -> None:
     import json
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def write_ways(found: dict, path: Path | None, *, key: str, label: str) -> None:
+    """Print and write (`path`) one ratio per way of timing a pair: the median over its comparisons
+    of each end (`over_layouts`) beside every comparison's ratio (`found`: way -> [Ratio])."""
+    import sys
+    from edgecompress.targets.timing import over_layouts
+    rows = [{key: way, f"{label} (median)": over_layouts(rs).to_dict(), "each": [r.to_dict() for r in rs]}
+            for way, rs in found.items()]
+    for row in rows:
+        print(row[key], row[f"{label} (median)"])
+    if path:
+        write_result(path, {"command": " ".join(sys.argv), "rows": rows})

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_result  # noqa: E402
+from _common import write_ways  # noqa: E402
 from user_view import interleave, original, shipped_engine, user_engines  # noqa: E402
 
 from edgecompress.targets import isolated  # noqa: E402
-from edgecompress.targets.timing import Ratio, compare, median_interval, over_layouts  # noqa: E402
+from edgecompress.targets.timing import Ratio, compare, median_interval  # noqa: E402
 
 
 def forked(specs: dict, *, max_time_s: float, seed: int) -> Ratio:
@@ -66,13 +66,7 @@ def main() -> None:
                          else spawned(specs, x, max_time_s=args.max_time_s, seed=seed))
                     found[way].append(r)
                     print(f"host {round_} layout {seed} {way:<7} nncf / shipped {r}", flush=True)
-    rows = [{"way": way, "nncf over shipped (median)": over_layouts(rs).to_dict(),
-             "each": [r.to_dict() for r in rs]} for way, rs in found.items()]
-    for row in rows:
-        print(row["way"], row["nncf over shipped (median)"])
-    if args.json:
-        write_result(args.json, {"command": " ".join(sys.argv), "rows": rows})
-
+    write_ways(found, args.json, key="way", label="nncf over shipped")
 
 if __name__ == "__main__":
     main()

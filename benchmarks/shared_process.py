@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_result  # noqa: E402
+from _common import write_ways  # noqa: E402
 from user_view import interleave, original, shipped_engine, user_engines  # noqa: E402
 
-from edgecompress.targets.timing import Ratio, median_interval, over_layouts  # noqa: E402
+from edgecompress.targets.timing import Ratio, median_interval  # noqa: E402
 
 
 def main() -> None:
@@ -50,13 +50,7 @@ def main() -> None:
                 r = Ratio(*median_interval(np.array([ms["nncf"] / ms["shipped"] for ms, _ in rows])))
                 found[name].append(r)
                 print(f"layout {seed} {name:<6} nncf / shipped {r}  ({len(rows)} blocks)", flush=True)
-    rows = [{"layout": name, "nncf over shipped (median of layouts)": over_layouts(rs).to_dict(),
-             "each layout": [r.to_dict() for r in rs]} for name, rs in found.items()]
-    for row in rows:
-        print(row["layout"], row["nncf over shipped (median of layouts)"])
-    if args.json:
-        write_result(args.json, {"command": " ".join(sys.argv), "rows": rows})
-
+    write_ways(found, args.json, key="layout", label="nncf over shipped")
 
 if __name__ == "__main__":
     main()

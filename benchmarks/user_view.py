@@ -4,9 +4,9 @@ loader), against the plain engines a user makes from the original without the to
 with the runtime's documented recipe, at its defaults:
 
   torch.onnx.export(model, torch.randn(1, C, H, W), path)            # a fixed input, no onnxsim
-  OpenVINO:  core.compile_model(path, "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+  OpenVINO:  compiled = core.compile_model(path, "CPU", {"PERFORMANCE_HINT": "LATENCY"}); compiled(x)
              nncf.quantize(ov.convert_model(path), nncf.Dataset(300 training images))
-  ONNX Runtime: InferenceSession(path); quant_pre_process + quantize_static (defaults)
+  ONNX Runtime: InferenceSession(path).run(None, {name: x}); quant_pre_process + quantize_static (defaults)
 
 all timed in the one protocol (interleaved blocks of 20 calls, shuffled order, median of paired
 ratios, 95 % interval, each block after one untimed call and followed by a wait for a quiet CPU),
@@ -93,7 +93,7 @@ def open_spec(spec: tuple):
     if runtime == "openvino":
         import openvino as ov
         core = ov.Core()
-        return core.compile_model(core.read_model(str(path)), "CPU", settings).create_infer_request()
+        return core.compile_model(core.read_model(str(path)), "CPU", settings)   # called as compiled(x)
     import onnxruntime as ort
     opts = ort.SessionOptions()
     for key, value in settings.items():
@@ -105,8 +105,8 @@ def open_spec(spec: tuple):
 
 
 def call(engine, x: np.ndarray):
-    if hasattr(engine, "infer"):
-        return lambda: engine.infer({0: x})
+    if not hasattr(engine, "run"):   # OpenVINO, as its documentation calls a compiled model
+        return lambda: engine(x)
     name = engine.get_inputs()[0].name
     return lambda: engine.run(None, {name: x})
 

@@ -61,7 +61,7 @@ WIDTH_STEPS = 3          # narrower widths per channel group in the table
 MEASURABLE = 0.03
 ENTRIES_PER_CAP = 40     # the table's time cap is the profile's table_time_s per 40 entries
 ORIGINAL_RATIO = Ratio(1.0, 1.0, 1.0)   # the original against itself: what a block and a group's first step beat
-TABLE_VERSION = 5        # bump when what a table entry means changes: older cached tables are not reused
+TABLE_VERSION = 6        # bump when what a table entry means changes (6: OpenVINO called as compiled(x))
 
 
 def table_entries(plan: PruningPlan, blocks: list[Block], *, multiple: int, min_channels: int) -> dict[str, dict]:

@@ -105,10 +105,11 @@ def open_spec(spec: tuple):
 
 
 def call(engine, x: np.ndarray):
+    """One inference and its output, as a user's application takes it."""
     if not hasattr(engine, "run"):   # OpenVINO, as its documentation calls a compiled model
-        return lambda: engine(x)
+        return lambda: engine(x)[0]
     name = engine.get_inputs()[0].name
-    return lambda: engine.run(None, {name: x})
+    return lambda: engine.run(None, {name: x})[0]
 
 
 def _worker(specs: dict[str, tuple], x: np.ndarray, settled: bool, conn) -> None:

@@ -38,6 +38,11 @@ started the way a user's application starts 1.60-1.63x (median 1.625), each inte
 (`benchmarks/fork_vs_spawn.py`): a fork is 2.4 % off what the user gets and three times as
 scattered. The other comparisons (table, decisions) keep the fork: a fresh interpreter imports the
 loader for ~2 s, and they time hundreds of processes.
+In those fresh comparisons every engine also has a process of its own (`each_alone`), OpenVINO
+ones too: the user's NNCF INT8 over our shipped ONNX Runtime INT8, in six fresh comparisons each,
+alternating (`benchmarks/verify_vs_user.py`): alone 1.513x [1.491, 1.533] (the independent
+harness's pairs 1.498x), sharing its process with the original's OpenVINO FP32, as verify timed it
+until session 22, 1.446x [1.400, 1.492].
 Why a host started early: starting processes from a run that had used OpenVINO and DataLoader
 workers crashed it (SIGSEGV in waitpid, vfork on or off). Why a plain subprocess rather than a
 multiprocessing child: multiprocessing joins its children at exit, and the exit hook that stopped
@@ -140,11 +145,14 @@ def needs_own_process(runtime: str, settings: dict | None) -> bool:
     return runtime == "ort" and int((settings or {}).get("intra_op_num_threads", 0)) != 1
 
 
-def process_groups(specs: dict[str, tuple]) -> list[dict[str, tuple]]:
+def process_groups(specs: dict[str, tuple], *, each_alone: bool = False) -> list[dict[str, tuple]]:
     """The engines of a comparison (specs' values (path, runtime, settings, batch)) in process
     groups for `isolated_calls`: those without an ONNX Runtime thread pool share one process (they
     share its layout luck, and their ratios hold); each session with a pool (`needs_own_process`)
-    runs alone in a process of its own, as in a user's application."""
+    runs alone in a process of its own, as in a user's application. `each_alone`: every engine in a
+    process of its own, as a user's application runs one (the headline's timing, `fresh`)."""
+    if each_alone:
+        return [{n: s} for n, s in specs.items()]
     shared = {n: s for n, s in specs.items() if not needs_own_process(s[1], s[2])}
     return [g for g in (shared, *({n: s} for n, s in specs.items() if n not in shared)) if g]
 

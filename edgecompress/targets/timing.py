@@ -225,7 +225,7 @@ def time_builds(target: Target, builds: dict[str, BuildResult], *, reference: st
     fresh processes, not the run's (targets/isolated.py; in this process only where the profile's
     benchmark says `isolate: false`): each ONNX Runtime session with a thread pool in a process of
     its own, the other processes stopped while one runs its block (`process_groups`); `fresh`:
-    each process a fresh interpreter, as a user's application (`isolated_calls`). The warm-up
+    each engine alone in a fresh interpreter, as a user's application (`isolated_calls`). The warm-up
     defaults to the profile's (a runtime's first calls compile and allocate)."""
     if target.latency_source != "local":
         raise UserError(f"{target.profile.name} latency is {target.latency_source}, not timed on this machine",
@@ -235,7 +235,7 @@ def time_builds(target: Target, builds: dict[str, BuildResult], *, reference: st
         return compare({name: target.caller(b) for name, b in builds.items()}, reference=reference, **kw)
     from edgecompress.targets.isolated import isolated_calls, process_groups
     groups = process_groups({name: (b.engine, b.runtime, target.settings(b), target.profile.batch)
-                             for name, b in builds.items()})
+                             for name, b in builds.items()}, each_alone=fresh)
     return compare(isolated_calls(groups, fresh=fresh), reference=reference, **kw)
 
 

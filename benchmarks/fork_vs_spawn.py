@@ -29,9 +29,11 @@ from edgecompress.targets import isolated  # noqa: E402
 from edgecompress.targets.timing import Ratio, compare, median_interval  # noqa: E402
 
 
-def forked(specs: dict, *, max_time_s: float, seed: int) -> Ratio:
+def forked(specs: dict, *, max_time_s: float, seed: int, fresh: bool = False) -> Ratio:
+    """"nncf" over "shipped" in the product's protocol (the engines grouped as `process_groups`
+    groups them); `fresh`: the workers fresh interpreters, as verify starts them."""
     calls = isolated.isolated_calls(isolated.process_groups(
-        {n: (path, runtime, settings, 1) for n, (runtime, path, settings) in specs.items()}))
+        {n: (path, runtime, settings, 1) for n, (runtime, path, settings) in specs.items()}), fresh=fresh)
     timing = compare(calls, reference="shipped", max_time_s=max_time_s, half_width=1e-9, warmup=50, seed=seed)
     return timing.ratios["nncf"]
 

@@ -13,8 +13,6 @@ both ways, the three engines each in a fresh process of its own, interleaved (us
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -24,8 +22,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import user_view  # noqa: E402
 from _common import write_ways  # noqa: E402
-
-from edgecompress.targets.timing import Ratio, median_interval  # noqa: E402
 
 _open_spec = user_view.open_spec
 
@@ -50,24 +46,13 @@ user_view.open_spec = open_spec   # also in the spawned workers: they import thi
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("run", type=Path)
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--layouts", type=int, default=4)
-    parser.add_argument("--max-time-s", type=float, default=10.0, help="per comparison")
-    args = parser.parse_args()
-    model, images = user_view.original(json.loads((args.run / "report.json").read_text()))
-    x = np.random.default_rng(0).standard_normal((1, *images.shape[1:])).astype(np.float32)
+    args = user_view.run_benchmark_args(__doc__, layouts=4, max_time_s=10.0)
+    model, images, x = user_view.run_original(args.run)
     ways = {"compiled(x) (shares the input)": "openvino", "request.infer(x) (copies it)": "openvino copied input"}
-    found: dict[str, list[Ratio]] = {way: [] for way in ways}
     with tempfile.TemporaryDirectory() as tmp:
         nncf = user_view.user_engines(model, images, Path(tmp))["openvino nncf int8"]
-        groups = [{"shipped": user_view.shipped_engine(args.run)}, *({way: (runtime, *nncf[1:])} for way, runtime in ways.items())]
-        for seed in range(args.layouts):
-            rows = user_view.interleave(groups, x, max_time_s=args.max_time_s, seed=seed)
-            for way in ways:
-                found[way].append(Ratio(*median_interval(np.array([ms[way] / ms["shipped"] for ms, _ in rows]))))
-                print(f"layout {seed} NNCF INT8 called {way}: {found[way][-1]} over the shipped engine", flush=True)
+        found = user_view.over_shipped(args.run, {way: (runtime, *nncf[1:]) for way, runtime in ways.items()}, x,
+                                       layouts=args.layouts, max_time_s=args.max_time_s)
     write_ways(found, args.json, key="call", label="nncf over shipped")
 
 

@@ -12,13 +12,10 @@ shipped engine (user_view.interleave, `--layouts` fresh comparisons):
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -27,18 +24,11 @@ from _common import write_ways  # noqa: E402
 
 from edgecompress.calibration.plain import plain_int8  # noqa: E402
 from edgecompress.exporters.onnx import to_onnx  # noqa: E402
-from edgecompress.targets.timing import Ratio, median_interval  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("run", type=Path)
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--layouts", type=int, default=4)
-    parser.add_argument("--max-time-s", type=float, default=10.0, help="per comparison")
-    args = parser.parse_args()
-    model, images = user_view.original(json.loads((args.run / "report.json").read_text()))
-    x = np.random.default_rng(0).standard_normal((1, *images.shape[1:])).astype(np.float32)
+    args = user_view.run_benchmark_args(__doc__, layouts=4, max_time_s=10.0)
+    model, images, x = user_view.run_original(args.run)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         latency = {"PERFORMANCE_HINT": "LATENCY"}
@@ -46,17 +36,11 @@ def main() -> None:
         product = plain_int8("openvino", src, work / "product", [images[i:i + 1] for i in range(len(images))])
         import openvino as ov
         ov.save_model(ov.Core().read_model(str(product)), str(work / "product_fp16.xml"))
-        engines = {"user": user_view.user_engines(model, images, work / "user" if (work / "user").mkdir() is None else None)
-                   ["openvino nncf int8"],
+        (work / "user").mkdir()
+        engines = {"user": user_view.user_engines(model, images, work / "user")["openvino nncf int8"],
                    "product": ("openvino", product, latency),
                    "product, fp16 constants": ("openvino", work / "product_fp16.xml", latency)}
-        found: dict[str, list[Ratio]] = {name: [] for name in engines}
-        groups = [{"shipped": user_view.shipped_engine(args.run)}, *({n: s} for n, s in engines.items())]
-        for seed in range(args.layouts):
-            rows = user_view.interleave(groups, x, max_time_s=args.max_time_s, seed=seed)
-            for name in engines:
-                found[name].append(Ratio(*median_interval(np.array([ms[name] / ms["shipped"] for ms, _ in rows]))))
-                print(f"layout {seed} {name:<24} {found[name][-1]} over the shipped engine", flush=True)
+        found = user_view.over_shipped(args.run, engines, x, layouts=args.layouts, max_time_s=args.max_time_s)
     write_ways(found, args.json, key="recipe", label="nncf over shipped")
 
 

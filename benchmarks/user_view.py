@@ -164,6 +164,36 @@ def interleave(groups: list[dict[str, tuple]], x: np.ndarray, *, max_time_s: flo
     return rows
 
 
+def run_benchmark_args(doc: str, *, layouts: int, max_time_s: float) -> argparse.Namespace:
+    """The arguments of a benchmark on one run directory: RUN, --json, --layouts, --max-time-s."""
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--layouts", type=int, default=layouts)
+    parser.add_argument("--max-time-s", type=float, default=max_time_s, help="per comparison")
+    return parser.parse_args()
+
+
+def run_original(run_dir: Path) -> tuple[torch.nn.Module, np.ndarray, np.ndarray]:
+    """(the run's original model, its plain INT8's calibration images, one timing input)."""
+    model, images = original(json.loads((run_dir / "report.json").read_text()))
+    return model, images, np.random.default_rng(0).standard_normal((1, *images.shape[1:])).astype(np.float32)
+
+
+def over_shipped(run_dir: Path, engines: dict[str, tuple], x: np.ndarray, *, layouts: int,
+                 max_time_s: float) -> dict[str, list[Ratio]]:
+    """Each engine's latency over the run's shipped engine, the engines each in a fresh process of
+    its own, all interleaved in one comparison, in `layouts` fresh comparisons (one Ratio each)."""
+    found: dict[str, list[Ratio]] = {name: [] for name in engines}
+    groups = [{"shipped": shipped_engine(run_dir)}, *({n: s} for n, s in engines.items())]
+    for seed in range(layouts):
+        rows = interleave(groups, x, max_time_s=max_time_s, seed=seed)
+        for name in engines:
+            found[name].append(Ratio(*median_interval(np.array([ms[name] / ms["shipped"] for ms, _ in rows]))))
+            print(f"layout {seed} {name:<32} {found[name][-1]} over the shipped engine", flush=True)
+    return found
+
+
 def isolated(specs: dict[str, tuple], x: np.ndarray, *, reference: str, max_time_s: float, layouts: int = 1) -> dict:
     """The protocol as a user compares two engines: `reference` against each other engine in a
     comparison of its own, each engine in a fresh process of its own (not this one, which made

@@ -190,3 +190,25 @@ def test_an_estimated_speedup_is_the_hand_computed_roofline(tmp_path, width, spe
         hand = _hand_conv_ms(3, mid, 16, profile.device) + _hand_conv_ms(mid, 32, 16, profile.device)
         assert ms[mid] == pytest.approx(hand, rel=1e-9)
     assert ms[32] / ms[width] == pytest.approx(speedup, rel=1e-9)
+
+
+def test_after_skipping_ahead_the_chosen_blocks_and_the_next_without_width_cuts_are_tried():
+    """A width cut the order put first costs the accuracy the third block would not: the blocks-only
+    structure is probed and kept when it holds the accuracy (it is faster by the table)."""
+    from edgecompress.pruning.cost import Removal, Structure
+    order = [[Removal(kind="width", name="g", deviation=0.1, saving_ms=0.04, units=8)],   # kept, but costs accuracy
+             [Removal(kind="block", name="b1", deviation=1.0, saving_ms=0.1)],
+             [Removal(kind="block", name="b2", deviation=2.0, saving_ms=0.1)]]           # with g: under the floor
+
+    def evaluate_structure(s, knob):
+        bad = "g" in s.counts and len(s.blocks) > 1
+        return ProbeResult(cr=knob, accuracy=93.0 if bad else 94.5, latency_ms=s.predicted_ms, mode=MODE,
+                           blocks_removed=list(s.blocks))
+    prober = SimpleNamespace(order=order, reference_ms=1.0, evaluate_structure=evaluate_structure)
+    searcher = SimpleNamespace(probes=[], on_probe=lambda state: None, state=lambda: {})
+    chosen = Structure(counts={"g": 8}, blocks=["b1"], predicted_ms=0.96 * 0.9, steps=2)   # the bisection's: g and b1
+    outcome = SearchOutcome(chosen=ProbeResult(cr=0.9, accuracy=94.5, latency_ms=chosen.predicted_ms, accepted=True,
+                                               mode=MODE), met=True)
+    outcome, shipped, tried = PruneStage()._skip_ahead(_ctx(), prober, searcher, outcome, chosen, Budget(min_accuracy=94.0))
+    assert [(t["step"], t["kept"]) for t in tried] == [("blocks only", True)]   # nothing past b2 to skip to
+    assert shipped.blocks == ["b1", "b2"] and not shipped.counts and outcome.chosen.blocks_removed == ["b1", "b2"]

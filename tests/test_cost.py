@@ -298,3 +298,20 @@ def test_an_estimated_table_counts_savings_under_the_compile_noise_bar():
         saving = {r.name: r.saving_ms for r in removals({**table, "timing": {"stopped": stopped}},
                                                          reference_ms=1.0, blocks=[])}
         assert saving == {"b": expected, "g": 0.0}
+
+
+def test_blocks_only_keeps_the_chosen_blocks_adds_the_next_and_drops_every_width_cut():
+    """Where the order put width cuts before a block, the structure with the chosen blocks and the
+    next block and no cut is the one the bisection never reaches (an OpenVINO INT8 table did so)."""
+    from edgecompress.pruning.cost import blocks_only
+    order = removal_order([_block("b1", 1.0, 0.10), _width("g", 12, 0.1, 0.04), _width("h", 8, 0.2, 0.04),
+                           _block("b2", 3.0, 0.10), _block("b3", 9.0, 0.10)])
+    assert _names(order) == [[("g", 12)], [("h", 8)], [("b1", 0)], [("b2", 0)], [("b3", 0)]]
+    chosen = structure(order, 0.9, reference_ms=1.0)     # g, h and b1
+    assert chosen.counts == {"g": 12, "h": 8} and chosen.blocks == ["b1"]
+    got = blocks_only(order, chosen, reference_ms=1.0)
+    assert got.blocks == ["b1", "b2"] and got.counts == {} and got.predicted_ms == pytest.approx(0.9 * 0.9)
+    assert got.predicted_ms < chosen.predicted_ms
+    assert blocks_only(order, Structure(blocks=["b1"], predicted_ms=0.9), reference_ms=1.0) is None   # no cut: nothing to drop
+    every = Structure(counts={"g": 12}, blocks=["b1", "b2", "b3"])
+    assert blocks_only(order, every, reference_ms=1.0) is None                                        # no block left

@@ -21,7 +21,8 @@ from edgecompress.pipeline.measure import accuracy
 from edgecompress.pipeline.records import PruneRecord
 from edgecompress.pipeline.stage import StageOutput
 from edgecompress.pruning import PruningPlan
-from edgecompress.pruning.cost import Structure, describe, removal_order, skip_candidates, structure, with_step
+from edgecompress.pruning.cost import (Structure, blocks_only, describe, removal_order, skip_candidates, structure,
+                                       with_step)
 from edgecompress.pruning.depth import find_blocks as find, safe_blocks
 from edgecompress.pruning.detection import prunable_form
 from edgecompress.pruning.reconstruct import reconstruct
@@ -218,23 +219,33 @@ class PruneStage:
     def _skip_ahead(self, ctx: Context, prober: Prober, searcher: Searcher, outcome: SearchOutcome, chosen: Structure,
                     budget: Budget) -> tuple[SearchOutcome, Structure, list[dict]]:
         """Accuracy budget alone: try the next SKIP_TRIES steps past the one that broke the accuracy,
-        each on top of what holds it; keep each that holds it too (probes reused on resume)."""
+        each on top of what holds it; keep each that holds it too (probes reused on resume). Then,
+        when the result narrows widths, its blocks and the next block without any width cut, kept
+        when it holds the accuracy and the table says it is faster (`blocks_only`)."""
         if budget.max_latency_ms is not None or budget.min_accuracy is None or not outcome.met or not prober.order:
             return outcome, chosen, []
         tried = []
-        for index in skip_candidates(prober.order, chosen, SKIP_TRIES):
-            candidate = with_step(chosen, prober.order[index], index, reference_ms=prober.reference_ms)
-            ctx.ui.say(f"  past the step that broke the accuracy: step {index + 1} of the order "
-                       f"({', '.join(r.name for r in prober.order[index])}) on top of the chosen structure")
+
+        def attempt(candidate: Structure, step: int | str, removals: list[str]) -> None:
+            nonlocal chosen, outcome
             p = prober.evaluate_structure(candidate, outcome.chosen.cr)
             p.accepted = budget.accepts(p)
             if p not in searcher.probes:   # a resumed run has it already
                 searcher.probes.append(p)
                 searcher.on_probe(searcher.state())
-            tried.append({"step": index, "removals": [r.name for r in prober.order[index]], "accuracy": p.accuracy,
-                          "kept": p.accepted})
+            tried.append({"step": step, "removals": removals, "accuracy": p.accuracy, "kept": p.accepted})
             if p.accepted:
                 chosen, outcome = candidate, replace(outcome, chosen=p)
+        for index in skip_candidates(prober.order, chosen, SKIP_TRIES):
+            ctx.ui.say(f"  past the step that broke the accuracy: step {index + 1} of the order "
+                       f"({', '.join(r.name for r in prober.order[index])}) on top of the chosen structure")
+            attempt(with_step(chosen, prober.order[index], index, reference_ms=prober.reference_ms), index,
+                    [r.name for r in prober.order[index]])
+        depth = blocks_only(prober.order, chosen, reference_ms=prober.reference_ms)
+        if depth is not None and depth.predicted_ms < chosen.predicted_ms:
+            ctx.ui.say(f"  blocks only: {', '.join(depth.blocks)} removed, no width cut "
+                       f"({depth.predicted_ms:.3f} ms by the table, the chosen structure {chosen.predicted_ms:.3f} ms)")
+            attempt(depth, "blocks only", list(depth.blocks))
         return outcome, chosen, tried
 
     def _decide(self, ctx: Context, prober: Prober, outcome: SearchOutcome, chosen: Structure, budget: Budget,

@@ -123,7 +123,7 @@ def _openvino(path: Path, settings: dict) -> tuple[Callable, tuple[int, ...], ob
     shape = compiled.inputs[0].get_partial_shape()
     dims = tuple(d.get_length() if d.is_static else -1 for d in shape)
     # called as OpenVINO documents it: `compiled(x)` shares the input with the request (its
-    # default; `create_infer_request().infer(x)` copies it: NNCF INT8 ResNet-20 1.08x slower in
+    # default; `create_infer_request().infer(x)` copies it: NNCF INT8 ResNet-20 1.12x slower in
     # fresh processes, benchmarks/openvino_call.py) and returns a copy of each output
     return (lambda x: compiled(x)[0]), dims, compiled
 

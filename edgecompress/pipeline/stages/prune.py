@@ -158,23 +158,7 @@ class PruneStage:
         prober = Prober(ctx, plan, order, reference_ms=reference_ms, probes=state.get("probes", []))
         if budget.max_latency_ms is not None and reference_ms <= budget.max_latency_ms:
             order = prober.order = []   # the unpruned model meets the latency budget: nothing is more accurate
-        while True:   # once, or twice when a latency budget measured over what the table predicted
-            searcher, outcome = self._search(ctx, prober, _scaled(budget, state), state, order)
-            chosen_s = prober.structure(outcome.chosen.cr)
-            outcome, chosen_s, skipped = self._skip_ahead(ctx, prober, searcher, outcome, chosen_s, budget)
-            outcome, decision = self._decide(ctx, prober, outcome, chosen_s, budget, precision)
-            decision["skipped_ahead"] = skipped
-            if not _over_budget(decision, budget) or "latency_scale" in state:
-                break
-            # the table predicted the budget met, the side-by-side timing says otherwise: scale the
-            # prediction by what was measured and search once more (trained probes are reused)
-            state["search"] = []
-            state["latency_scale"] = decision["measured_high_ms"] * PAYS_MEASURED / decision["predicted_ms"]
-            ctx.ui.say(f"  the chosen model measures up to {decision['measured_high_ms']:.3f} ms side by side, over "
-                       f"(or within 3 % of) the {budget.max_latency_ms:g} ms budget the table predicted it meets "
-                       f"({decision['predicted_ms']:.3f} ms): searching again with the table scaled by "
-                       f"{state['latency_scale']:.3f}")
-        decision["latency_scale"] = state.get("latency_scale", 1.0)
+        searcher, outcome, chosen_s, decision = self._search_and_decide(ctx, prober, budget, state, order, precision)
         _check_outcome(outcome, budget, searcher.probes)
         for note in _outcome_notes(outcome, budget):
             ctx.note(note)
@@ -196,6 +180,29 @@ class PruneStage:
             "channel_multiple": multiple,
             "latency_table": costs.table_record(state["table"], priced), "table_timing": state["table"]["timing"],
             "removal_order": describe(order)}))
+
+    def _search_and_decide(self, ctx: Context, prober: Prober, budget: Budget, state: dict, order: list,
+                           precision: str) -> tuple[Searcher, SearchOutcome, Structure, dict]:
+        """The search on the knob, the steps past it, and the side-by-side decision: once, or twice
+        when a latency budget measured over what the table predicted (the table then scaled)."""
+        while True:   # once, or twice when a latency budget measured over what the table predicted
+            searcher, outcome = self._search(ctx, prober, _scaled(budget, state), state, order)
+            chosen_s = prober.structure(outcome.chosen.cr)
+            outcome, chosen_s, skipped = self._skip_ahead(ctx, prober, searcher, outcome, chosen_s, budget)
+            outcome, decision = self._decide(ctx, prober, outcome, chosen_s, budget, precision)
+            decision["skipped_ahead"] = skipped
+            if not _over_budget(decision, budget) or "latency_scale" in state:
+                break
+            # the table predicted the budget met, the side-by-side timing says otherwise: scale the
+            # prediction by what was measured and search once more (trained probes are reused)
+            state["search"] = []
+            state["latency_scale"] = decision["measured_high_ms"] * PAYS_MEASURED / decision["predicted_ms"]
+            ctx.ui.say(f"  the chosen model measures up to {decision['measured_high_ms']:.3f} ms side by side, over "
+                       f"(or within 3 % of) the {budget.max_latency_ms:g} ms budget the table predicted it meets "
+                       f"({decision['predicted_ms']:.3f} ms): searching again with the table scaled by "
+                       f"{state['latency_scale']:.3f}")
+        decision["latency_scale"] = state.get("latency_scale", 1.0)
+        return searcher, outcome, chosen_s, decision
 
     def _search(self, ctx: Context, prober: Prober, budget: Budget, state: dict, order: list):
         searcher = Searcher(prober.evaluate, budget=budget, min_interval=ctx.config.min_search_interval,

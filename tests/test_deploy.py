@@ -293,3 +293,22 @@ def test_batchnorm_statistics_that_do_not_come_back_from_training_images_are_mea
     assert ctx.task.evaluate_model(model, batches) > 95.0      # the original is untouched
     assert recalibrated < 70.0
     assert BaselineStage._recalibrated_accuracy(SimpleNamespace(**ctx.__dict__ | {"original": head})) is None
+
+
+def test_an_engine_process_imports_no_pytorch_and_still_finds_every_runtimes_opener(tmp_path):
+    """A timing worker, like a user's application, opens engines without PyTorch in the process
+    (edgecompress.targets and .exporters load their catalog lazily); TensorRT's opener, registered
+    by its own module, is still found (here it refuses the ONNX, as it should)."""
+    import subprocess
+    import sys
+    (tmp_path / "model.onnx").write_bytes(b"")
+    code = ("import sys\n"
+            "from edgecompress.targets.isolated import _serve\n"
+            "from edgecompress.targets.deploy import open_engine\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n"
+            "from edgecompress.errors import UserError\n"
+            f"try:\n    open_engine({str(tmp_path / 'model.onnx')!r}, 'tensorrt')\n"
+            "except UserError as e:\n    print('refused:', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "is the ONNX for the device" in out.stdout

@@ -355,3 +355,10 @@ def test_distillation_leaves_teacher_and_student_contiguous():
     data = TensorDataset(torch.randn(32, 1, 8, 8), torch.randint(0, 3, (32,)))
     distill(student, teacher, data, steps=2, config=DistillConfig(batch_size=16))
     assert all(p.is_contiguous() for m in (student, teacher) for p in m.parameters())
+
+
+def test_a_model_with_lazy_weights_not_yet_made_keeps_its_layout():
+    model = nn.Sequential(nn.LazyConv2d(4, 3))
+    with D.on_device(torch.device("cpu"), model):
+        pass
+    assert model(torch.zeros(1, 2, 5, 5)).shape == (1, 4, 3, 3)

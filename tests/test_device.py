@@ -341,10 +341,11 @@ def test_training_runs_channels_last_and_hands_back_contiguous_modules():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.LazyLinear(4))
     model(torch.zeros(1, 3, 8, 8))
     volume = nn.Conv3d(2, 4, 3)   # 5-D weights: channels_last does not apply, the layout is kept
-    with D.on_device(torch.device("cpu"), model, volume):
+    grouped = nn.Sequential(nn.Conv2d(4, 8, 1), nn.Conv2d(8, 8, 3, groups=8))   # crashed pruned: kept
+    with D.on_device(torch.device("cpu"), model, volume, grouped):
         assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
         assert not model[0].weight.is_contiguous()
-        assert volume.weight.is_contiguous()
+        assert volume.weight.is_contiguous() and grouped[0].weight.is_contiguous()
     assert model[0].weight.is_contiguous() and volume.weight.is_contiguous()
 
 

@@ -108,8 +108,11 @@ def on_device(device: torch.device, *modules: torch.nn.Module):
     zoo's CNNs ran 1.2-1.7x faster on this 2-core CPU (oneDNN's blocked kernels; ResNet-20's
     teacher forward 0.133 -> 0.095 s, a MobileNetV2 training step 1.28 -> 0.74 s, batch 128), and
     it is what PyTorch recommends for convolutions under CUDA autocast; same results to float
-    rounding. Models with 5-D weights (3-D convolutions) or lazy ones not yet made keep their layout."""
-    layout = [m for m in modules if all(not is_lazy(p) and p.dim() != 5 for p in m.parameters())]
+    rounding. Models with grouped or depthwise convolutions keep their layout: a pruned grouped
+    network crashed the process (SIGSEGV in the backward pass, tests/test_architectures.py) in
+    channels-last; so do 5-D weights (3-D convolutions) and lazy ones not yet made."""
+    layout = [m for m in modules if all(getattr(c, "groups", 1) == 1 for c in m.modules())
+              and all(not is_lazy(p) and p.dim() != 5 for p in m.parameters())]
     for m in modules:
         m.to(device, memory_format=torch.channels_last) if m in layout else m.to(device)
     try:

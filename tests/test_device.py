@@ -335,31 +335,3 @@ def test_gpu_distillation_trains_and_returns_cpu_modules():
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
     assert all(p.device.type == "cpu" for p in [*student.parameters(), *teacher.parameters()])
     assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
-
-
-def test_training_runs_channels_last_and_hands_back_contiguous_modules():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.LazyLinear(4))
-    model(torch.zeros(1, 3, 8, 8))
-    volume = nn.Conv3d(2, 4, 3)   # 5-D weights: channels_last does not apply, the layout is kept
-    grouped = nn.Sequential(nn.Conv2d(4, 8, 1), nn.Conv2d(8, 8, 3, groups=8))   # crashed pruned: kept
-    with D.on_device(torch.device("cpu"), model, volume, grouped):
-        assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
-        assert not model[0].weight.is_contiguous()
-        assert volume.weight.is_contiguous() and grouped[0].weight.is_contiguous()
-    assert model[0].weight.is_contiguous() and volume.weight.is_contiguous()
-
-
-def test_distillation_leaves_teacher_and_student_contiguous():
-    torch.manual_seed(0)
-    teacher = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 3))
-    student = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 3))
-    data = TensorDataset(torch.randn(32, 1, 8, 8), torch.randint(0, 3, (32,)))
-    distill(student, teacher, data, steps=2, config=DistillConfig(batch_size=16))
-    assert all(p.is_contiguous() for m in (student, teacher) for p in m.parameters())
-
-
-def test_a_model_with_lazy_weights_not_yet_made_keeps_its_layout():
-    model = nn.Sequential(nn.LazyConv2d(4, 3))
-    with D.on_device(torch.device("cpu"), model):
-        pass
-    assert model(torch.zeros(1, 2, 5, 5)).shape == (1, 4, 3, 3)

@@ -16,7 +16,6 @@ import os
 import re
 
 import torch
-from torch.nn.parameter import is_lazy
 
 from edgecompress.errors import UserError
 
@@ -103,20 +102,17 @@ def grad_scaler(device: torch.device):
 
 @contextlib.contextmanager
 def on_device(device: torch.device, *modules: torch.nn.Module):
-    """Move `modules` to `device`, their 4-D weights channels-last, for the block; back to the CPU
-    and the contiguous layout after it (also on error). Channels-last: distillation steps of the
-    zoo's CNNs ran 1.2-1.7x faster on this 2-core CPU (oneDNN's blocked kernels; ResNet-20's
-    teacher forward 0.133 -> 0.095 s, a MobileNetV2 training step 1.28 -> 0.74 s, batch 128), and
-    it is what PyTorch recommends for convolutions under CUDA autocast; same results to float
-    rounding. Models with grouped or depthwise convolutions keep their layout: a pruned grouped
-    network crashed the process (SIGSEGV in the backward pass, tests/test_architectures.py) in
-    channels-last; so do 5-D weights (3-D convolutions) and lazy ones not yet made."""
-    layout = [m for m in modules if all(getattr(c, "groups", 1) == 1 for c in m.modules())
-              and all(not is_lazy(p) and p.dim() != 5 for p in m.parameters())]
+    """Move `modules` to `device` for the block and back to the CPU after it (also on error).
+    Not channels-last: it made this CPU's training steps 1.2-1.7x faster, but with torch 2.13 pruned
+    models crashed in the backward pass (SIGSEGV, heap corruption: "free(): invalid pointer") in the
+    slow test suite, grouped and plain networks alike (docs/benchmarks.md, session 23)."""
+    if device.type == "cpu":
+        yield
+        return
     for m in modules:
-        m.to(device, memory_format=torch.channels_last) if m in layout else m.to(device)
+        m.to(device)
     try:
         yield
     finally:
         for m in modules:
-            m.to("cpu", memory_format=torch.contiguous_format) if m in layout else m.to("cpu")
+            m.to("cpu")

@@ -16,7 +16,3 @@ EXPORTERS.add("openvino", onnx_to_openvino)
 EXPORTERS.add("ort", onnx_to_ort)
 EXPORTERS.add("tensorrt", onnx_to_tensorrt)
 EXPORTERS.add("trtexec-script", write_trtexec_script)
-
-__all__ = ["to_onnx", "onnx_parity", "ort_session", "onnx_to_openvino", "onnx_to_ort",
-           "onnx_to_tensorrt", "write_trtexec_script", "tensorrt_has_precision_flags", "is_qdq", "EXPORTERS",
-           "ONNX_TOLERANCE", "OPENVINO_TOLERANCE", "OPENVINO_INT8_REL_TOLERANCE", "ORT_TOLERANCE", "TENSORRT_TOLERANCE"]

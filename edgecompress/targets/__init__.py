@@ -9,15 +9,9 @@
 """
 from __future__ import annotations
 
+from edgecompress.registry import lazy_exports
+
 __all__ = ["get_target", "Target", "BuildResult", "Latency", "PROBES", "RUNTIMES", "SSHProbe",
            "estimate_latency", "layer_costs", "LayerCost", "Ratio", "Timing", "compare", "decided", "time_builds"]
 
-
-def __getattr__(name: str):
-    """The names of `__all__`, imported from `edgecompress.targets.catalog` on first use (PEP 562): a process that
-    only runs an engine (a timing worker, a user's `edgecompress.load`) imports `targets.deploy` and `targets.isolated` without PyTorch
-    (a fresh interpreter started in 2.4 s with them, 0.5 s with the runtimes alone)."""
-    if name not in __all__:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from edgecompress.targets import catalog
-    return getattr(catalog, name)
+__getattr__ = lazy_exports(__name__, __all__)   # the names load from catalog.py on first use

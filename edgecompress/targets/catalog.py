@@ -42,6 +42,3 @@ def get_target(profile: Profile | str, *, device: str | None = None,
     probe, source, notes = _probe_for(profile, device or profile.latency, cls)
     return cls(profile, probe=probe, latency_source=source, notes=notes)
 
-
-__all__ = ["get_target", "Target", "BuildResult", "Latency", "PROBES", "RUNTIMES", "SSHProbe",
-           "estimate_latency", "layer_costs", "LayerCost", "Ratio", "Timing", "compare", "decided", "time_builds"]

@@ -17,7 +17,6 @@ latency; precision hint, pinning and threads only where measurement chose them);
 """
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +29,10 @@ from edgecompress.exporters.common import existing, in_batches, need
 from edgecompress.registry import Registry
 
 DEPLOY_FILE = "deploy.json"
-# openers registered by their runtime's target module, imported when first asked for: a process
-# that only runs an engine imports neither PyTorch nor the other targets (edgecompress.targets is lazy)
-OPENER_MODULES = {"tensorrt": "edgecompress.targets.tensorrt"}
 OPENERS: Registry = Registry("engine loader")   # runtime -> open(path, settings) -> (infer, input dims, handle)
+# TensorRT's opener lives with its target and is imported when asked for: a process that only runs
+# an engine imports neither PyTorch nor the other targets (edgecompress.targets is lazy)
+OPENERS.register_from("tensorrt", "edgecompress.targets.tensorrt")
 # What a user writes for each runtime when following its documentation for latency.
 DEFAULT_SETTINGS: dict[str, dict[str, Any]] = {"openvino": {"PERFORMANCE_HINT": "LATENCY"}, "ort": {}}
 THREADS_KEY = {"openvino": "INFERENCE_NUM_THREADS", "ort": "intra_op_num_threads"}
@@ -83,8 +82,6 @@ def open_engine(path: Path | str, runtime: str, settings: Mapping[str, Any] | No
                 batch: int = 1) -> Engine:
     """Open `path` in `runtime` with `settings` (None: the runtime's documented defaults)."""
     settings = DEFAULT_SETTINGS.get(runtime, {}) if settings is None else settings
-    if runtime in OPENER_MODULES and runtime not in OPENERS:
-        importlib.import_module(OPENER_MODULES[runtime])   # registers its opener
     infer, dims, handle = OPENERS.get(runtime)(existing(path, f"{runtime} engine"), dict(settings))
     return Engine(infer, dims, batch, handle)
 

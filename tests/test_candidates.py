@@ -22,7 +22,7 @@ def _ctx(source: str = "local"):
     return SimpleNamespace(
         note=notes.append, notes=notes, ui=SimpleNamespace(say=lambda *_: None), original=torch.nn.Linear(2, 3),
         profile=SimpleNamespace(name="x86-cpu", benchmark=SimpleNamespace(compare_time_s=1.0, check_layouts=1)),
-        target=SimpleNamespace(latency_source=source),
+        target=SimpleNamespace(latency_source=source), task=SimpleNamespace(unit="%"), config=SimpleNamespace(probe_finetune_steps=100),
         builder=SimpleNamespace(build=lambda m, **kw: builds.append((m, kw)) or (m, kw.get("key")),
                                 engine=lambda m, entry: ("yardstick", entry["tool"])),
         results=SimpleNamespace(baseline=SimpleNamespace(
@@ -110,7 +110,8 @@ def test_past_the_step_that_broke_the_accuracy_a_later_step_that_keeps_it_is_tak
         removed = set(s.blocks) | set(s.counts)
         return ProbeResult(cr=knob, accuracy=93.0 if removed & breaks else 94.5, latency_ms=s.predicted_ms,
                            mode=MODE, blocks_removed=list(s.blocks))
-    prober = SimpleNamespace(order=order, reference_ms=1.0, evaluate_structure=evaluate_structure)
+    prober = SimpleNamespace(order=order, reference_ms=1.0, evaluate_structure=evaluate_structure, by_key={},
+                             structure=lambda knob: structure(order, knob, reference_ms=1.0))
     saved = []
     searcher = SimpleNamespace(probes=[], on_probe=saved.append, state=lambda: {"n": len(searcher.probes)})
     chosen = structure(order, 0.9, reference_ms=1.0)            # b1 only: the bisection's answer
@@ -204,7 +205,8 @@ def test_after_skipping_ahead_the_chosen_blocks_and_the_next_without_width_cuts_
         bad = "g" in s.counts and len(s.blocks) > 1
         return ProbeResult(cr=knob, accuracy=93.0 if bad else 94.5, latency_ms=s.predicted_ms, mode=MODE,
                            blocks_removed=list(s.blocks))
-    prober = SimpleNamespace(order=order, reference_ms=1.0, evaluate_structure=evaluate_structure)
+    prober = SimpleNamespace(order=order, reference_ms=1.0, evaluate_structure=evaluate_structure, by_key={},
+                             structure=lambda knob: Structure())
     searcher = SimpleNamespace(probes=[], on_probe=lambda state: None, state=lambda: {})
     chosen = Structure(counts={"g": 8}, blocks=["b1"], predicted_ms=0.96 * 0.9, steps=2)   # the bisection's: g and b1
     outcome = SearchOutcome(chosen=ProbeResult(cr=0.9, accuracy=94.5, latency_ms=chosen.predicted_ms, accepted=True,
@@ -212,3 +214,34 @@ def test_after_skipping_ahead_the_chosen_blocks_and_the_next_without_width_cuts_
     outcome, shipped, tried = PruneStage()._skip_ahead(_ctx(), prober, searcher, outcome, chosen, Budget(min_accuracy=94.0))
     assert [(t["step"], t["kept"]) for t in tried] == [("blocks only", True)]   # nothing past b2 to skip to
     assert shipped.blocks == ["b1", "b2"] and not shipped.counts and outcome.chosen.blocks_removed == ["b1", "b2"]
+
+
+def test_the_fastest_near_miss_trains_once_more_and_ships_when_it_then_holds_the_accuracy():
+    """The bisection kept b1 (94.5 %); b1 + b2 missed the floor by 0.2 pt, b1 + b2 + b3 by 2 pt:
+    only b1 + b2 is trained for a second schedule, and kept when it then holds the accuracy."""
+    from edgecompress.pruning.cost import Removal, structure
+    order = [[Removal(kind="block", name=f"b{i}", deviation=float(i), saving_ms=0.1)] for i in (1, 2, 3)]
+    scores = {("b1",): 94.5, ("b1", "b2"): 93.8, ("b1", "b2", "b3"): 92.0, ("b1", "b3"): 92.5}
+    prober = SimpleNamespace(order=order, reference_ms=1.0, by_key={},
+                             structure=lambda knob: structure(order, knob, reference_ms=1.0))
+
+    def evaluate_structure(s, knob):
+        accuracy = scores[tuple(sorted(s.blocks))] + (0.4 if s.schedules == 2 else 0.0)
+        prober.by_key[s.key()] = {"accuracy": accuracy}
+        return ProbeResult(cr=knob, accuracy=accuracy, latency_ms=s.predicted_ms, mode=MODE, blocks_removed=list(s.blocks))
+    prober.evaluate_structure = evaluate_structure
+    searcher = SimpleNamespace(probes=[], on_probe=lambda state: None, state=lambda: {})
+    for knob in (0.75, 0.85, 0.95):   # the bisection's probes: three, two and one block(s)
+        searcher.probes.append(evaluate_structure(prober.structure(knob), knob))
+    chosen = prober.structure(0.95)
+    outcome = SearchOutcome(chosen=ProbeResult(cr=0.95, accuracy=94.5, latency_ms=0.9, accepted=True, mode=MODE),
+                            met=True)
+    outcome, shipped, tried = PruneStage()._skip_ahead(_ctx(), prober, searcher, outcome, chosen, Budget(min_accuracy=94.0))
+    assert [(t["step"], t["kept"]) for t in tried] == [(2, False), ("trained longer", True)]   # b3 skipped to, then b2 x2
+    assert shipped.blocks == ["b1", "b2"] and shipped.schedules == 2 and outcome.chosen.accuracy == pytest.approx(94.2)
+    scores[("b1", "b2")] = 93.4   # 0.6 pt under the floor: not a near miss, nothing trained longer
+    prober.by_key.clear()
+    searcher.probes = [evaluate_structure(prober.structure(k), k) for k in (0.75, 0.85, 0.95)]
+    outcome = SearchOutcome(chosen=searcher.probes[-1], met=True)
+    outcome, shipped, tried = PruneStage()._skip_ahead(_ctx(), prober, searcher, outcome, chosen, Budget(min_accuracy=94.0))
+    assert [t["step"] for t in tried] == [2] and shipped is chosen

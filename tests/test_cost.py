@@ -2,6 +2,7 @@
 a latency table (numbers given here: no model, no runtime)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -251,6 +252,11 @@ def test_a_probed_structure_is_trained_once_and_comes_back_as_trained(monkeypatc
     again = prober.model_for(chosen)
     assert len(trained) == 2, "asked for again, the chosen structure was trained again"
     assert all(torch.equal(first[k], v) for k, v in again.state_dict().items())
+    longer = prober.model_for(replace(chosen, schedules=2))   # a near miss trained on: from its probe's weights
+    assert len(trained) == 3 and prober.model_for(chosen) is not longer
+    name = next(iter(first))
+    assert torch.equal(longer.state_dict()[name], first[name] + 3)   # the probe's weights, one more schedule
+    assert torch.equal(prober.model_for(chosen).state_dict()[name], first[name])   # the probe's own are kept
 
 
 def test_removals_that_looked_measurable_are_priced_by_a_second_timing_of_them_alone(monkeypatch):

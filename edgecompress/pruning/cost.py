@@ -46,9 +46,11 @@ class Structure:
     blocks: list[str] = field(default_factory=list)
     predicted_ms: float = 0.0
     steps: int = 0               # how far into the order it reaches (the last step taken + 1)
+    schedules: int = 1           # probe-length trainings it gets (2: a near miss trained on once more)
 
     def key(self) -> str:
-        return repr((sorted(self.counts.items()), sorted(self.blocks)))
+        key = repr((sorted(self.counts.items()), sorted(self.blocks)))
+        return key if self.schedules == 1 else f"{key} x{self.schedules}"
 
 
 def removal_order(removals: list[Removal]) -> list[list[Removal]]:

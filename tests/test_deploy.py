@@ -110,6 +110,14 @@ def test_choose_settings_keeps_the_defaults_unless_measurably_faster(tmp_path, p
     monkeypatch.setattr(settings_module, "timed_in_layouts", fake({"f32": (0.9, 0.88, 0.92), "unpinned": (0.8, 0.7, 0.99)}))
     settings, record = choose_settings(target, build, max_time_s=1)
     assert record["chosen"] == "unpinned" and settings["ENABLE_CPU_PINNING"] is False
+    # one thread alone cannot be told from one thread unpinned (its interval holds that median): it ships alone
+    monkeypatch.setattr(settings_module, "timed_in_layouts", fake({"1 thread": (0.797, 0.724, 0.832),
+                                                                   "unpinned + 1 thread": (0.794, 0.737, 0.869)}))
+    settings, record = choose_settings(target, build, max_time_s=1)
+    assert record["chosen"] == "1 thread" and "ENABLE_CPU_PINNING" not in settings
+    monkeypatch.setattr(settings_module, "timed_in_layouts", fake({"1 thread": (0.85, 0.83, 0.87),
+                                                                   "unpinned + 1 thread": (0.79, 0.77, 0.81)}))
+    assert choose_settings(target, build, max_time_s=1)[1]["chosen"] == "unpinned + 1 thread"   # measurably faster
 
 
 @pytest.mark.slow

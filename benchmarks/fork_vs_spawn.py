@@ -29,18 +29,19 @@ from edgecompress.targets import isolated  # noqa: E402
 from edgecompress.targets.timing import Ratio, compare, median_interval  # noqa: E402
 
 
-def forked(specs: dict, *, max_time_s: float, seed: int, fresh: bool = False) -> Ratio:
-    """"nncf" over "shipped" in the product's protocol (the engines grouped as `process_groups`
-    groups them); `fresh`: the workers fresh interpreters, as verify starts them."""
+def forked(specs: dict, *, max_time_s: float, seed: int, fresh: bool = False, plain: str = "nncf") -> Ratio:
+    """`plain` over "shipped" in the product's protocol (the engines grouped as `process_groups`
+    groups them); `fresh`: the workers fresh interpreters, each engine alone, as verify starts them."""
     calls = isolated.isolated_calls(isolated.process_groups(
-        {n: (path, runtime, settings, 1) for n, (runtime, path, settings) in specs.items()}), fresh=fresh)
+        {n: (path, runtime, settings, 1) for n, (runtime, path, settings) in specs.items()}, each_alone=fresh),
+        fresh=fresh)
     timing = compare(calls, reference="shipped", max_time_s=max_time_s, half_width=1e-9, warmup=50, seed=seed)
-    return timing.ratios["nncf"]
+    return timing.ratios[plain]
 
 
-def spawned(specs: dict, x: np.ndarray, *, max_time_s: float, seed: int) -> Ratio:
-    rows = interleave([{"shipped": specs["shipped"]}, {"nncf": specs["nncf"]}], x, max_time_s=max_time_s, seed=seed)
-    return Ratio(*median_interval(np.array([ms["nncf"] / ms["shipped"] for ms, _ in rows])))
+def spawned(specs: dict, x: np.ndarray, *, max_time_s: float, seed: int, plain: str = "nncf") -> Ratio:
+    rows = interleave([{"shipped": specs["shipped"]}, {plain: specs[plain]}], x, max_time_s=max_time_s, seed=seed)
+    return Ratio(*median_interval(np.array([ms[plain] / ms["shipped"] for ms, _ in rows])))
 
 
 def main() -> None:

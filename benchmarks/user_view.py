@@ -164,9 +164,12 @@ def interleave(groups: list[dict[str, tuple]], x: np.ndarray, *, max_time_s: flo
     return rows
 
 
-def run_benchmark_args(doc: str, *, layouts: int, max_time_s: float) -> argparse.Namespace:
-    """The arguments of a benchmark on one run directory: RUN, --json, --layouts, --max-time-s."""
+def run_benchmark_args(doc: str, *, layouts: int, max_time_s: float, plain: str | None = None) -> argparse.Namespace:
+    """The arguments of a benchmark on one run directory: RUN, --json, --layouts, --max-time-s
+    (and --plain, the plain engine it compares with, where the benchmark takes one)."""
     parser = argparse.ArgumentParser(description=doc)
+    if plain:
+        parser.add_argument("--plain", default=plain, help="the plain engine, as user_engines names it")
     parser.add_argument("run", type=Path)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--layouts", type=int, default=layouts)

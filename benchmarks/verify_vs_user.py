@@ -3,12 +3,12 @@
 After the fresh-interpreter change, two default runs said 1.57x over NNCF INT8 where
 `benchmarks/user_view.py` said 1.61-1.63x. Here, on one run directory, alternating, each way
 `--layouts` times (a fresh comparison each time), the shipped engine against the user's plain NNCF
-INT8 (made as user_view makes it):
+INT8 (made as user_view makes it; `--plain` names another plain engine):
   pair:        user_view.interleave, the two engines (the independent harness's protocol)
   product:     timing.compare over isolated_calls(fresh=True), the two engines (verify's protocol)
-  product+set: the same with the other plain engines verify times beside them (OpenVINO FP32,
-               ONNX Runtime FP32 of the original), grouped as verify grouped them until session 22
-               (the OpenVINO engines in one process): does that move it?
+  product+set: the same with the other plain engines verify times beside them (of NNCF INT8,
+               OpenVINO FP32 and ONNX Runtime FP32 of the original, the two not --plain), each
+               alone in a fresh interpreter as verify starts them since session 23: does that move it?
 
     .venv/bin/python benchmarks/verify_vs_user.py RUN --json benchmarks/results/verify_vs_user.json
 """
@@ -32,22 +32,22 @@ WAYS = ("pair", "product", "product+set")
 
 
 def main() -> None:
-    args = user_view.run_benchmark_args(__doc__, layouts=6, max_time_s=8.0)
+    args = user_view.run_benchmark_args(__doc__, layouts=6, max_time_s=8.0, plain="openvino nncf int8")
     model, images, x = user_view.run_original(args.run)
     found: dict[str, list[Ratio]] = {way: [] for way in WAYS}
     with tempfile.TemporaryDirectory() as tmp:
         user = user_view.user_engines(model, images, Path(tmp))
-        specs = {"shipped": user_view.shipped_engine(args.run), "nncf": user["openvino nncf int8"]}
-        rest = {"ov fp32": user["openvino fp32"], "ort fp32": user["ort fp32"]}
+        specs = {"shipped": user_view.shipped_engine(args.run), "plain": user[args.plain]}
+        rest = {n: user[n] for n in ("openvino nncf int8", "openvino fp32", "ort fp32") if n != args.plain}
         isolated.start_host()
         for seed in range(args.layouts):
             for way in np.random.default_rng(seed).permutation(WAYS):
-                r = (spawned(specs, x, max_time_s=args.max_time_s, seed=seed) if way == "pair"
+                r = (spawned(specs, x, max_time_s=args.max_time_s, seed=seed, plain="plain") if way == "pair"
                      else forked({**specs, **(rest if way == "product+set" else {})},
-                                 max_time_s=args.max_time_s, seed=seed, fresh=True))
+                                 max_time_s=args.max_time_s, seed=seed, fresh=True, plain="plain"))
                 found[str(way)].append(r)
-                print(f"layout {seed} {way:<11} nncf / shipped {r}", flush=True)
-    write_ways(found, args.json, key="way", label="nncf over shipped")
+                print(f"layout {seed} {way:<11} {args.plain} / shipped {r}", flush=True)
+    write_ways(found, args.json, key="way", label=f"{args.plain} over shipped")
 
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
+import pickle
 import subprocess
 import sys
 import tempfile
@@ -43,11 +43,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load_tensors, write_result  # noqa: E402
 
-from edgecompress.targets.isolated import settle, stopped  # noqa: E402
+from _engine_worker import call, open_spec  # noqa: E402,F401 (open_spec: other benchmarks take it from here)
+
+from edgecompress.targets.isolated import stopped  # noqa: E402
 from edgecompress.targets.timing import MIN_BLOCKS, Ratio, compare, median_interval, over_layouts  # noqa: E402
 from edgecompress.zoo import pretrained  # noqa: E402
 from edgecompress.zoo.detector import DETECTORS, pretrained_detector  # noqa: E402
 
+WORKER = Path(__file__).resolve().parent / "_engine_worker.py"
 PLAIN_IMAGES = 300   # nncf.quantize's default subset_size
 
 
@@ -87,80 +90,49 @@ def shipped_engine(run_dir: Path) -> tuple:
     return deploy["runtime"], run_dir / deploy["engine"], deploy["settings"]
 
 
-def open_spec(spec: tuple):
-    """Load (runtime, file, settings) with the runtime's own API, as a user does."""
-    runtime, path, settings = spec
-    if runtime == "openvino":
-        import openvino as ov
-        core = ov.Core()
-        return core.compile_model(core.read_model(str(path)), "CPU", settings)   # called as compiled(x)
-    import onnxruntime as ort
-    opts = ort.SessionOptions()
-    for key, value in settings.items():
-        if "." in key:
-            opts.add_session_config_entry(key, str(value))
-        else:
-            setattr(opts, key, value)
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+class _Engines:
+    """One engine process (`_engine_worker.py`, a fresh interpreter without PyTorch) and its pipes."""
 
+    def __init__(self, specs: dict[str, tuple], x: np.ndarray, settled: bool) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.pid = self.proc.pid
+        self.send((specs, x, settled))
 
-def call(engine, x: np.ndarray):
-    """One inference and its output, as a user's application takes it."""
-    if not hasattr(engine, "run"):   # OpenVINO, as its documentation calls a compiled model
-        return lambda: engine(x)[0]
-    name = engine.get_inputs()[0].name
-    return lambda: engine.run(None, {name: x})[0]
+    def send(self, obj) -> None:
+        pickle.dump(obj, self.proc.stdin)
+        self.proc.stdin.flush()
 
+    def recv(self):
+        return pickle.load(self.proc.stdout)
 
-def _worker(specs: dict[str, tuple], x: np.ndarray, settled: bool, conn) -> None:
-    """The engines, each loaded as in a user's application, in a fresh process: on request, n
-    timed calls of one, sends their seconds. `settled`: one untimed call first and, after, a wait
-    until the process is quiet (a runtime's spinning threads must not run into the next block)."""
-    runs = {name: call(open_spec(spec), x) for name, spec in specs.items()}
-    for run in runs.values():
-        for _ in range(50):
-            run()
-    conn.send("ready")
-    while request := conn.recv():
-        name, n = request
-        run = runs[name]
-        if settled:
-            run()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            run()
-        seconds = time.perf_counter() - t0
-        if settled:
-            settle()
-        conn.send(seconds)
+    def close(self) -> None:
+        self.send(None)
+        self.proc.wait(10)
 
 
 def interleave(groups: list[dict[str, tuple]], x: np.ndarray, *, max_time_s: float, settled: bool = True,
                runs: int = 20, seed: int = 0) -> list[tuple[dict, dict]]:
-    """Each group's engines in a fresh process of its own, the others stopped while one times its
+    """Each group's engines in a fresh process of its own (`_engine_worker.py`: it imports the
+    runtimes and no PyTorch, as a user's application), the others stopped while one times its
     block; blocks of `runs` calls, every engine in a fresh order per block, until `max_time_s` (a
     fixed rule, not a look at an interval). Rows of
     ({engine: ms per call}, {engine: the engine timed just before it})."""
-    ctx, route, procs = mp.get_context("spawn"), {}, []
+    route, procs = {}, []
     for group in groups:
-        conn, child = ctx.Pipe()
-        proc = ctx.Process(target=_worker, args=(group, x, settled, child), daemon=True)
-        proc.start()
-        conn.recv()
-        procs.append((proc, conn))
-        route.update(dict.fromkeys(group, conn))
+        procs.append(_Engines(group, x, settled))
+        procs[-1].recv()   # "ready"
+        route.update(dict.fromkeys(group, procs[-1]))
     names, rng, rows, previous, start = list(route), np.random.default_rng(seed), [], None, time.perf_counter()
     while len(rows) < MIN_BLOCKS or time.perf_counter() - start < max_time_s:
         ms, before = {}, {}
         for i in rng.permutation(len(names)):
             # as in the product (targets/isolated.py): one process runs at a time
-            with stopped([proc.pid for proc, conn in procs if conn is not route[names[i]]]):
+            with stopped([p.pid for p in procs if p is not route[names[i]]]):
                 route[names[i]].send((names[i], runs))
                 ms[names[i]], before[names[i]], previous = route[names[i]].recv() * 1e3 / runs, previous, names[i]
         rows.append((ms, before))
-    for proc, conn in procs:
-        conn.send(None)
-        proc.join(10)
+    for p in procs:
+        p.close()
     return rows
 
 

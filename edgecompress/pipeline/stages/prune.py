@@ -90,11 +90,11 @@ class Prober:
         if not s.counts and not s.blocks:
             return self.ctx.original
         cfg = self.ctx.config
-        frozen = self.ctx.results.baseline.bn_frozen
         if key in self.trained:
             model = self.pruned(s)
             model.load_state_dict(self.trained[key])
             return model.eval()
+        frozen = self.ctx.results.baseline.bn_frozen
         if s.schedules > 1:
             model = self.model_for(replace(s, schedules=s.schedules - 1))
         else:
@@ -256,10 +256,13 @@ class PruneStage:
         """Accuracy budget alone: try the next SKIP_TRIES steps past the one that broke the accuracy,
         each on top of what holds it; keep each that holds it too (probes reused on resume). Then,
         when the result narrows widths, its blocks and the next block without any width cut, kept
-        when it holds the accuracy and the table says it is faster (`blocks_only`)."""
+        when it holds the accuracy and the table says it is faster (`blocks_only`). Last, the
+        fastest probe that missed the floor by at most NEAR_MISS_PT, trained for one more probe
+        schedule (`near_miss`), kept when it then holds the accuracy."""
         if budget.max_latency_ms is not None or budget.min_accuracy is None or not outcome.met or not prober.order:
             return outcome, chosen, []
         tried = []
+        seen = [prober.structure(p.cr) for p in searcher.probes]   # the bisection's (restored ones too)
 
         def attempt(candidate: Structure, step: int | str, removals: list[str]) -> None:
             nonlocal chosen, outcome
@@ -268,8 +271,8 @@ class PruneStage:
             if p not in searcher.probes:   # a resumed run has it already
                 searcher.probes.append(p)
                 searcher.on_probe(searcher.state())
-            tried.append({"step": step, "removals": removals, "accuracy": p.accuracy, "kept": p.accepted,
-                          "structure": candidate})
+            tried.append({"step": step, "removals": removals, "accuracy": p.accuracy, "kept": p.accepted})
+            seen.append(candidate)
             if p.accepted:
                 chosen, outcome = candidate, replace(outcome, chosen=p)
         for index in skip_candidates(prober.order, chosen, SKIP_TRIES):
@@ -282,7 +285,6 @@ class PruneStage:
             ctx.ui.say(f"  blocks only: {', '.join(depth.blocks)} removed, no width cut "
                        f"({depth.predicted_ms:.3f} ms by the table, the chosen structure {chosen.predicted_ms:.3f} ms)")
             attempt(depth, "blocks only", list(depth.blocks))
-        seen = [prober.structure(p.cr) for p in searcher.probes] + [t["structure"] for t in tried]
         accuracy = {k: p["accuracy"] for k, p in prober.by_key.items()}
         near = near_miss(seen, accuracy, chosen, budget)
         if near is not None:
@@ -290,8 +292,6 @@ class PruneStage:
                        f"({near.predicted_ms:.3f} ms by the table, the chosen structure {chosen.predicted_ms:.3f} ms): "
                        f"trained for another {ctx.config.probe_finetune_steps} steps from its probe's weights")
             attempt(replace(near, schedules=2), "trained longer", list(near.blocks) + list(near.counts))
-        for t in tried:
-            del t["structure"]
         return outcome, chosen, tried
 
     def _decide(self, ctx: Context, prober: Prober, outcome: SearchOutcome, chosen: Structure, budget: Budget,

@@ -3,6 +3,7 @@ seeded training batches, base models, a machine description, Markdown tables, an
 replaces ONE "## " section of docs/benchmarks.md (each benchmark owns its sections only)."""
 from __future__ import annotations
 
+import copy
 import datetime
 import os
 import platform
@@ -65,6 +66,19 @@ def train_steps(model: nn.Module, data: Tensors, *, steps: int, seed: int = 0, l
         loss.backward()
         opt.step()
     return model.eval()
+
+
+def without_blocks(original: nn.Module, names: list[str], bn: list, score: Callable[[nn.Module], float]) -> nn.Module:
+    """A copy of `original` with the blocks `names` replaced by identity and BatchNorm recalibrated
+    on `bn`, as a search probe starts; the scores before and after printed."""
+    from edgecompress.training.evaluation import recalibrate_bn
+    print("original", score(original), flush=True)
+    pruned = copy.deepcopy(original)
+    for name in names:
+        pruned.set_submodule(name, nn.Identity())
+    recalibrate_bn(pruned, bn)
+    print(f"removed {', '.join(names)}, BatchNorm recalibrated", score(pruned), flush=True)
+    return pruned
 
 
 def base_model(name: str, data: Tensors, *, quick_steps: int = 60) -> tuple[nn.Module, dict]:

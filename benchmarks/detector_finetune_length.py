@@ -18,10 +18,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from _common import without_blocks
+
 from edgecompress.inputs.yolo import collate, yolo_datasets
 from edgecompress.tasks.select import select_task
 from edgecompress.training.distill import DistillConfig, distill
-from edgecompress.training.evaluation import recalibrate_bn
 from edgecompress.zoo.detection_demo import cached_demo
 from edgecompress.zoo.detector import pretrained_detector
 
@@ -44,12 +45,7 @@ def main() -> None:
     def score(model: nn.Module) -> float:
         return round(task.evaluate_model(copy.deepcopy(model).eval(), val), 2)
 
-    print("original", score(original), flush=True)
-    pruned = copy.deepcopy(original)
-    for name in args.remove:
-        pruned.set_submodule(name, nn.Identity())
-    recalibrate_bn(pruned, bn)
-    print(f"removed {', '.join(args.remove)}, BatchNorm recalibrated", score(pruned), flush=True)
+    pruned = without_blocks(original, args.remove, bn, score)
     for steps in args.steps:
         model, start = copy.deepcopy(pruned), time.perf_counter()
         distill(model, original, sets["train"], steps=steps, seed=0, device=torch.device("cpu"), task=task,

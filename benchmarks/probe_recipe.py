@@ -17,9 +17,11 @@ import time
 import torch
 from torch import nn
 
+from _common import without_blocks
+
 from edgecompress.inputs.data import fashion_mnist
 from edgecompress.training.distill import DistillConfig, distill
-from edgecompress.training.evaluation import model_accuracy, recalibrate_bn, tensor_batches
+from edgecompress.training.evaluation import model_accuracy, tensor_batches
 from edgecompress.zoo import pretrained
 
 
@@ -41,12 +43,7 @@ def main() -> None:
     train_x = data.train.tensors[0]
     order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(1))[:16 * 128]
     bn = [train_x[order[i:i + 128]] for i in range(0, len(order), 128)]
-    print("original", score(original), flush=True)
-    pruned = copy.deepcopy(original)
-    for name in args.remove:
-        pruned.set_submodule(name, nn.Identity())
-    recalibrate_bn(pruned, bn)
-    print(f"removed {', '.join(args.remove)}, BatchNorm recalibrated", score(pruned), flush=True)
+    pruned = without_blocks(original, args.remove, bn, score)
     for recipe in args.recipes:
         steps, lr, seed = (recipe.split(":") + ["0"])[:3]
         model, start = copy.deepcopy(pruned), time.perf_counter()

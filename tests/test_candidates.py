@@ -22,7 +22,8 @@ def _ctx(source: str = "local"):
     return SimpleNamespace(
         note=notes.append, notes=notes, ui=SimpleNamespace(say=lambda *_: None), original=torch.nn.Linear(2, 3),
         profile=SimpleNamespace(name="x86-cpu", benchmark=SimpleNamespace(compare_time_s=1.0, check_layouts=1)),
-        target=SimpleNamespace(latency_source=source), task=SimpleNamespace(unit="%"), config=SimpleNamespace(probe_finetune_steps=100),
+        target=SimpleNamespace(latency_source=source), task=SimpleNamespace(unit="%"),
+        config=SimpleNamespace(probe_finetune_steps=100),
         builder=SimpleNamespace(build=lambda m, **kw: builds.append((m, kw)) or (m, kw.get("key")),
                                 engine=lambda m, entry: ("yardstick", entry["tool"])),
         results=SimpleNamespace(baseline=SimpleNamespace(

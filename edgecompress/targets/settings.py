@@ -49,12 +49,12 @@ def choose_settings(target, build, *, max_time_s: float) -> tuple[dict[str, Any]
     # the defaults run 0.57-0.66x
     timing = timed_in_layouts(target, {n: replace(build, settings=s) for n, s in candidates.items()}, reference=DEFAULTS,
                               layouts=target.profile.benchmark.check_layouts, max_time_s=max_time_s)
-    chosen = fewest_settings([n for n in candidates if timing.ratios[n].high < 1.0], timing.ratios)
+    chosen = fewest_settings(candidates, [n for n in candidates if timing.ratios[n].high < 1.0], timing.ratios)
     return candidates[chosen], {"chosen": chosen, "ratios": {n: r.to_dict() for n, r in timing.ratios.items()},
                                 "stopped": timing.stopped, "blocks": timing.blocks}
 
 
-def fewest_settings(faster: list[str], ratios: Mapping[str, Any]) -> str:
+def fewest_settings(candidates: Mapping[str, Mapping[str, Any]], faster: list[str], ratios: Mapping[str, Any]) -> str:
     """Of the measurably faster candidates, the one with the fewest settings whose interval holds
     the fastest one's median (the protocol cannot tell them apart: a setting that buys nothing
     measurable is not shipped); DEFAULTS when none is faster. Measured: OpenVINO FP32 with one
@@ -63,4 +63,4 @@ def fewest_settings(faster: list[str], ratios: Mapping[str, Any]) -> str:
         return DEFAULTS
     best = min(faster, key=lambda n: ratios[n].median)
     same = [n for n in faster if ratios[n].low <= ratios[best].median <= ratios[n].high]
-    return min(same, key=lambda n: (n.count(" + "), ratios[n].median))
+    return min(same, key=lambda n: (len(candidates[n]), ratios[n].median))

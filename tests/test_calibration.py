@@ -77,7 +77,7 @@ def test_unknown_method_and_backend_list_valid_ones(tiny, tmp_path):
         quantize_int8(path, tmp_path / "q.xml", batches, method="entropy", backend="nncf")
     with pytest.raises(UserError, match="unknown calibration backend"):
         quantize_int8(path, tmp_path / "q.onnx", batches, backend="tensorrt")
-    assert CALIBRATORS.names() == ["nncf", "ort"]
+    assert CALIBRATORS.names() == ["nncf", "nncf-onnx", "ort"]
 
 
 # -- ORT QDQ ------------------------------------------------------------------------------------
@@ -139,6 +139,26 @@ def test_nncf_writes_openvino_int8_ir_and_honours_keep_float(tiny, tmp_path):
     assert f"{keep}/WithoutBiases" not in fq_consumers
     x = randn(8, 1, 16, 16, seed=5)
     ref, got = ort_runner(path)(x), openvino_runner(xml)(x)
+    assert np.abs(got - ref).max() < 0.1 * np.abs(ref).max()
+
+
+@pytest.mark.slow
+def test_nncf_onnx_writes_a_symmetric_qdq_onnx_for_tensorrt_and_honours_keep_float(tiny, tmp_path):
+    pytest.importorskip("nncf")
+    path, batches = tiny
+    keep = "/layer2/layer2.0/conv1/Conv"
+    dst = quantize_int8(path, tmp_path / "q.xml", batches, backend="nncf-onnx", keep_float=[keep],
+                        symmetric_activations=True)
+    assert dst.suffix == ".onnx"
+    model = onnx.load(str(dst))
+    produced = {o: n for n in model.graph.node for o in n.output}
+    convs = {n.name: n for n in model.graph.node if n.op_type == "Conv"}
+    assert produced[convs["/layer3/layer3.0/conv1/Conv"].input[1]].op_type == "DequantizeLinear"
+    assert produced.get(convs[keep].input[1]) is None or produced[convs[keep].input[1]].op_type != "DequantizeLinear"
+    zps = [_initialiser(model, n.input[2]) for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert zps and all(z is not None and z.dtype == np.int8 and not z.any() for z in zps)   # what TensorRT takes
+    x = randn(8, 1, 16, 16, seed=5)
+    ref, got = ort_runner(path)(x), ort_runner(dst)(x)
     assert np.abs(got - ref).max() < 0.1 * np.abs(ref).max()
 
 

@@ -119,6 +119,7 @@ def ort_reader(batches: Sequence[np.ndarray], input_name: str):
     return _Reader()
 
 
-def nncf_dataset(batches: Sequence[np.ndarray]):
-    """An `nncf.Dataset` over the same batches the ONNX Runtime reader yields."""
-    return need("nncf", "nncf").Dataset(list(batches))
+def nncf_dataset(batches: Sequence[np.ndarray], transform=None):
+    """An `nncf.Dataset` over the same batches the ONNX Runtime reader yields (`transform`: each
+    batch to what the model's backend takes)."""
+    return need("nncf", "nncf").Dataset(list(batches), transform)

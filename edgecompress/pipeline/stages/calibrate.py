@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecompress.calibration import (CALIBRATORS, DEFAULT_BACKEND, SYMMETRIC_ACTIVATIONS, artifact_evaluator,
+from edgecompress.calibration import (BACKENDS, CALIBRATORS, SYMMETRIC_ACTIVATIONS, artifact_evaluator,
                                       choose_precision, layer_sensitivity)
 from edgecompress.pipeline.builder import search_precision
 from edgecompress.pipeline.context import Context
@@ -53,15 +53,16 @@ class CalibrateStage:
 class Evaluator:
     """`evaluate(precision, keep_float)` for the precision selector: build the exported model at
     that precision, its accuracy on the built engine, and its latency as a ratio to the FP32
-    engine timed side by side (the protocol), with the interval in the record's details. INT8 on
-    OpenVINO is made by both ORT-QDQ and NNCF (the target's own tool at its defaults): the faster
-    one, side by side, that keeps the budget is the INT8 candidate."""
+    engine timed side by side (the protocol), with the interval in the record's details. INT8 is
+    made by each backend the runtime has (calibration.BACKENDS: on OpenVINO ORT-QDQ and NNCF, the
+    target's own tool; on TensorRT ORT-QDQ and NNCF's QDQ ONNX): the faster one, side by side (or
+    by the estimate), that keeps the budget is the INT8 candidate."""
 
     def __init__(self, ctx: Context, work: Path, budget: float) -> None:
         self.ctx, self.work, self.budget = ctx, work, budget
         self.reference_ms: float | None = None
         runtime = ctx.profile.runtime
-        self.backends = ["ort", "nncf"] if runtime == "openvino" else [_backend(runtime)]
+        self.backends = list(BACKENDS.get(runtime, ("ort",)))
         fp32 = ctx.rundir.artifact("export", "onnx")
         self.reference = self.build(fp32, "fp32", work / "reference") if "fp32" in ctx.profile.precisions else None
         self.builds = {b: artifact_evaluator(
@@ -153,16 +154,6 @@ def budget_accuracy(ctx: Context) -> float:
         return floor
     ctx.note("no --max-acc-drop: the precision choice allows 1 point below the fine-tuned model")
     return ctx.results.finetune.accuracy_after - 1.0
-
-
-def _backend(runtime: str) -> str:
-    """The runtime's default INT8 backend when it writes a QDQ ONNX, else ONNX Runtime's QDQ.
-
-    The build stage takes an ONNX (DESIGN: model_int8.onnx) and every target builds from QDQ; a
-    backend that writes another format (NNCF -> OpenVINO IR) is not fed to Target.build.
-    """
-    name = DEFAULT_BACKEND.get(runtime, "ort")
-    return name if CALIBRATORS.get(name).artifact == "onnx-qdq" else "ort"
 
 
 def _sensitivity(ctx: Context):

@@ -157,6 +157,7 @@ def test_nncf_onnx_writes_a_symmetric_qdq_onnx_for_tensorrt_and_honours_keep_flo
     assert produced.get(convs[keep].input[1]) is None or produced[convs[keep].input[1]].op_type != "DequantizeLinear"
     zps = [_initialiser(model, n.input[2]) for n in model.graph.node if n.op_type == "QuantizeLinear"]
     assert zps and all(z is not None and z.dtype == np.int8 and not z.any() for z in zps)   # what TensorRT takes
+    onnx.shape_inference.infer_shapes(model, strict_mode=True)   # the types it declares agree (the estimator reads them)
     x = randn(8, 1, 16, 16, seed=5)
     ref, got = ort_runner(path)(x), ort_runner(dst)(x)
     assert np.abs(got - ref).max() < 0.1 * np.abs(ref).max()

@@ -39,8 +39,8 @@ CALIBRATORS.add("nncf-onnx", Calibrator("nncf-onnx", nncf_backend.METHODS, "onnx
 # Every method any backend offers, for CLI choices and error messages.
 METHODS = ("minmax", "entropy", "percentile")
 
-# The backends that build INT8 for each runtime, the first the default (the search's engines);
-# the calibrate stage builds each, and ships the fastest of those that keep the accuracy.
+# The backends the calibrate stage builds INT8 with, per runtime; it ships the fastest of those
+# that keep the accuracy (the search's engines are ORT-QDQ, the first of each).
 # openvino: ORT-QDQ first, by benchmarks/int8.py (docs/benchmarks.md "## INT8"): on the 5,000-image
 # validation split ORT-QDQ -> OpenVINO kept 95.00 % (ResNet-20, FP32 95.02) and 94.94 % (ResNet-56,
 # FP32 94.88) against NNCF's 94.76 % and 94.92 %; NNCF, the target's own tool, is the second.

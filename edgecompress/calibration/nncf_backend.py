@@ -71,9 +71,9 @@ def signed_activations(model):
     for scale in {n.input[1] for n in quantizers}:
         sc = onnx.numpy_helper.to_array(inits[scale])
         inits[scale].CopyFrom(onnx.numpy_helper.from_array((sc * (255 / 127)).astype(sc.dtype), scale))
-    outputs = {n.output[0] for n in quantizers if n.op_type == "QuantizeLinear"}
-    for info in graph.value_info:
-        if info.name in outputs:
+    retyped = unsigned | {n.output[0] for n in quantizers if n.op_type == "QuantizeLinear"}
+    for info in graph.value_info:   # NNCF lists the zero points' types too
+        if info.name in retyped:
             info.type.tensor_type.elem_type = onnx.TensorProto.INT8
     return model
 

@@ -52,6 +52,11 @@ class Structure:
         key = repr((sorted(self.counts.items()), sorted(self.blocks)))
         return key if self.schedules == 1 else f"{key} x{self.schedules}"
 
+    def describe(self) -> str:
+        """How the run's output names it: `layer2.2, layer1.1 removed; layer1.0.conv1 to 8`."""
+        parts = [f"{', '.join(self.blocks)} removed"] if self.blocks else []
+        return "; ".join(parts + [f"{n} to {c}" for n, c in sorted(self.counts.items())])
+
 
 def removal_order(removals: list[Removal]) -> list[list[Removal]]:
     """Steps of removals, cheapest importance per millisecond first (each step: one block, or one

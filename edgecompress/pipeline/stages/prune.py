@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import zlib
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -147,9 +147,28 @@ def near_miss(seen: list[Structure], accuracy: dict[str, float], chosen: Structu
     return min(misses, key=lambda s: (s.predicted_ms, -accuracy[s.key()]), default=None)
 
 
-def describe_structure(s: Structure) -> str:
-    parts = ([f"{', '.join(s.blocks)} removed"] if s.blocks else []) + [f"{n} to {c}" for n, c in sorted(s.counts.items())]
-    return "; ".join(parts)
+@dataclass
+class _Tries:
+    """The structures tried after the bisection, each a probe (reused on resume, recorded in the
+    search's probes): the chosen structure and outcome move to each that holds the accuracy."""
+    prober: Prober
+    searcher: Searcher
+    budget: Budget
+    outcome: SearchOutcome
+    chosen: Structure
+    seen: list[Structure]
+    tried: list[dict] = field(default_factory=list)
+
+    def attempt(self, candidate: Structure, step: int | str, removals: list[str]) -> None:
+        p = self.prober.evaluate_structure(candidate, self.outcome.chosen.cr)
+        p.accepted = self.budget.accepts(p)
+        if p not in self.searcher.probes:   # a resumed run has it already
+            self.searcher.probes.append(p)
+            self.searcher.on_probe(self.searcher.state())
+        self.tried.append({"step": step, "removals": removals, "accuracy": p.accuracy, "kept": p.accepted})
+        self.seen.append(candidate)
+        if p.accepted:
+            self.chosen, self.outcome = candidate, replace(self.outcome, chosen=p)
 
 
 def _why_unpruned(prober: Prober, budget: Budget) -> str:
@@ -264,38 +283,26 @@ class PruneStage:
         schedule (`near_miss`), kept when it then holds the accuracy."""
         if budget.max_latency_ms is not None or budget.min_accuracy is None or not outcome.met or not prober.order:
             return outcome, chosen, []
-        tried = []
-        seen = [prober.structure(p.cr) for p in searcher.probes]   # the bisection's (restored ones too)
-
-        def attempt(candidate: Structure, step: int | str, removals: list[str]) -> None:
-            nonlocal chosen, outcome
-            p = prober.evaluate_structure(candidate, outcome.chosen.cr)
-            p.accepted = budget.accepts(p)
-            if p not in searcher.probes:   # a resumed run has it already
-                searcher.probes.append(p)
-                searcher.on_probe(searcher.state())
-            tried.append({"step": step, "removals": removals, "accuracy": p.accuracy, "kept": p.accepted})
-            seen.append(candidate)
-            if p.accepted:
-                chosen, outcome = candidate, replace(outcome, chosen=p)
+        tries = _Tries(prober, searcher, budget, outcome, chosen,
+                       seen=[prober.structure(p.cr) for p in searcher.probes])   # the bisection's (restored ones too)
         for index in skip_candidates(prober.order, chosen, SKIP_TRIES):
             ctx.ui.say(f"  past the step that broke the accuracy: step {index + 1} of the order "
                        f"({', '.join(r.name for r in prober.order[index])}) on top of the chosen structure")
-            attempt(with_step(chosen, prober.order[index], index, reference_ms=prober.reference_ms), index,
-                    [r.name for r in prober.order[index]])
-        depth = blocks_only(prober.order, chosen, reference_ms=prober.reference_ms)
-        if depth is not None and depth.predicted_ms < chosen.predicted_ms:
-            ctx.ui.say(f"  blocks only: {', '.join(depth.blocks)} removed, no width cut "
-                       f"({depth.predicted_ms:.3f} ms by the table, the chosen structure {chosen.predicted_ms:.3f} ms)")
-            attempt(depth, "blocks only", list(depth.blocks))
+            tries.attempt(with_step(tries.chosen, prober.order[index], index, reference_ms=prober.reference_ms), index,
+                          [r.name for r in prober.order[index]])
+        depth = blocks_only(prober.order, tries.chosen, reference_ms=prober.reference_ms)
+        if depth is not None and depth.predicted_ms < tries.chosen.predicted_ms:
+            ctx.ui.say(f"  blocks only: {', '.join(depth.blocks)} removed, no width cut ({depth.predicted_ms:.3f} ms by "
+                       f"the table, the chosen structure {tries.chosen.predicted_ms:.3f} ms)")
+            tries.attempt(depth, "blocks only", list(depth.blocks))
         accuracy = {k: p["accuracy"] for k, p in prober.by_key.items()}
-        near = near_miss(seen, accuracy, chosen, budget)
+        near = near_miss(tries.seen, accuracy, tries.chosen, budget)
         if near is not None:
-            ctx.ui.say(f"  near miss: {describe_structure(near)} at {points(ctx.task, accuracy[near.key()], 6)} "
-                       f"({near.predicted_ms:.3f} ms by the table, the chosen structure {chosen.predicted_ms:.3f} ms): "
-                       f"trained for another {ctx.config.probe_finetune_steps} steps from its probe's weights")
-            attempt(replace(near, schedules=2), "trained longer", list(near.blocks) + list(near.counts))
-        return outcome, chosen, tried
+            ctx.ui.say(f"  near miss: {near.describe()} at {points(ctx.task, accuracy[near.key()], 6)} "
+                       f"({near.predicted_ms:.3f} ms by the table, the chosen structure {tries.chosen.predicted_ms:.3f} "
+                       f"ms): trained for another {ctx.config.probe_finetune_steps} steps from its probe's weights")
+            tries.attempt(replace(near, schedules=2), "trained longer", list(near.blocks) + list(near.counts))
+        return tries.outcome, tries.chosen, tries.tried
 
     def _decide(self, ctx: Context, prober: Prober, outcome: SearchOutcome, chosen: Structure, budget: Budget,
                 precision: str) -> tuple[SearchOutcome, dict]:

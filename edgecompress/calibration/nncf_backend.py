@@ -60,14 +60,15 @@ def signed_activations(model):
     onnx = need("onnx", "onnx")
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
-    unsigned = {n for n, t in inits.items() if t.data_type == onnx.TensorProto.UINT8}
+    qdq = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) == 3]
+    uint8 = {n for n, t in inits.items() if t.data_type == onnx.TensorProto.UINT8}
+    unsigned = {n.input[2] for n in qdq if n.input[2] in uint8}   # zero points only, not a uint8 weight of the model
+    quantizers = [n for n in qdq if n.input[2] in unsigned]
     for name in unsigned:
         z = onnx.numpy_helper.to_array(inits[name])
         if z.any():
             raise ValueError(f"{name}: an unsigned quantizer with a non-zero zero point is not symmetric")
         inits[name].CopyFrom(onnx.numpy_helper.from_array(z.astype(np.int8), name))
-    quantizers = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
-                  and len(n.input) == 3 and n.input[2] in unsigned]
     for scale in {n.input[1] for n in quantizers}:
         sc = onnx.numpy_helper.to_array(inits[scale])
         inits[scale].CopyFrom(onnx.numpy_helper.from_array((sc * (255 / 127)).astype(sc.dtype), scale))

@@ -220,17 +220,10 @@ def test_after_skipping_ahead_the_chosen_blocks_and_the_next_without_width_cuts_
 def test_the_fastest_near_miss_trains_once_more_and_ships_when_it_then_holds_the_accuracy():
     """The bisection kept b1 (94.5 %); b1 + b2 missed the floor by 0.2 pt, b1 + b2 + b3 by 2 pt:
     only b1 + b2 is trained for a second schedule, and kept when it then holds the accuracy."""
-    from edgecompress.pruning.cost import Removal, structure
-    order = [[Removal(kind="block", name=f"b{i}", deviation=float(i), saving_ms=0.1)] for i in (1, 2, 3)]
+    from edgecompress.pruning.cost import Removal
     scores = {("b1",): 94.5, ("b1", "b2"): 93.8, ("b1", "b2", "b3"): 92.0, ("b1", "b3"): 92.5}
-    prober = SimpleNamespace(order=order, reference_ms=1.0, by_key={},
-                             structure=lambda knob: structure(order, knob, reference_ms=1.0))
-
-    def evaluate_structure(s, knob):
-        accuracy = scores[tuple(sorted(s.blocks))] + (0.4 if s.schedules == 2 else 0.0)
-        prober.by_key[s.key()] = {"accuracy": accuracy}
-        return ProbeResult(cr=knob, accuracy=accuracy, latency_ms=s.predicted_ms, mode=MODE, blocks_removed=list(s.blocks))
-    prober.evaluate_structure = evaluate_structure
+    order, prober = _three_blocks(scores)
+    evaluate_structure = prober.evaluate_structure
     searcher = SimpleNamespace(probes=[], on_probe=lambda state: None, state=lambda: {})
     for knob in (0.75, 0.85, 0.95):   # the bisection's probes: three, two and one block(s)
         searcher.probes.append(evaluate_structure(prober.structure(knob), knob))
@@ -262,9 +255,21 @@ def test_a_structure_the_skip_ahead_tried_can_be_the_near_miss():
     """The default run on the AMD VM: the bisection kept b1, b1 + b2 fell far under the floor, the
     skip-ahead's b1 + b3 missed it by 0.2 pt. That structure, never a bisection probe, is the near
     miss: trained once more, it holds the accuracy and ships."""
+    _, prober = _three_blocks({("b1",): 94.5, ("b1", "b2"): 91.0, ("b1", "b2", "b3"): 90.0, ("b1", "b3"): 93.8})
+    searcher = SimpleNamespace(probes=[prober.evaluate_structure(prober.structure(k), k) for k in (0.75, 0.85, 0.95)],
+                               on_probe=lambda state: None, state=lambda: {})
+    outcome = SearchOutcome(chosen=searcher.probes[-1], met=True)
+    outcome, shipped, tried = PruneStage()._skip_ahead(_ctx(), prober, searcher, outcome, prober.structure(0.95),
+                                                       Budget(min_accuracy=94.0))
+    assert [(t["step"], t["kept"]) for t in tried] == [(2, False), ("trained longer", True)]
+    assert sorted(shipped.blocks) == ["b1", "b3"] and shipped.schedules == 2
+
+
+def _three_blocks(scores: dict[tuple, float]):
+    """An order of three blocks b1, b2, b3 and a prober whose probes score `scores[sorted blocks]`,
+    0.4 pt more after a second probe schedule."""
     from edgecompress.pruning.cost import Removal, structure
     order = [[Removal(kind="block", name=f"b{i}", deviation=float(i), saving_ms=0.1)] for i in (1, 2, 3)]
-    scores = {("b1",): 94.5, ("b1", "b2"): 91.0, ("b1", "b2", "b3"): 90.0, ("b1", "b3"): 93.8}
     prober = SimpleNamespace(order=order, reference_ms=1.0, by_key={},
                              structure=lambda knob: structure(order, knob, reference_ms=1.0))
 
@@ -273,10 +278,4 @@ def test_a_structure_the_skip_ahead_tried_can_be_the_near_miss():
         prober.by_key[s.key()] = {"accuracy": accuracy}
         return ProbeResult(cr=knob, accuracy=accuracy, latency_ms=s.predicted_ms, mode=MODE, blocks_removed=list(s.blocks))
     prober.evaluate_structure = evaluate_structure
-    searcher = SimpleNamespace(probes=[evaluate_structure(prober.structure(k), k) for k in (0.75, 0.85, 0.95)],
-                               on_probe=lambda state: None, state=lambda: {})
-    outcome = SearchOutcome(chosen=searcher.probes[-1], met=True)
-    outcome, shipped, tried = PruneStage()._skip_ahead(_ctx(), prober, searcher, outcome, prober.structure(0.95),
-                                                       Budget(min_accuracy=94.0))
-    assert [(t["step"], t["kept"]) for t in tried] == [(2, False), ("trained longer", True)]
-    assert sorted(shipped.blocks) == ["b1", "b3"] and shipped.schedules == 2
+    return order, prober

@@ -62,7 +62,7 @@ def test_detector_compress_end_to_end_with_map_as_the_promise(capsys, tmp_path, 
     pytest.importorskip("openvino")
     monkeypatch.chdir(REPO)
     run = tmp_path / "run"
-    argv = ["--target", "tiny-measured", "--profiles", str(FIXTURES / "profiles"), "--max-acc-drop", "1",
+    argv = ["--target", "tiny-measured-coarse", "--profiles", str(FIXTURES / "profiles"), "--max-acc-drop", "1",
             "--model", "tiny-yolo-test", "--weights", str(weights), "--data", f"yolo:{demo}", "--out", str(run),
             "--seed", "0", "--min-search-interval", "0.25", "--finetune-samples", "256", "--probe-finetune-steps", "4",
             "--bn-batches", "2", "--batch-size", "32", "--threads", "1"]

@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_result  # noqa: E402
 
 from edgecompress.calibration import ort_runner, quantize_int8  # noqa: E402
-from edgecompress.calibration.nncf_backend import quiet_nncf_info  # noqa: E402
 from edgecompress.exporters import to_onnx  # noqa: E402
 from edgecompress.inputs.yolo import collate, yolo_datasets  # noqa: E402
 from edgecompress.targets import get_target  # noqa: E402
@@ -34,19 +33,6 @@ from edgecompress.zoo.detection_demo import cached_demo  # noqa: E402
 from edgecompress.zoo.detector import pretrained_detector  # noqa: E402
 
 CALIBRATION_IMAGES = 512
-
-
-def nncf_onnx(src: Path, dst: Path, batches, *, keep_float: tuple[str, ...] = ()) -> Path:
-    import nncf
-    model = onnx.load(str(src))
-    name = model.graph.input[0].name
-    images = [{name: b[i:i + 1]} for b in batches for i in range(len(b))]   # the fixed batch-1 input
-    scope = nncf.IgnoredScope(names=list(keep_float), validate=False) if keep_float else None
-    with quiet_nncf_info():
-        quantized = nncf.quantize(model, nncf.Dataset(images), subset_size=len(images),
-                                  **({"ignored_scope": scope} if scope else {}))
-    onnx.save(quantized, str(dst))
-    return dst
 
 
 def main() -> None:
@@ -72,7 +58,7 @@ def main() -> None:
         files = {"fp32": fp32,
                  "ort qdq": quantize_int8(fp32, work / "ort.onnx", calib),
                  "ort qdq, 2 first convs float": quantize_int8(fp32, work / "ort_stem.onnx", calib, keep_float=stem),
-                 "nncf onnx": nncf_onnx(fp32, work / "nncf.onnx", calib),
+                 "nncf onnx": quantize_int8(fp32, work / "nncf.onnx", calib, backend="nncf-onnx"),
                  # TensorRT's kind: symmetric signed INT8 activations (the product's jetson backends)
                  "ort qdq symmetric": quantize_int8(fp32, work / "ort_sym.onnx", calib, symmetric_activations=True),
                  "nncf-onnx symmetric": quantize_int8(fp32, work / "nncf_sym.onnx", calib, backend="nncf-onnx",

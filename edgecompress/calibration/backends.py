@@ -46,7 +46,7 @@ METHODS = ("minmax", "entropy", "percentile")
 # FP32 94.88) against NNCF's 94.76 % and 94.92 %; NNCF, the target's own tool, is the second.
 # tensorrt: NNCF's QDQ ONNX second: on the zoo detector its ranges kept the mAP that
 # `quantize_static`'s lost (nncf_backend). ort: NNCF's QDQ ONNX ran 2.0x slower than FP32 on ONNX
-# Runtime's CPU kernels (ORT-QDQ 1.1x; `benchmarks/detector_int8.py`): not tried.
+# Runtime's CPU kernels (ORT-QDQ 1.11x; `benchmarks/detector_int8.py`): not tried.
 BACKENDS = {"openvino": ("ort", "nncf"), "ort": ("ort",), "tensorrt": ("ort", "nncf-onnx")}
 # TensorRT supports only symmetric (zero-point 0) INT8 activations.
 SYMMETRIC_ACTIVATIONS = {"openvino": False, "ort": False, "tensorrt": True}

@@ -288,19 +288,20 @@ class PruneStage:
         for index in skip_candidates(prober.order, chosen, SKIP_TRIES):
             ctx.ui.say(f"  past the step that broke the accuracy: step {index + 1} of the order "
                        f"({', '.join(r.name for r in prober.order[index])}) on top of the chosen structure")
-            tries.attempt(with_step(tries.chosen, prober.order[index], index, reference_ms=prober.reference_ms), index,
-                          [r.name for r in prober.order[index]])
+            step = with_step(tries.chosen, prober.order[index], index, reference_ms=prober.reference_ms)
+            tries.attempt(step, index, [r.name for r in prober.order[index]])
         depth = blocks_only(prober.order, tries.chosen, reference_ms=prober.reference_ms)
         if depth is not None and depth.predicted_ms < tries.chosen.predicted_ms:
-            ctx.ui.say(f"  blocks only: {', '.join(depth.blocks)} removed, no width cut ({depth.predicted_ms:.3f} ms by "
-                       f"the table, the chosen structure {tries.chosen.predicted_ms:.3f} ms)")
+            ctx.ui.say(f"  blocks only: {', '.join(depth.blocks)} removed, no width cut ({depth.predicted_ms:.3f} ms "
+                       f"by the table, the chosen structure {tries.chosen.predicted_ms:.3f} ms)")
             tries.attempt(depth, "blocks only", list(depth.blocks))
         accuracy = {k: p["accuracy"] for k, p in prober.by_key.items()}
         near = near_miss(tries.seen, accuracy, tries.chosen, budget)
         if near is not None:
             ctx.ui.say(f"  near miss: {near.describe()} at {points(ctx.task, accuracy[near.key()], 6)} "
-                       f"({near.predicted_ms:.3f} ms by the table, the chosen structure {tries.chosen.predicted_ms:.3f} "
-                       f"ms): trained for another {ctx.config.probe_finetune_steps} steps from its probe's weights")
+                       f"({near.predicted_ms:.3f} ms by the table, the chosen structure "
+                       f"{tries.chosen.predicted_ms:.3f} ms): trained for another {ctx.config.probe_finetune_steps} "
+                       f"steps from its probe's weights")
             tries.attempt(replace(near, schedules=2), "trained longer", list(near.blocks) + list(near.counts))
         return tries.outcome, tries.chosen, tries.tried
 

@@ -154,13 +154,36 @@ def test_nncf_onnx_writes_a_symmetric_qdq_onnx_for_tensorrt_and_honours_keep_flo
     produced = {o: n for n in model.graph.node for o in n.output}
     convs = {n.name: n for n in model.graph.node if n.op_type == "Conv"}
     assert produced[convs["/layer3/layer3.0/conv1/Conv"].input[1]].op_type == "DequantizeLinear"
-    assert produced.get(convs[keep].input[1]) is None or produced[convs[keep].input[1]].op_type != "DequantizeLinear"
+    kept = produced.get(convs[keep].input[1])
+    assert kept is None or kept.op_type != "DequantizeLinear"
     zps = [_initialiser(model, n.input[2]) for n in model.graph.node if n.op_type == "QuantizeLinear"]
     assert zps and all(z is not None and z.dtype == np.int8 and not z.any() for z in zps)   # what TensorRT takes
-    onnx.shape_inference.infer_shapes(model, strict_mode=True)   # the types it declares agree (the estimator reads them)
+    onnx.shape_inference.infer_shapes(model, strict_mode=True)   # its declared types agree (the estimator reads them)
     x = randn(8, 1, 16, 16, seed=5)
     ref, got = ort_runner(path)(x), ort_runner(dst)(x)
     assert np.abs(got - ref).max() < 0.1 * np.abs(ref).max()
+
+
+def test_signed_activations_keep_an_unsigned_quantizers_range():
+    """uint8 with zero point 0 over [0, 255 s] becomes int8 over the same top end (scale x 255 / 127):
+    the largest value survives the round trip instead of clipping at 127 s."""
+    from onnx import TensorProto, helper, numpy_helper
+    from edgecompress.calibration.nncf_backend import signed_activations
+    s = 0.01
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+         helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])],
+        "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        [numpy_helper.from_array(np.array(s, np.float32), "s"), numpy_helper.from_array(np.array(0, np.uint8), "z")],
+        value_info=[helper.make_tensor_value_info("q", TensorProto.UINT8, [4]),
+                    helper.make_tensor_value_info("z", TensorProto.UINT8, [])])
+    model = signed_activations(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    import onnxruntime as ort
+    x = np.array([0.0, 0.5, 1.5, 255 * s], np.float32)
+    y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.abs(y - x).max() <= s * 255 / 127 / 2 + 1e-6
 
 
 # -- precision selection (injected evaluate) ------------------------------------------------
